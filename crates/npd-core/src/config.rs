@@ -371,11 +371,15 @@ impl RunConfig {
         let m = &self.model;
         let device_ok = m.device == "cpu"
             || m.device == "cuda"
-            || m
-                .device
+            || m.device
                 .strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<usize>().is_ok());
-        c.that(device_ok, "model.device", "`cpu`, `cuda` or `cuda:N`", &m.device)?;
+        c.that(
+            device_ok,
+            "model.device",
+            "`cpu`, `cuda` or `cuda:N`",
+            &m.device,
+        )?;
 
         let d = &self.data;
         c.at_least("data.max_prompt_tokens", d.max_prompt_tokens, 1)?;

@@ -299,7 +299,12 @@ mod tests {
             weights: None,
             topk: None,
         };
-        assert!(s.validate().unwrap_err().to_string().contains("empty response"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("empty response")
+        );
     }
 
     #[test]
@@ -313,6 +318,9 @@ mod tests {
             finish: FinishReason::Length,
         };
         let err = r.validate().unwrap_err().to_string();
-        assert!(err.contains("prompt 4") && err.contains("response_logprobs"), "{err}");
+        assert!(
+            err.contains("prompt 4") && err.contains("response_logprobs"),
+            "{err}"
+        );
     }
 }
