@@ -1,10 +1,18 @@
-//! The libtorch side of npd.
+//! The libtorch side of npd: the openPangu-Embedded / Llama-family model,
+//! checkpoint I/O, scoring, generation, losses and training.
 //!
-//! This crate will hold the openPangu/Llama-family model, checkpoint I/O,
-//! tokenizer glue, losses, the optimizer and the trainer. For now it only
-//! re-exports `tch` and reports which libtorch it runs on, so the workspace
-//! proves on every machine that libtorch links and runs.
+//! - [`config`]: the architecture from a Hugging Face `config.json`.
+//! - [`weights`]: safetensors checkpoints, single-file or sharded, read and
+//!   written atomically.
+//! - [`model`]: the decoder, with a packed training forward and a cached
+//!   decoding forward.
 
+pub mod config;
+pub mod model;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use model::{KvCache, Llama};
 pub use tch;
 
 /// What this process's libtorch can do: whether CUDA is usable and how many

@@ -1,0 +1,528 @@
+//! The openPangu-Embedded / Llama-family decoder.
+//!
+//! Pre-norm blocks of RMSNorm (computed in f32), attention with optional
+//! q/k/v/o biases, grouped-query heads and NeoX-layout RoPE, and a SiLU-GLU
+//! MLP; a final RMSNorm and an output projection tied to the embeddings or
+//! not. Two forwards share the weights:
+//! - [`Llama::forward_packed`]: training and scoring on packed sequences,
+//!   attention computed per segment (cost Σ len², not row²), no cache;
+//! - [`Llama::forward_cached`]: batched incremental decoding with a
+//!   [`KvCache`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor, nn};
+
+use npd_core::{Error, Result};
+
+use crate::config::ModelConfig;
+use crate::weights::TensorStore;
+
+/// A linear layer in `nn.Linear` layout: weight `[out, in]`, optional bias.
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(p: nn::Path<'_>, inp: usize, out: usize, bias: bool) -> Self {
+        let weight = p.var("weight", &[out as i64, inp as i64], nn::Init::Const(0.0));
+        let bias = bias.then(|| p.var("bias", &[out as i64], nn::Init::Const(0.0)));
+        Self { weight, bias }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// RMSNorm in f32, cast back, then scaled (as transformers' LlamaRMSNorm).
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = (xf * (var + eps).rsqrt()).to_kind(kind);
+    weight * normed
+}
+
+#[derive(Debug)]
+struct Block {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Key/value cache for batched incremental decoding: per layer, keys and
+/// values of shape `[batch, kv_heads, capacity, head_dim]`, filled up to
+/// [`KvCache::len`].
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.keys.first().map_or(0, |k| k.size()[2] as usize)
+    }
+}
+
+/// How the segments of a packed sequence are grouped for attention:
+/// segments of equal length share one batched attention call.
+struct SegmentPlan {
+    /// `(token indices, segments, length)` per distinct length.
+    groups: Vec<(Tensor, i64, i64)>,
+    /// Inverse of the concatenated group indices.
+    inverse: Tensor,
+}
+
+impl SegmentPlan {
+    fn new(lengths: &[usize], device: Device) -> Self {
+        let mut by_len: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        let mut start = 0i64;
+        for &len in lengths {
+            by_len
+                .entry(len)
+                .or_default()
+                .extend(start..start + len as i64);
+            start += len as i64;
+        }
+        let mut order = Vec::with_capacity(start as usize);
+        let groups = by_len
+            .into_iter()
+            .map(|(len, idx)| {
+                order.extend_from_slice(&idx);
+                let n = idx.len() as i64 / len as i64;
+                (Tensor::from_slice(&idx).to_device(device), n, len as i64)
+            })
+            .collect();
+        let inverse = Tensor::from_slice(&order)
+            .to_device(device)
+            .argsort(0, false);
+        Self { groups, inverse }
+    }
+}
+
+/// The decoder, its weights in a [`nn::VarStore`] named exactly as in
+/// Hugging Face checkpoints.
+#[derive(Debug)]
+pub struct Llama {
+    config: ModelConfig,
+    vs: nn::VarStore,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    inv_freq: Tensor,
+}
+
+impl Llama {
+    /// A model with all weights zero, on `device` in f32.
+    pub fn new(config: ModelConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let c = &config;
+        let (h, q_out, kv_out) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let model = &root / "model";
+        let embed = (&model / "embed_tokens").var(
+            "weight",
+            &[c.vocab_size as i64, h as i64],
+            nn::Init::Const(0.0),
+        );
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let p = &model / "layers" / i;
+                let att = &p / "self_attn";
+                let mlp = &p / "mlp";
+                let b = c.attention_bias;
+                Block {
+                    input_norm: (&p / "input_layernorm").var(
+                        "weight",
+                        &[h as i64],
+                        nn::Init::Const(1.0),
+                    ),
+                    q: Linear::new(&att / "q_proj", h, q_out, b),
+                    k: Linear::new(&att / "k_proj", h, kv_out, b),
+                    v: Linear::new(&att / "v_proj", h, kv_out, b),
+                    o: Linear::new(&att / "o_proj", q_out, h, b),
+                    post_norm: (&p / "post_attention_layernorm").var(
+                        "weight",
+                        &[h as i64],
+                        nn::Init::Const(1.0),
+                    ),
+                    gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, false),
+                    up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, false),
+                    down: Linear::new(&mlp / "down_proj", c.intermediate_size, h, false),
+                }
+            })
+            .collect();
+        let norm = (&model / "norm").var("weight", &[h as i64], nn::Init::Const(1.0));
+        let lm_head = (!c.tie_word_embeddings).then(|| {
+            (&root / "lm_head").var(
+                "weight",
+                &[c.vocab_size as i64, h as i64],
+                nn::Init::Const(0.0),
+            )
+        });
+        let d = c.head_dim as i64;
+        let exponent = Tensor::arange_start_step(0, d, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / d as f64;
+        let inv_freq = Tensor::scalar_tensor(c.rope_theta, (Kind::Float, device))
+            .pow(&exponent)
+            .reciprocal();
+        Self {
+            config,
+            vs,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        }
+    }
+
+    /// Loads `dir/config.json` and the safetensors weights beside it, and
+    /// moves the model to `device` and `kind`. Every parameter must be in
+    /// the checkpoint with its exact shape; RoPE `inv_freq` buffers and the
+    /// `lm_head` of a tied model are ignored; any other tensor is an error.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let mut model = Self::new(config, device);
+        let mut store = TensorStore::open(dir)?;
+        model.load_from(&mut store)?;
+        for name in store.remaining() {
+            if name.ends_with("rotary_emb.inv_freq")
+                || (name == "lm_head.weight" && model.config.tie_word_embeddings)
+            {
+                store.discard(&name);
+            }
+        }
+        if let Some(extra) = store.remaining().first() {
+            return Err(Error::invalid(
+                format!("tensor {extra}"),
+                format!(
+                    "in {} is not a parameter of this {}-layer decoder",
+                    dir.display(),
+                    model.config.num_layers
+                ),
+            ));
+        }
+        model.set_kind(kind);
+        Ok(model)
+    }
+
+    /// Copies every parameter from `store`.
+    pub fn load_from(&mut self, store: &mut TensorStore) -> Result<()> {
+        let vars = self.vs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        tch::no_grad(|| -> Result<()> {
+            for name in names {
+                let mut var = vars[name].shallow_clone();
+                let t = store.take(name, &var.size())?;
+                var.copy_(&t);
+            }
+            Ok(())
+        })
+    }
+
+    /// Casts the weights to `kind` (f32, bf16, f16).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
+
+    /// Compute dtype of the weights.
+    pub fn kind(&self) -> Kind {
+        self.embed.kind()
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The parameters, for optimizers and checkpoints.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The parameters, mutably (for loading a copy of other weights).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Parameters with their checkpoint names, sorted by name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Number of scalar parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum()
+    }
+
+    /// Output projection weight `[vocab, hidden]`.
+    pub fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Logits `[..., vocab]` of final hidden states `[..., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.output_weight(), None)
+    }
+
+    /// cos and sin of RoPE angles for `positions`, shape `positions.size() + [head_dim]`.
+    fn rope(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+
+    /// Applies RoPE to `x` of shape `[..., heads, head_dim]` with cos/sin of
+    /// shape `[..., head_dim]` (broadcast over heads).
+    fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let half = x.size()[x.dim() - 1] / 2;
+        let x1 = x.narrow(-1, 0, half);
+        let x2 = x.narrow(-1, half, half);
+        let rotated = Tensor::cat(&[&(-x2), &x1], -1);
+        x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
+    }
+
+    fn mlp(block: &Block, x: &Tensor) -> Tensor {
+        let g = block.gate.forward(x).silu();
+        block.down.forward(&(g * block.up.forward(x)))
+    }
+
+    /// Final hidden states `[T, hidden]` of packed sequences.
+    ///
+    /// `tokens` and `positions` are `[T]` int64; `lengths` are the segment
+    /// lengths, summing to `T`. Attention is causal within each segment and
+    /// blocked across segments, computed per group of equal-length segments,
+    /// so its cost grows with Σ len², not T².
+    pub fn forward_packed(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        lengths: &[usize],
+    ) -> Result<Tensor> {
+        let t = tokens.size1().map_err(|e| shape_err("tokens", e))?;
+        if lengths.iter().sum::<usize>() as i64 != t || positions.size() != [t] {
+            return Err(Error::invalid(
+                "packed forward",
+                format!(
+                    "tokens [{t}], positions {:?} and segment lengths summing to {} disagree",
+                    positions.size(),
+                    lengths.iter().sum::<usize>()
+                ),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let device = self.device();
+        let plan = (lengths.len() > 1).then(|| SegmentPlan::new(lengths, device));
+        let mut x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        let (cos, sin) = self.rope(positions, x.kind());
+        let gqa = nkv != nh;
+        for block in &self.layers {
+            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
+            let q = Self::rotate(&block.q.forward(&h).view([t, nh, hd]), &cos, &sin);
+            let k = Self::rotate(&block.k.forward(&h).view([t, nkv, hd]), &cos, &sin);
+            let v = block.v.forward(&h).view([t, nkv, hd]);
+            let attn = match &plan {
+                None => Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q.transpose(0, 1).unsqueeze(0),
+                    &k.transpose(0, 1).unsqueeze(0),
+                    &v.transpose(0, 1).unsqueeze(0),
+                    None,
+                    0.0,
+                    true,
+                    None,
+                    gqa,
+                )
+                .squeeze_dim(0)
+                .transpose(0, 1)
+                .reshape([t, nh * hd]),
+                Some(plan) => {
+                    let parts: Vec<Tensor> = plan
+                        .groups
+                        .iter()
+                        .map(|(idx, n, len)| {
+                            let pick = |x: &Tensor, heads: i64| {
+                                x.index_select(0, idx)
+                                    .view([*n, *len, heads, hd])
+                                    .transpose(1, 2)
+                            };
+                            Tensor::scaled_dot_product_attention::<Tensor>(
+                                &pick(&q, nh),
+                                &pick(&k, nkv),
+                                &pick(&v, nkv),
+                                None,
+                                0.0,
+                                true,
+                                None,
+                                gqa,
+                            )
+                            .transpose(1, 2)
+                            .reshape([n * len, nh * hd])
+                        })
+                        .collect();
+                    Tensor::cat(&parts, 0).index_select(0, &plan.inverse)
+                }
+            };
+            x = x + block.o.forward(&attn);
+            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
+            x = &x + Self::mlp(block, &h);
+        }
+        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
+    }
+
+    /// An empty cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+        let c = &self.config;
+        let shape = [
+            batch as i64,
+            c.num_kv_heads as i64,
+            capacity as i64,
+            c.head_dim as i64,
+        ];
+        let opts = (self.kind(), self.device());
+        KvCache {
+            keys: (0..c.num_layers)
+                .map(|_| Tensor::zeros(shape, opts))
+                .collect(),
+            values: (0..c.num_layers)
+                .map(|_| Tensor::zeros(shape, opts))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs `s` new positions of a batch through the model, appending their
+    /// keys and values to `cache`; returns final hidden states `[B, s, hidden]`.
+    ///
+    /// `tokens` and `positions` are `[B, s]` int64; `mask` is `[B, 1, s,
+    /// cache.len() + s]` bool, true where a query may attend to a key. Each
+    /// query row must allow at least one key.
+    pub fn forward_cached(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, s) = tokens.size2().map_err(|e| shape_err("tokens", e))?;
+        let total = cache.len + s;
+        if total as usize > cache.capacity() {
+            return Err(Error::invalid(
+                "KV cache",
+                format!("{total} positions exceed its capacity {}", cache.capacity()),
+            ));
+        }
+        if mask.size() != [b, 1, s, total] || positions.size() != [b, s] {
+            return Err(Error::invalid(
+                "cached forward",
+                format!(
+                    "tokens [{b}, {s}] need positions [{b}, {s}] and mask [{b}, 1, {s}, {total}]; \
+                     got {:?} and {:?}",
+                    positions.size(),
+                    mask.size()
+                ),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let mut x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        let (cos, sin) = self.rope(positions, x.kind());
+        for (i, block) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
+            let q = Self::rotate(&block.q.forward(&h).view([b, s, nh, hd]), &cos, &sin);
+            let k = Self::rotate(&block.k.forward(&h).view([b, s, nkv, hd]), &cos, &sin);
+            let v = block.v.forward(&h).view([b, s, nkv, hd]);
+            cache.keys[i]
+                .narrow(2, cache.len, s)
+                .copy_(&k.transpose(1, 2));
+            cache.values[i]
+                .narrow(2, cache.len, s)
+                .copy_(&v.transpose(1, 2));
+            let keys = cache.keys[i].narrow(2, 0, total);
+            let values = cache.values[i].narrow(2, 0, total);
+            let attn = Tensor::scaled_dot_product_attention(
+                &q.transpose(1, 2),
+                &keys,
+                &values,
+                Some(mask),
+                0.0,
+                false,
+                None,
+                nkv != nh,
+            )
+            .transpose(1, 2)
+            .reshape([b, s, nh * hd]);
+            x = x + block.o.forward(&attn);
+            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
+            x = &x + Self::mlp(block, &h);
+        }
+        cache.len = total;
+        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
+    }
+
+    fn check_tokens(&self, tokens: &Tensor) -> Result<()> {
+        if tokens.numel() == 0 {
+            return Ok(());
+        }
+        let max = tokens.max().int64_value(&[]);
+        let min = tokens.min().int64_value(&[]);
+        if min < 0 || max >= self.config.vocab_size as i64 {
+            return Err(Error::invalid(
+                "token ids",
+                format!(
+                    "range [{min}, {max}] outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn shape_err(what: &str, e: tch::TchError) -> Error {
+    Error::invalid(what, format!("unexpected shape: {e}"))
+}

@@ -1,0 +1,105 @@
+//! The model against transformers' LlamaForCausalLM(attention_bias=True):
+//! tiny random checkpoints written by `scripts/fixtures/make_models.py` with
+//! reference logits and greedy continuations computed by transformers.
+
+use std::path::PathBuf;
+
+use npd_train::Llama;
+use npd_train::tch::{Device, Kind, Tensor};
+
+const FIXTURES: [&str; 3] = ["llama-gqa-tied", "llama-mha-untied-sharded", "pangu-bf16"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+struct Reference {
+    inputs: Vec<Vec<i64>>,
+    logits: Vec<Tensor>,
+    greedy: Vec<Vec<i64>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixture(name).join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut r = Reference {
+        inputs: vec![],
+        logits: vec![],
+        greedy: vec![],
+    };
+    for i in 0.. {
+        let Some(input) = tensors.remove(&format!("input.{i}")) else {
+            break;
+        };
+        r.inputs.push(Vec::<i64>::try_from(&input).unwrap());
+        r.logits
+            .push(tensors.remove(&format!("logits.{i}")).unwrap());
+        r.greedy
+            .push(Vec::<i64>::try_from(&tensors.remove(&format!("greedy.{i}")).unwrap()).unwrap());
+    }
+    assert!(!r.inputs.is_empty());
+    r
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn logits_alone(model: &Llama, ids: &[i64]) -> Tensor {
+    let tokens = Tensor::from_slice(ids);
+    let positions = Tensor::arange(ids.len() as i64, (Kind::Int64, Device::Cpu));
+    let h = model
+        .forward_packed(&tokens, &positions, &[ids.len()])
+        .unwrap();
+    model.logits(&h)
+}
+
+#[test]
+fn logits_match_transformers() {
+    for name in FIXTURES {
+        let model = Llama::load(&fixture(name), Device::Cpu, Kind::Float).unwrap();
+        let r = reference(name);
+        for (ids, want) in r.inputs.iter().zip(&r.logits) {
+            let got = logits_alone(&model, ids);
+            let d = max_abs_diff(&got, want);
+            assert!(d <= 1e-4, "{name}: max |Δlogit| = {d}");
+            // The reference has signal: logits vary well beyond the tolerance.
+            assert!(want.std(true).double_value(&[]) > 0.1);
+        }
+    }
+}
+
+#[test]
+fn packed_logits_equal_each_sequence_alone() {
+    for name in FIXTURES {
+        let model = Llama::load(&fixture(name), Device::Cpu, Kind::Float).unwrap();
+        let r = reference(name);
+        // Two copies of the first input make a group of equal lengths.
+        let seqs = [&r.inputs[0], &r.inputs[1], &r.inputs[0], &r.inputs[2]];
+        let flat: Vec<i64> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let pos: Vec<i64> = seqs.iter().flat_map(|s| 0..s.len() as i64).collect();
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let h = model
+            .forward_packed(
+                &Tensor::from_slice(&flat),
+                &Tensor::from_slice(&pos),
+                &lengths,
+            )
+            .unwrap();
+        let packed = model.logits(&h);
+        let mut start = 0;
+        for s in seqs {
+            let alone = logits_alone(&model, s);
+            let part = packed.narrow(0, start, s.len() as i64);
+            let d = max_abs_diff(&part, &alone);
+            assert!(d <= 1e-5, "{name}: packed vs alone {d}");
+            start += s.len() as i64;
+        }
+    }
+}
