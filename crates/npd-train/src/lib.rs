@@ -8,6 +8,7 @@
 //!   decoding forward.
 
 pub mod config;
+pub mod generate;
 pub mod model;
 pub mod weights;
 
