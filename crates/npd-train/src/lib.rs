@@ -10,6 +10,7 @@
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod score;
 pub mod weights;
 
 pub use config::ModelConfig;
