@@ -9,8 +9,11 @@
 
 pub mod config;
 pub mod generate;
+pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod score;
+pub mod train;
 pub mod weights;
 
 pub use config::ModelConfig;

@@ -236,6 +236,23 @@ impl Llama {
         Ok(model)
     }
 
+    /// Initialises the weights randomly and reproducibly: matrices from a
+    /// normal with standard deviation `std`, norm weights 1, biases 0.
+    pub fn init_random(&mut self, seed: u64, std: f64) {
+        tch::manual_seed(seed as i64);
+        tch::no_grad(|| {
+            for (name, mut var) in self.named_parameters() {
+                if name.ends_with("norm.weight") {
+                    let _ = var.fill_(1.0);
+                } else if name.ends_with(".bias") {
+                    let _ = var.zero_();
+                } else {
+                    let _ = var.normal_(0.0, std);
+                }
+            }
+        });
+    }
+
     /// Copies every parameter from `store`.
     pub fn load_from(&mut self, store: &mut TensorStore) -> Result<()> {
         let vars = self.vs.variables();
@@ -329,6 +346,32 @@ impl Llama {
         block.down.forward(&(g * block.up.forward(x)))
     }
 
+    /// Runs every block over `x` (`[..., tokens, hidden]`), with `attend`
+    /// computing attention from rotated queries and keys and the values,
+    /// shaped `[..., tokens, heads, head_dim]`, into `[..., tokens, heads * head_dim]`.
+    fn blocks(
+        &self,
+        mut x: Tensor,
+        positions: &Tensor,
+        mut attend: impl FnMut(usize, Tensor, Tensor, Tensor) -> Tensor,
+    ) -> Tensor {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let (cos, sin) = self.rope(positions, x.kind());
+        let lead: Vec<i64> = x.size()[..x.dim() - 1].to_vec();
+        let heads = |n: i64| [lead.as_slice(), &[n, hd]].concat();
+        for (i, block) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
+            let q = Self::rotate(&block.q.forward(&h).view(heads(nh).as_slice()), &cos, &sin);
+            let k = Self::rotate(&block.k.forward(&h).view(heads(nkv).as_slice()), &cos, &sin);
+            let v = block.v.forward(&h).view(heads(nkv).as_slice());
+            x = x + block.o.forward(&attend(i, q, k, v));
+            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
+            x = &x + Self::mlp(block, &h);
+        }
+        rms_norm(&x, &self.norm, c.rms_norm_eps)
+    }
+
     /// Final hidden states `[T, hidden]` of packed sequences.
     ///
     /// `tokens` and `positions` are `[T]` int64; `lengths` are the segment
@@ -354,26 +397,17 @@ impl Llama {
         }
         self.check_tokens(tokens)?;
         let c = &self.config;
-        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
-        let device = self.device();
-        let plan = (lengths.len() > 1).then(|| SegmentPlan::new(lengths, device));
-        let mut x = Tensor::embedding(&self.embed, tokens, -1, false, false);
-        let (cos, sin) = self.rope(positions, x.kind());
+        let (nh, nkv) = (c.num_heads as i64, c.num_kv_heads as i64);
         let gqa = nkv != nh;
-        for block in &self.layers {
-            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
-            let q = Self::rotate(&block.q.forward(&h).view([t, nh, hd]), &cos, &sin);
-            let k = Self::rotate(&block.k.forward(&h).view([t, nkv, hd]), &cos, &sin);
-            let v = block.v.forward(&h).view([t, nkv, hd]);
-            let attn = match &plan {
-                None => Tensor::scaled_dot_product_attention::<Tensor>(
+        let plan = (lengths.len() > 1).then(|| SegmentPlan::new(lengths, self.device()));
+        let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        Ok(self.blocks(x, positions, |_, q, k, v| {
+            let hd = q.size()[2];
+            match &plan {
+                None => sdpa_causal(
                     &q.transpose(0, 1).unsqueeze(0),
                     &k.transpose(0, 1).unsqueeze(0),
                     &v.transpose(0, 1).unsqueeze(0),
-                    None,
-                    0.0,
-                    true,
-                    None,
                     gqa,
                 )
                 .squeeze_dim(0)
@@ -389,28 +423,47 @@ impl Llama {
                                     .view([*n, *len, heads, hd])
                                     .transpose(1, 2)
                             };
-                            Tensor::scaled_dot_product_attention::<Tensor>(
-                                &pick(&q, nh),
-                                &pick(&k, nkv),
-                                &pick(&v, nkv),
-                                None,
-                                0.0,
-                                true,
-                                None,
-                                gqa,
-                            )
-                            .transpose(1, 2)
-                            .reshape([n * len, nh * hd])
+                            sdpa_causal(&pick(&q, nh), &pick(&k, nkv), &pick(&v, nkv), gqa)
+                                .transpose(1, 2)
+                                .reshape([n * len, nh * hd])
                         })
                         .collect();
                     Tensor::cat(&parts, 0).index_select(0, &plan.inverse)
                 }
-            };
-            x = x + block.o.forward(&attn);
-            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
-            x = &x + Self::mlp(block, &h);
+            }
+        }))
+    }
+
+    /// Final hidden states `[B, L, hidden]` of a right-padded batch: one
+    /// sequence per row, causal attention over the whole row. Padding comes
+    /// after each sequence, so real tokens never attend to it; its cost is
+    /// the full `B · L²` that packing avoids.
+    pub fn forward_padded(&self, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, l) = tokens.size2().map_err(|e| shape_err("tokens", e))?;
+        if positions.size() != [b, l] {
+            return Err(Error::invalid(
+                "padded forward",
+                format!(
+                    "tokens [{b}, {l}] need positions [{b}, {l}], got {:?}",
+                    positions.size()
+                ),
+            ));
         }
-        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
+        self.check_tokens(tokens)?;
+        let c = &self.config;
+        let (nh, gqa) = (c.num_heads as i64, c.num_kv_heads != c.num_heads);
+        let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        Ok(self.blocks(x, positions, |_, q, k, v| {
+            let hd = q.size()[3];
+            sdpa_causal(
+                &q.transpose(1, 2),
+                &k.transpose(1, 2),
+                &v.transpose(1, 2),
+                gqa,
+            )
+            .transpose(1, 2)
+            .reshape([b, l, nh * hd])
+        }))
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` positions.
@@ -468,23 +521,16 @@ impl Llama {
         }
         self.check_tokens(tokens)?;
         let c = &self.config;
-        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
-        let mut x = Tensor::embedding(&self.embed, tokens, -1, false, false);
-        let (cos, sin) = self.rope(positions, x.kind());
-        for (i, block) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
-            let q = Self::rotate(&block.q.forward(&h).view([b, s, nh, hd]), &cos, &sin);
-            let k = Self::rotate(&block.k.forward(&h).view([b, s, nkv, hd]), &cos, &sin);
-            let v = block.v.forward(&h).view([b, s, nkv, hd]);
-            cache.keys[i]
-                .narrow(2, cache.len, s)
-                .copy_(&k.transpose(1, 2));
-            cache.values[i]
-                .narrow(2, cache.len, s)
-                .copy_(&v.transpose(1, 2));
+        let (nh, gqa) = (c.num_heads as i64, c.num_kv_heads != c.num_heads);
+        let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        let at = cache.len;
+        let hidden = self.blocks(x, positions, |i, q, k, v| {
+            let hd = q.size()[3];
+            cache.keys[i].narrow(2, at, s).copy_(&k.transpose(1, 2));
+            cache.values[i].narrow(2, at, s).copy_(&v.transpose(1, 2));
             let keys = cache.keys[i].narrow(2, 0, total);
             let values = cache.values[i].narrow(2, 0, total);
-            let attn = Tensor::scaled_dot_product_attention(
+            Tensor::scaled_dot_product_attention(
                 &q.transpose(1, 2),
                 &keys,
                 &values,
@@ -492,16 +538,13 @@ impl Llama {
                 0.0,
                 false,
                 None,
-                nkv != nh,
+                gqa,
             )
             .transpose(1, 2)
-            .reshape([b, s, nh * hd]);
-            x = x + block.o.forward(&attn);
-            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
-            x = &x + Self::mlp(block, &h);
-        }
+            .reshape([b, s, nh * hd])
+        });
         cache.len = total;
-        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
+        Ok(hidden)
     }
 
     fn check_tokens(&self, tokens: &Tensor) -> Result<()> {
@@ -521,6 +564,11 @@ impl Llama {
         }
         Ok(())
     }
+}
+
+/// Causal scaled-dot-product attention on `[batch, heads, len, head_dim]`.
+fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor, gqa: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, gqa)
 }
 
 fn shape_err(what: &str, e: tch::TchError) -> Error {

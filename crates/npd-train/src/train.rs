@@ -1,0 +1,413 @@
+//! One optimizer step on packed (or padded) rows: the distillation loss,
+//! normalised over the accumulation window, AdamW, clipping, the schedule,
+//! and the non-finite-loss guard.
+
+use tch::{Device, Kind, Tensor};
+
+use npd_core::config::{LossKind, TrainConfig};
+use npd_core::traits::{Learner, StepStats};
+use npd_core::{Error, PackedRow, PolicyVersion, Result};
+
+use crate::loss::{TeacherDist, cross_entropy, forward_kl, jsd, reverse_kl};
+use crate::model::Llama;
+use crate::optim::{AdamW, AdamWConfig, lr_at};
+
+/// How rows are laid out for the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Rows hold several samples; only their tokens are computed, attention
+    /// per segment.
+    Packed,
+    /// Each row holds one sample, right-padded to the row capacity; the
+    /// whole `[rows, capacity]` batch is computed (the baseline packing is
+    /// measured against).
+    Padded,
+}
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Warm-up steps.
+    pub warmup_steps: u64,
+    /// Steps of the whole schedule.
+    pub total_steps: u64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip; 0 turns it off.
+    pub grad_clip: f64,
+    /// Divergence.
+    pub loss: LossKind,
+    /// Weight of an added cross-entropy term.
+    pub ce_weight: f64,
+    /// JSD interpolation weight.
+    pub jsd_beta: f64,
+    /// Rows per forward/backward pass.
+    pub micro_batch_rows: usize,
+    /// Abort after this many consecutive non-finite steps.
+    pub max_nonfinite_steps: u32,
+    /// Row layout.
+    pub layout: Layout,
+}
+
+impl TrainOptions {
+    /// From the `[train]` section.
+    pub fn from_config(c: &TrainConfig) -> Self {
+        Self {
+            lr: c.lr,
+            min_lr: c.min_lr,
+            warmup_steps: c.warmup_steps,
+            total_steps: c.steps,
+            adamw: AdamWConfig {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: 1e-8,
+                weight_decay: c.weight_decay,
+            },
+            grad_clip: c.grad_clip,
+            loss: c.loss,
+            ce_weight: c.ce_weight,
+            jsd_beta: c.jsd_beta,
+            micro_batch_rows: c.micro_batch_rows,
+            max_nonfinite_steps: c.max_nonfinite_steps,
+            layout: Layout::Packed,
+        }
+    }
+}
+
+/// Trains a student model.
+#[derive(Debug)]
+pub struct Trainer {
+    model: Llama,
+    opt: AdamW,
+    options: TrainOptions,
+    nonfinite_run: u32,
+    skipped: u64,
+}
+
+/// Tensors of one micro-batch's loss targets.
+struct Targets {
+    /// Row of the hidden-state tensor that predicts each target.
+    rows: Tensor,
+    tokens: Tensor,
+    weights: Tensor,
+    topk: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl Trainer {
+    /// A trainer over `model`'s parameters.
+    pub fn new(model: Llama, options: TrainOptions) -> Self {
+        let params = model.var_store().trainable_variables();
+        let opt = AdamW::new(params, options.adamw);
+        Self {
+            model,
+            opt,
+            options,
+            nonfinite_run: 0,
+            skipped: 0,
+        }
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The optimizer (for checkpoints).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// The optimizer, mutably (to restore a checkpoint).
+    pub fn optimizer_mut(&mut self) -> &mut AdamW {
+        &mut self.opt
+    }
+
+    /// Steps skipped for a non-finite loss so far.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TrainOptions {
+        &self.options
+    }
+
+    /// Mean loss per target token over `rows` without updating anything.
+    pub fn evaluate(&self, rows: &[PackedRow]) -> Result<f64> {
+        let n: usize = rows.iter().map(PackedRow::targets).sum();
+        if n == 0 {
+            return Err(Error::invalid("evaluation rows", "no loss targets"));
+        }
+        tch::no_grad(|| -> Result<f64> {
+            let mut total = 0.0;
+            for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
+                total += self.loss(chunk, n as f64)?.double_value(&[]);
+            }
+            Ok(total)
+        })
+    }
+
+    /// The weighted loss of `rows`, summed over targets and divided by `norm`.
+    fn loss(&self, rows: &[PackedRow], norm: f64) -> Result<Tensor> {
+        let device = self.model.device();
+        let (hidden, targets) = match self.options.layout {
+            Layout::Packed => {
+                let (tokens, positions, lengths, targets) = gather_packed(rows, device)?;
+                let h = self.model.forward_packed(&tokens, &positions, &lengths)?;
+                (h, targets)
+            }
+            Layout::Padded => {
+                let (tokens, positions, targets) = gather_padded(rows, device)?;
+                let h = self.model.forward_padded(&tokens, &positions)?;
+                let hs = h.size();
+                (h.view([hs[0] * hs[1], hs[2]]), targets)
+            }
+        };
+        let logits = self
+            .model
+            .logits(&hidden.index_select(0, &targets.rows))
+            .to_kind(Kind::Float);
+        let o = &self.options;
+        let mut per_token = match o.loss {
+            LossKind::Ce => cross_entropy(&logits, &targets.tokens),
+            kind => {
+                let (ids, lp, tail) = targets.topk.as_ref().ok_or_else(|| {
+                    Error::invalid(
+                        "training rows",
+                        format!(
+                            "train.loss = {kind:?} needs teacher top-k targets in the rows, \
+                             which have none"
+                        ),
+                    )
+                })?;
+                let teacher = TeacherDist::TopK {
+                    ids,
+                    logprobs: lp,
+                    tail,
+                };
+                match kind {
+                    LossKind::ForwardKl => forward_kl(&logits, &teacher),
+                    LossKind::ReverseKl => reverse_kl(&logits, &teacher),
+                    _ => jsd(&logits, &teacher, o.jsd_beta),
+                }
+            }
+        };
+        if o.ce_weight > 0.0 && o.loss != LossKind::Ce {
+            per_token = per_token + cross_entropy(&logits, &targets.tokens) * o.ce_weight;
+        }
+        Ok((per_token * &targets.weights).sum(Kind::Float) / norm)
+    }
+}
+
+impl Learner for Trainer {
+    type Weights = Vec<(String, Tensor)>;
+
+    /// One optimizer step over `rows` (one accumulation window), processed
+    /// `micro_batch_rows` at a time. The loss is normalised by the number of
+    /// target tokens in the whole window. A non-finite loss skips the step
+    /// (counted); too many in a row is an error.
+    fn step(&mut self, rows: &[PackedRow]) -> Result<StepStats> {
+        let targets: usize = rows.iter().map(PackedRow::targets).sum();
+        if targets == 0 {
+            return Err(Error::invalid(
+                "training rows",
+                "no loss targets in the step",
+            ));
+        }
+        let mut loss_sum = 0.0;
+        let mut finite = true;
+        for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
+            let loss = self.loss(chunk, targets as f64)?;
+            let v = loss.double_value(&[]);
+            if !v.is_finite() {
+                finite = false;
+                break;
+            }
+            loss.backward();
+            loss_sum += v;
+        }
+        let lr = lr_at(
+            self.opt.steps(),
+            self.options.lr,
+            self.options.min_lr,
+            self.options.warmup_steps,
+            self.options.total_steps,
+        );
+        let tokens = rows.iter().map(PackedRow::used).sum();
+        let grad_norm = if finite {
+            self.opt.clip_grad_norm(self.options.grad_clip)
+        } else {
+            f64::NAN
+        };
+        if !finite || !grad_norm.is_finite() {
+            self.opt.zero_grad();
+            self.skipped += 1;
+            self.nonfinite_run += 1;
+            if self.nonfinite_run >= self.options.max_nonfinite_steps {
+                return Err(Error::invalid(
+                    "training",
+                    format!(
+                        "{} consecutive steps had a non-finite loss or gradient \
+                         (train.max_nonfinite_steps = {})",
+                        self.nonfinite_run, self.options.max_nonfinite_steps
+                    ),
+                ));
+            }
+            return Ok(StepStats {
+                loss: f64::NAN,
+                target_tokens: targets,
+                tokens,
+                grad_norm,
+                lr,
+                skipped: true,
+            });
+        }
+        self.nonfinite_run = 0;
+        self.opt.step(lr);
+        Ok(StepStats {
+            loss: loss_sum,
+            target_tokens: targets,
+            tokens,
+            grad_norm,
+            lr,
+            skipped: false,
+        })
+    }
+
+    fn version(&self) -> PolicyVersion {
+        self.opt.steps()
+    }
+
+    fn publish(&self) -> Result<Self::Weights> {
+        Ok(tch::no_grad(|| {
+            self.model
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (n, t.detach().copy()))
+                .collect()
+        }))
+    }
+}
+
+/// Appends row `r`'s targets, with `offset(t)` the hidden-state row that
+/// predicts token `t` of the row.
+fn push_targets(
+    row: &PackedRow,
+    offset: impl Fn(usize) -> i64,
+    out: &mut (Vec<i64>, Vec<i64>, Vec<f32>, Vec<i64>, Vec<f32>, Vec<f32>),
+) {
+    for t in (0..row.capacity()).filter(|&t| row.loss_mask[t]) {
+        out.0.push(offset(t - 1));
+        out.1.push(row.tokens[t] as i64);
+        out.2.push(row.weights[t]);
+        if let Some(top) = &row.topk {
+            let k = top.k;
+            out.3
+                .extend(top.ids[t * k..(t + 1) * k].iter().map(|&i| i as i64));
+            out.4.extend_from_slice(&top.logprobs[t * k..(t + 1) * k]);
+            out.5.push(top.tail_logprob[t]);
+        }
+    }
+}
+
+fn finish_targets(
+    rows: &[PackedRow],
+    v: (Vec<i64>, Vec<i64>, Vec<f32>, Vec<i64>, Vec<f32>, Vec<f32>),
+    device: Device,
+) -> Result<Targets> {
+    let k = match rows.first().and_then(|r| r.topk.as_ref()) {
+        Some(t) => {
+            if rows
+                .iter()
+                .any(|r| r.topk.as_ref().map(|x| x.k) != Some(t.k))
+            {
+                return Err(Error::invalid(
+                    "training rows",
+                    "rows disagree on teacher top-k presence or k",
+                ));
+            }
+            Some(t.k as i64)
+        }
+        None => None,
+    };
+    let n = v.0.len() as i64;
+    let dev = |t: Tensor| t.to_device(device);
+    Ok(Targets {
+        rows: dev(Tensor::from_slice(&v.0)),
+        tokens: dev(Tensor::from_slice(&v.1)),
+        weights: dev(Tensor::from_slice(&v.2)),
+        topk: k.map(|k| {
+            (
+                dev(Tensor::from_slice(&v.3).view([n, k])),
+                dev(Tensor::from_slice(&v.4).view([n, k])),
+                dev(Tensor::from_slice(&v.5)),
+            )
+        }),
+    })
+}
+
+/// Used tokens of all rows as one packed sequence.
+fn gather_packed(
+    rows: &[PackedRow],
+    device: Device,
+) -> Result<(Tensor, Tensor, Vec<usize>, Targets)> {
+    let mut tokens = Vec::new();
+    let mut positions = Vec::new();
+    let mut lengths = Vec::new();
+    let mut v = Default::default();
+    for row in rows {
+        let used = row.used();
+        let offset = tokens.len() as i64;
+        tokens.extend(row.tokens[..used].iter().map(|&t| t as i64));
+        positions.extend(row.positions[..used].iter().map(|&p| p as i64));
+        lengths.extend(row.segments.iter().map(|s| s.len));
+        push_targets(row, |t| offset + t as i64, &mut v);
+    }
+    let targets = finish_targets(rows, v, device)?;
+    Ok((
+        Tensor::from_slice(&tokens).to_device(device),
+        Tensor::from_slice(&positions).to_device(device),
+        lengths,
+        targets,
+    ))
+}
+
+/// Rows as a `[rows, capacity]` batch; each row must hold one sample.
+fn gather_padded(rows: &[PackedRow], device: Device) -> Result<(Tensor, Tensor, Targets)> {
+    let cap = rows.first().map_or(0, PackedRow::capacity);
+    let mut tokens = Vec::with_capacity(rows.len() * cap);
+    let mut positions = Vec::with_capacity(rows.len() * cap);
+    let mut v = Default::default();
+    for (r, row) in rows.iter().enumerate() {
+        if row.segments.len() != 1 || row.capacity() != cap {
+            return Err(Error::invalid(
+                format!("padded row {r}"),
+                format!(
+                    "holds {} samples in {} tokens; a padded batch needs one sample per row \
+                     and equal capacities ({cap})",
+                    row.segments.len(),
+                    row.capacity()
+                ),
+            ));
+        }
+        tokens.extend(row.tokens.iter().map(|&t| t as i64));
+        positions.extend((0..cap as i64).map(|p| p.min(row.used() as i64)));
+        let base = (r * cap) as i64;
+        push_targets(row, |t| base + t as i64, &mut v);
+    }
+    let targets = finish_targets(rows, v, device)?;
+    let b = rows.len() as i64;
+    Ok((
+        Tensor::from_slice(&tokens)
+            .view([b, cap as i64])
+            .to_device(device),
+        Tensor::from_slice(&positions)
+            .view([b, cap as i64])
+            .to_device(device),
+        targets,
+    ))
+}

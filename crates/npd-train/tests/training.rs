@@ -1,0 +1,169 @@
+//! Training: the loss falls, packed equals padded, distillation toward a
+//! teacher's top-k reduces the divergence, non-finite losses are guarded.
+
+use std::path::PathBuf;
+
+use npd_core::config::{LossKind, TrainConfig};
+use npd_core::traits::Learner;
+use npd_core::{PackedRow, SampleId, TokenId, TrainSample};
+use npd_pack::{PackOptions, pack_pool};
+use npd_train::score::ModelScorer;
+use npd_train::tch::{Device, Kind};
+use npd_train::train::{Layout, TrainOptions, Trainer};
+use npd_train::{Llama, ModelConfig};
+
+fn tiny_config() -> ModelConfig {
+    let json = r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "attention_bias": true, "tie_word_embeddings": true}"#;
+    ModelConfig::from_json(json, "tiny").unwrap()
+}
+
+fn options(loss: LossKind, lr: f64, steps: u64) -> TrainOptions {
+    let mut o = TrainOptions::from_config(&TrainConfig {
+        lr,
+        min_lr: lr,
+        warmup_steps: 0,
+        steps,
+        weight_decay: 0.0,
+        loss,
+        micro_batch_rows: 2,
+        ..Default::default()
+    });
+    o.max_nonfinite_steps = 3;
+    o
+}
+
+/// Counting sequences `s, s+1, ...` (mod 90, offset 4): learnable.
+fn counting_samples(n: usize) -> Vec<TrainSample> {
+    (0..n)
+        .map(|i| {
+            let len = 6 + (i * 7) % 11;
+            let start = (i * 13) % 90;
+            TrainSample {
+                id: SampleId(i as u64),
+                tokens: (0..len)
+                    .map(|j| 4 + ((start + j) % 90) as TokenId)
+                    .collect(),
+                prompt_len: 2,
+                weights: None,
+                topk: None,
+            }
+        })
+        .collect()
+}
+
+fn rows(samples: Vec<TrainSample>, capacity: usize) -> Vec<PackedRow> {
+    pack_pool(samples, &PackOptions::new(capacity)).unwrap()
+}
+
+fn student(seed: u64) -> Llama {
+    let mut m = Llama::new(tiny_config(), Device::Cpu);
+    m.init_random(seed, 0.1);
+    m
+}
+
+#[test]
+fn cross_entropy_falls_on_a_learnable_task() {
+    let rows = rows(counting_samples(24), 64);
+    let mut trainer = Trainer::new(student(1), options(LossKind::Ce, 1e-2, 60));
+    let before = trainer.evaluate(&rows).unwrap();
+    for _ in 0..60 {
+        let s = trainer.step(&rows).unwrap();
+        assert!(!s.skipped && s.loss.is_finite() && s.grad_norm.is_finite());
+    }
+    let after = trainer.evaluate(&rows).unwrap();
+    assert!(after < 0.5 * before, "loss {before} -> {after}");
+    assert_eq!(trainer.version(), 60);
+}
+
+#[test]
+fn packed_and_padded_layouts_give_the_same_loss() {
+    let samples = counting_samples(9);
+    let packed = rows(samples.clone(), 48);
+    assert!(packed.iter().any(|r| r.segments.len() > 1));
+    // One sample per row, padded to a common width.
+    let padded: Vec<PackedRow> = samples
+        .into_iter()
+        .flat_map(|s| rows(vec![s], 20))
+        .collect();
+    let a = Trainer::new(student(2), options(LossKind::Ce, 1e-3, 1));
+    let mut o = options(LossKind::Ce, 1e-3, 1);
+    o.layout = Layout::Padded;
+    let b = Trainer::new(student(2), o);
+    let (la, lb) = (a.evaluate(&packed).unwrap(), b.evaluate(&padded).unwrap());
+    assert!((la - lb).abs() < 1e-5, "packed {la} padded {lb}");
+    // A padded trainer refuses rows holding several samples.
+    assert!(
+        b.evaluate(&packed)
+            .unwrap_err()
+            .to_string()
+            .contains("one sample per row")
+    );
+}
+
+#[test]
+fn forward_kl_toward_a_teacher_falls() {
+    let teacher_dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama-gqa-tied");
+    let teacher = Llama::load(&teacher_dir, Device::Cpu, Kind::Float).unwrap();
+    let mut samples = counting_samples(16);
+    let scorer = ModelScorer::new(&teacher);
+    let seqs: Vec<(&[TokenId], usize)> = samples
+        .iter()
+        .map(|s| (s.tokens.as_slice(), s.prompt_len))
+        .collect();
+    let scores = scorer.response_scores(&seqs, Some(8)).unwrap();
+    for (s, (_, top)) in samples.iter_mut().zip(scores) {
+        s.topk = top;
+    }
+    let rows = rows(samples, 64);
+    let mut trainer = Trainer::new(student(3), options(LossKind::ForwardKl, 1e-2, 40));
+    let before = trainer.evaluate(&rows).unwrap();
+    for _ in 0..40 {
+        trainer.step(&rows).unwrap();
+    }
+    let after = trainer.evaluate(&rows).unwrap();
+    assert!(after < 0.6 * before, "KL {before} -> {after}");
+    // The other divergences run on the same rows and are finite and >= 0.
+    for loss in [LossKind::ReverseKl, LossKind::Jsd] {
+        let t = Trainer::new(student(3), options(loss, 1e-2, 1));
+        let v = t.evaluate(&rows).unwrap();
+        assert!(v.is_finite() && v >= 0.0, "{loss:?}: {v}");
+    }
+    // KL losses need top-k targets.
+    let plain = rows_without_topk();
+    let err = trainer.evaluate(&plain).unwrap_err().to_string();
+    assert!(err.contains("top-k"), "{err}");
+}
+
+fn rows_without_topk() -> Vec<PackedRow> {
+    rows(counting_samples(2), 64)
+}
+
+#[test]
+fn non_finite_losses_skip_steps_then_abort() {
+    let mut bad = rows_without_topk();
+    let good = bad.clone();
+    for w in bad[0].weights.iter_mut() {
+        if *w > 0.0 {
+            *w = f32::NAN;
+        }
+    }
+    let mut trainer = Trainer::new(student(4), options(LossKind::Ce, 1e-2, 10));
+    let before: Vec<(String, _)> = trainer.publish().unwrap();
+    let s = trainer.step(&bad).unwrap();
+    assert!(s.skipped);
+    assert_eq!(trainer.version(), 0);
+    // Weights untouched by the skipped step.
+    for ((_, a), (_, b)) in before.iter().zip(trainer.publish().unwrap()) {
+        assert!(a.equal(&b));
+    }
+    // A good step resets the run of failures.
+    assert!(!trainer.step(&good).unwrap().skipped);
+    assert!(trainer.step(&bad).unwrap().skipped);
+    assert!(trainer.step(&bad).unwrap().skipped);
+    let err = trainer.step(&bad).unwrap_err().to_string();
+    assert!(err.contains("3 consecutive"), "{err}");
+    assert_eq!(trainer.skipped_steps(), 4);
+}
