@@ -7,6 +7,7 @@
 //! - [`model`]: the decoder, with a packed training forward and a cached
 //!   decoding forward.
 
+pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod loss;

@@ -179,3 +179,76 @@ fn generation_stops_at_a_stop_id() {
     assert_eq!(*g.tokens.last().unwrap(), stop);
     assert_eq!(g.finish, npd_core::FinishReason::Stop);
 }
+
+#[test]
+fn saved_checkpoints_reload_identically_single_and_sharded() {
+    use npd_train::checkpoint::save_pretrained;
+    let dir = std::env::temp_dir().join(format!("npd-save-{}", std::process::id()));
+    for name in FIXTURES {
+        let model = Llama::load(&fixture(name), Device::Cpu, Kind::Float).unwrap();
+        let r = reference(name);
+        for (shard, label) in [(usize::MAX, "single"), (20_000, "sharded")] {
+            let out = dir.join(format!("{name}-{label}"));
+            save_pretrained(&model, &out, None, shard).unwrap();
+            assert_eq!(
+                out.join("model.safetensors.index.json").exists(),
+                label == "sharded"
+            );
+            let back = Llama::load(&out, Device::Cpu, Kind::Float).unwrap();
+            assert_eq!(
+                back.config().tie_word_embeddings,
+                model.config().tie_word_embeddings
+            );
+            let d = max_abs_diff(
+                &logits_alone(&back, &r.inputs[2]),
+                &logits_alone(&model, &r.inputs[2]),
+            );
+            assert_eq!(d, 0.0, "{name} {label}");
+            // Saving again over an existing folder replaces it.
+            save_pretrained(&back, &out, None, shard).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_name_the_tensor() {
+    use npd_train::checkpoint::save_pretrained;
+    let dir = std::env::temp_dir().join(format!("npd-bad-{}", std::process::id()));
+    let model = Llama::load(&fixture("llama-gqa-tied"), Device::Cpu, Kind::Float).unwrap();
+    save_pretrained(&model, &dir, None, usize::MAX).unwrap();
+    // A config that disagrees with the stored shapes.
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48"),
+    )
+    .unwrap();
+    let err = Llama::load(&dir, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.mlp.down_proj.weight")
+            && err.contains("[32, 64]")
+            && err.contains("[32, 48]"),
+        "{err}"
+    );
+    // A missing tensor.
+    let more = cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+    std::fs::write(dir.join("config.json"), more).unwrap();
+    let err = Llama::load(&dir, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.2.") && err.contains("missing"),
+        "{err}"
+    );
+    // A truncated weights file.
+    std::fs::write(dir.join("config.json"), &cfg).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap();
+    let err = Llama::load(&dir, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
