@@ -14,6 +14,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod score;
+pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
