@@ -365,7 +365,8 @@ impl Llama {
             let q = Self::rotate(&block.q.forward(&h).view(heads(nh).as_slice()), &cos, &sin);
             let k = Self::rotate(&block.k.forward(&h).view(heads(nkv).as_slice()), &cos, &sin);
             let v = block.v.forward(&h).view(heads(nkv).as_slice());
-            x = x + block.o.forward(&attend(i, q, k, v));
+            // Not `+=`: that adds in place and corrupts tensors autograd saved.
+            x = &x + block.o.forward(&attend(i, q, k, v));
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
             x = &x + Self::mlp(block, &h);
         }

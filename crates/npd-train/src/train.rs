@@ -197,7 +197,7 @@ impl Trainer {
             }
         };
         if o.ce_weight > 0.0 && o.loss != LossKind::Ce {
-            per_token = per_token + cross_entropy(&logits, &targets.tokens) * o.ce_weight;
+            per_token = &per_token + cross_entropy(&logits, &targets.tokens) * o.ce_weight;
         }
         Ok((per_token * &targets.weights).sum(Kind::Float) / norm)
     }
@@ -293,32 +293,36 @@ impl Learner for Trainer {
     }
 }
 
-/// Appends row `r`'s targets, with `offset(t)` the hidden-state row that
+/// Loss targets gathered from rows, before they become tensors.
+#[derive(Default)]
+struct TargetLists {
+    rows: Vec<i64>,
+    tokens: Vec<i64>,
+    weights: Vec<f32>,
+    topk_ids: Vec<i64>,
+    topk_logprobs: Vec<f32>,
+    tails: Vec<f32>,
+}
+
+/// Appends a row's targets, with `offset(t)` the hidden-state row that
 /// predicts token `t` of the row.
-fn push_targets(
-    row: &PackedRow,
-    offset: impl Fn(usize) -> i64,
-    out: &mut (Vec<i64>, Vec<i64>, Vec<f32>, Vec<i64>, Vec<f32>, Vec<f32>),
-) {
+fn push_targets(row: &PackedRow, offset: impl Fn(usize) -> i64, out: &mut TargetLists) {
     for t in (0..row.capacity()).filter(|&t| row.loss_mask[t]) {
-        out.0.push(offset(t - 1));
-        out.1.push(row.tokens[t] as i64);
-        out.2.push(row.weights[t]);
+        out.rows.push(offset(t - 1));
+        out.tokens.push(row.tokens[t] as i64);
+        out.weights.push(row.weights[t]);
         if let Some(top) = &row.topk {
             let k = top.k;
-            out.3
+            out.topk_ids
                 .extend(top.ids[t * k..(t + 1) * k].iter().map(|&i| i as i64));
-            out.4.extend_from_slice(&top.logprobs[t * k..(t + 1) * k]);
-            out.5.push(top.tail_logprob[t]);
+            out.topk_logprobs
+                .extend_from_slice(&top.logprobs[t * k..(t + 1) * k]);
+            out.tails.push(top.tail_logprob[t]);
         }
     }
 }
 
-fn finish_targets(
-    rows: &[PackedRow],
-    v: (Vec<i64>, Vec<i64>, Vec<f32>, Vec<i64>, Vec<f32>, Vec<f32>),
-    device: Device,
-) -> Result<Targets> {
+fn finish_targets(rows: &[PackedRow], v: TargetLists, device: Device) -> Result<Targets> {
     let k = match rows.first().and_then(|r| r.topk.as_ref()) {
         Some(t) => {
             if rows
@@ -334,17 +338,17 @@ fn finish_targets(
         }
         None => None,
     };
-    let n = v.0.len() as i64;
+    let n = v.rows.len() as i64;
     let dev = |t: Tensor| t.to_device(device);
     Ok(Targets {
-        rows: dev(Tensor::from_slice(&v.0)),
-        tokens: dev(Tensor::from_slice(&v.1)),
-        weights: dev(Tensor::from_slice(&v.2)),
+        rows: dev(Tensor::from_slice(&v.rows)),
+        tokens: dev(Tensor::from_slice(&v.tokens)),
+        weights: dev(Tensor::from_slice(&v.weights)),
         topk: k.map(|k| {
             (
-                dev(Tensor::from_slice(&v.3).view([n, k])),
-                dev(Tensor::from_slice(&v.4).view([n, k])),
-                dev(Tensor::from_slice(&v.5)),
+                dev(Tensor::from_slice(&v.topk_ids).view([n, k])),
+                dev(Tensor::from_slice(&v.topk_logprobs).view([n, k])),
+                dev(Tensor::from_slice(&v.tails)),
             )
         }),
     })
@@ -358,7 +362,7 @@ fn gather_packed(
     let mut tokens = Vec::new();
     let mut positions = Vec::new();
     let mut lengths = Vec::new();
-    let mut v = Default::default();
+    let mut v = TargetLists::default();
     for row in rows {
         let used = row.used();
         let offset = tokens.len() as i64;
@@ -381,7 +385,7 @@ fn gather_padded(rows: &[PackedRow], device: Device) -> Result<(Tensor, Tensor, 
     let cap = rows.first().map_or(0, PackedRow::capacity);
     let mut tokens = Vec::with_capacity(rows.len() * cap);
     let mut positions = Vec::with_capacity(rows.len() * cap);
-    let mut v = Default::default();
+    let mut v = TargetLists::default();
     for (r, row) in rows.iter().enumerate() {
         if row.segments.len() != 1 || row.capacity() != cap {
             return Err(Error::invalid(
