@@ -252,3 +252,15 @@ fn bad_checkpoints_name_the_tensor() {
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bf16_compute_stays_close_to_f32() {
+    let name = "llama-gqa-tied";
+    let model = Llama::load(&fixture(name), Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(model.kind(), Kind::BFloat16);
+    let r = reference(name);
+    let got = logits_alone(&model, &r.inputs[0]).to_kind(Kind::Float);
+    let d = max_abs_diff(&got, &r.logits[0]);
+    let scale = r.logits[0].abs().max().double_value(&[]);
+    assert!(d < 0.05 * scale, "bf16 logits off by {d} (scale {scale})");
+}
