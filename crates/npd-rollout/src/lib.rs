@@ -1,7 +1,16 @@
-//! The asynchronous rollout engine (planned).
+//! The asynchronous rollout engine and the run ledger.
 //!
-//! This crate will hold the engine that turns prompts into rollouts over the
-//! [`npd_core::traits::Generator`] trait: rollout workers that own a student
-//! snapshot, a bounded queue for backpressure, sparse weight refresh every K
-//! optimizer steps, admission control for the staleness bound, and the
-//! ledger that accounts for every prompt. It has no public API yet.
+//! - [`engine`]: [`RolloutEngine`] runs a [`npd_core::traits::Generator`] on
+//!   its own thread: prompts in, rollouts tagged with the `policy_version`
+//!   that wrote them out, through a bounded queue (backpressure), with
+//!   weights swapped only between batches (sparse refresh) and admission
+//!   control for the staleness bound.
+//! - [`ledger`]: [`Ledger`] accounts for every prompt (open, trained,
+//!   filtered with the reason, failed with the reason), refuses to close a
+//!   prompt twice, and is saved with checkpoints.
+
+pub mod engine;
+pub mod ledger;
+
+pub use engine::{Delivery, EngineConfig, EngineStats, RolloutEngine};
+pub use ledger::{Ledger, LedgerCounts, PromptState};
