@@ -10,10 +10,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod embedded;
 pub mod generate;
+pub mod generator;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod pipeline;
 pub mod score;
 pub mod tokenizer;
 pub mod train;

@@ -50,6 +50,17 @@ impl Tokenizer {
         })
     }
 
+    /// Parses `tokenizer.json` text; `source` names it in errors.
+    pub fn from_json_str(text: &str, source: &Path) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(backend(format!("parsing {}", source.display())))?;
+        Ok(Self {
+            inner,
+            source: source.to_path_buf(),
+        })
+    }
+
     /// Converts a SentencePiece `tokenizer.model`.
     pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {

@@ -1,0 +1,365 @@
+//! Preparing the embedded default: prompts, tokenizer, a trained teacher and
+//! a warm-started student, cached in a folder so later runs reuse them.
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use npd_core::config::{LossKind, TrainConfig};
+use npd_core::traits::Learner;
+use npd_core::{PromptId, Result, SampleId, TokenId, TrainSample};
+use npd_pack::{PackOptions, pack_pool};
+
+use crate::checkpoint::save_pretrained;
+use crate::embedded::task::{self, Problem};
+use crate::embedded::{self as emb};
+use crate::generator::Weights;
+use crate::model::Llama;
+use crate::pipeline::data::{Example, PromptRecord, write_records};
+use crate::pipeline::eval::accuracy;
+use crate::tokenizer::Tokenizer;
+use crate::train::{TrainOptions, Trainer};
+
+/// Sizes and budgets of the embedded default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Teacher `(hidden, layers, heads, kv heads)`.
+    pub teacher: (usize, usize, usize, usize),
+    /// Student `(hidden, layers, heads, kv heads)`.
+    pub student: (usize, usize, usize, usize),
+    /// Most teacher training steps.
+    pub teacher_steps: u64,
+    /// Teacher training stops once held-out accuracy reaches this.
+    pub teacher_target: f64,
+    /// Student warm-start steps (cross-entropy on reference responses).
+    pub warm_start_steps: u64,
+    /// Samples per training step.
+    pub batch: usize,
+    /// Training prompts.
+    pub train_prompts: usize,
+    /// Held-out prompts.
+    pub eval_prompts: usize,
+    /// Fraction of teacher training examples that show a wrong intermediate
+    /// value, then `!` and the correct value (the wrong value is masked out
+    /// of the loss), so the teacher learns to repair a wrong prefix.
+    pub repair_fraction: f64,
+    /// Seed of data and initialisation.
+    pub seed: u64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            teacher: (128, 4, 4, 2),
+            student: (64, 2, 4, 2),
+            teacher_steps: 1500,
+            teacher_target: 0.95,
+            warm_start_steps: 300,
+            batch: 64,
+            train_prompts: 4000,
+            eval_prompts: 500,
+            repair_fraction: 0.15,
+            seed: 0,
+        }
+    }
+}
+
+/// The prepared assets.
+pub struct Prepared {
+    /// Folder holding them.
+    pub dir: PathBuf,
+    /// The task tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The teacher.
+    pub teacher: Llama,
+    /// Its held-out accuracy.
+    pub teacher_accuracy: f64,
+    /// The warm-started student's weights.
+    pub warm_start: Weights,
+    /// Its held-out accuracy.
+    pub warm_start_accuracy: f64,
+    /// Training prompts.
+    pub train: Vec<Example>,
+    /// Held-out prompts.
+    pub eval: Vec<Example>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    setup: Setup,
+    teacher_accuracy: f64,
+    teacher_steps: u64,
+    warm_start_accuracy: f64,
+}
+
+/// Progress callback: `(stage, done, total)`.
+pub type Progress<'a> = dyn FnMut(&str, u64, u64) + 'a;
+
+fn prompt_ids(tok: &Tokenizer, p: &Problem) -> Result<Vec<TokenId>> {
+    let mut ids = vec![emb::BOS_ID];
+    ids.extend(tok.encode(&p.prompt())?);
+    Ok(ids)
+}
+
+/// A training sample of the reference response; with `repair`, step
+/// `repair.0` first shows the wrong value `repair.1` and `!`, the wrong
+/// digits weighted 0.
+fn reference_sample(
+    tok: &Tokenizer,
+    id: u64,
+    p: &Problem,
+    repair: Option<(usize, u32)>,
+) -> Result<TrainSample> {
+    let prompt = prompt_ids(tok, p)?;
+    let values = p.values();
+    let mut text = String::new();
+    let mut masked = Vec::new();
+    for (i, ((op, d), v)) in p.ops.iter().zip(&values).enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push(*op);
+        text.push(char::from_digit(*d, 10).expect("a digit"));
+        if let Some((_, wrong)) = repair.filter(|r| r.0 == i) {
+            let start = text.chars().count();
+            text.push_str(&format!("{wrong:02}"));
+            masked.extend([start, start + 1]);
+            text.push('!');
+        }
+        text.push_str(&format!("{v:02}"));
+    }
+    text.push_str(&format!("#{:02}", p.answer()));
+    let mut response = tok.encode(&text)?;
+    response.push(emb::EOS_ID);
+    let mut weights = vec![1.0f32; response.len()];
+    for m in masked {
+        weights[m] = 0.0;
+    }
+    let mut tokens = prompt.clone();
+    tokens.extend(response);
+    Ok(TrainSample {
+        id: SampleId(id),
+        tokens,
+        prompt_len: prompt.len(),
+        weights: Some(weights),
+        topk: None,
+    })
+}
+
+fn answer_of(tok: &Tokenizer) -> impl Fn(&[TokenId]) -> Option<String> + Sync + '_ {
+    move |ids: &[TokenId]| {
+        let text = tok.decode(ids, true).ok()?;
+        task::final_answer(&text).map(|a| format!("{a:02}"))
+    }
+}
+
+/// One training phase on reference responses.
+struct Phase<'a> {
+    stage: &'a str,
+    steps: u64,
+    lr: f64,
+    repair: f64,
+}
+
+/// Trains on reference responses until `until` says stop or the steps run
+/// out; returns the model and the steps taken.
+fn train_on_references(
+    model: Llama,
+    setup: &Setup,
+    data: (&[Problem], &Tokenizer),
+    phase: Phase<'_>,
+    mut until: impl FnMut(&Llama, u64) -> Result<bool>,
+    progress: &mut Progress<'_>,
+) -> Result<(Llama, u64)> {
+    let (problems, tok) = data;
+    let Phase {
+        stage,
+        steps,
+        lr,
+        repair,
+    } = phase;
+    let mut options = TrainOptions::from_config(&TrainConfig {
+        loss: LossKind::Ce,
+        lr,
+        min_lr: lr / 10.0,
+        warmup_steps: 50.min(steps / 10),
+        steps,
+        weight_decay: 0.01,
+        ..Default::default()
+    });
+    options.micro_batch_rows = usize::MAX;
+    let mut trainer = Trainer::new(model, options);
+    let mut rng = StdRng::seed_from_u64(setup.seed ^ 0x5eed);
+    let mut done = 0;
+    for step in 0..steps {
+        let samples = (0..setup.batch)
+            .map(|j| {
+                let r = step as usize * setup.batch + j;
+                let p = &problems[r % problems.len()];
+                let fix = (rng.random::<f64>() < repair).then(|| {
+                    let at = rng.random_range(0..p.ops.len());
+                    let right = p.values()[at];
+                    (
+                        at,
+                        (right + rng.random_range(1..task::MODULUS)) % task::MODULUS,
+                    )
+                });
+                reference_sample(tok, r as u64, p, fix)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = pack_pool(samples, &PackOptions::new(512))?;
+        trainer.step(&rows)?;
+        done = step + 1;
+        progress(stage, done, steps);
+        if until(trainer.model(), done)? {
+            break;
+        }
+    }
+    // The trainer owns the model; take it back through its weights.
+    let weights = trainer.publish()?;
+    let mut model = Llama::new(trainer.model().config().clone(), Device::Cpu);
+    crate::generator::load_weights(&mut model, &weights)?;
+    Ok((model, done))
+}
+
+/// Prepares (or loads from `dir`) the embedded default.
+pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result<Prepared> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| npd_core::Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tok = emb::tokenizer()?;
+    let problems = task::problems(setup.train_prompts + setup.eval_prompts, setup.seed);
+    let (train_p, eval_p) = problems.split_at(setup.train_prompts);
+    let to_examples = |ps: &[Problem], offset: u64| -> Result<Vec<Example>> {
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Ok(Example {
+                    id: PromptId(offset + i as u64),
+                    prompt: prompt_ids(&tok, p)?,
+                    answer: Some(format!("{:02}", p.answer())),
+                })
+            })
+            .collect()
+    };
+    let train = to_examples(train_p, 0)?;
+    let eval = to_examples(eval_p, setup.train_prompts as u64)?;
+    let answer = answer_of(&tok);
+    let stop = [emb::EOS_ID];
+    let acc = |m: &Llama| accuracy(m, &eval, &answer, 48, &stop);
+
+    let meta_path = dir.join("meta.json");
+    let meta: Option<Meta> = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|m: &Meta| m.setup == *setup);
+    let (teacher, warm, meta) = match meta {
+        Some(meta) => {
+            let teacher = Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?;
+            let warm = Llama::load(&dir.join("student-warm-start"), Device::Cpu, Kind::Float)?;
+            (teacher, warm, meta)
+        }
+        None => {
+            let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
+                ps.iter()
+                    .enumerate()
+                    .map(|(i, p)| PromptRecord {
+                        id: Some(offset + i as u64),
+                        prompt: Some(p.prompt()),
+                        messages: None,
+                        answer: Some(format!("{:02}", p.answer())),
+                        response: Some(p.response()),
+                    })
+                    .collect()
+            };
+            write_records(&dir.join("prompts-train.jsonl"), &records(train_p, 0))?;
+            write_records(
+                &dir.join("prompts-eval.jsonl"),
+                &records(eval_p, setup.train_prompts as u64),
+            )?;
+            tok.save(&dir.join("tokenizer.json"))?;
+
+            let (h, l, nh, kv) = setup.teacher;
+            let mut teacher = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
+            teacher.init_random(setup.seed, 0.02);
+            let mut teacher_acc = 0.0;
+            let phase = Phase {
+                stage: "teacher",
+                steps: setup.teacher_steps,
+                lr: 2.5e-3,
+                repair: setup.repair_fraction,
+            };
+            let (teacher, steps) = train_on_references(
+                teacher,
+                setup,
+                (train_p, &tok),
+                phase,
+                |m, step| {
+                    if step % 100 == 0 || step == setup.teacher_steps {
+                        teacher_acc = acc(m)?;
+                        return Ok(teacher_acc >= setup.teacher_target);
+                    }
+                    Ok(false)
+                },
+                progress,
+            )?;
+            let (h, l, nh, kv) = setup.student;
+            let mut student = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
+            student.init_random(setup.seed + 1, 0.02);
+            let phase = Phase {
+                stage: "student warm start",
+                steps: setup.warm_start_steps,
+                lr: 2e-3,
+                repair: 0.0,
+            };
+            let (warm, _) = train_on_references(
+                student,
+                setup,
+                (train_p, &tok),
+                phase,
+                |_, _| Ok(false),
+                progress,
+            )?;
+            let meta = Meta {
+                setup: setup.clone(),
+                teacher_accuracy: acc(&teacher)?,
+                teacher_steps: steps,
+                warm_start_accuracy: acc(&warm)?,
+            };
+            save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
+            tok.save(&dir.join("teacher").join("tokenizer.json"))?;
+            save_pretrained(&warm, &dir.join("student-warm-start"), None, usize::MAX)?;
+            tok.save(&dir.join("student-warm-start").join("tokenizer.json"))?;
+            // Written last: its presence marks a complete cache.
+            crate::weights::write_atomic(
+                &meta_path,
+                serde_json::to_string_pretty(&meta)
+                    .expect("serialisable")
+                    .as_bytes(),
+            )?;
+            (teacher, warm, meta)
+        }
+    };
+    let warm_start = warm.named_parameters();
+    drop(answer);
+    Ok(Prepared {
+        dir: dir.to_path_buf(),
+        tokenizer: tok,
+        teacher,
+        teacher_accuracy: meta.teacher_accuracy,
+        warm_start,
+        warm_start_accuracy: meta.warm_start_accuracy,
+        train,
+        eval,
+    })
+}
+
+/// Final-answer extraction for the embedded task.
+pub fn answer_fn(tok: &Tokenizer) -> impl Fn(&[TokenId]) -> Option<String> + Sync + '_ {
+    answer_of(tok)
+}

@@ -1,0 +1,104 @@
+//! A [`Generator`] backed by a [`Llama`] student snapshot.
+
+use tch::Tensor;
+
+use npd_core::traits::Generator;
+use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams};
+
+use crate::generate::{Decoding, generate};
+use crate::model::Llama;
+
+/// Weights as published by [`crate::train::Trainer`]: name and tensor.
+pub type Weights = Vec<(String, Tensor)>;
+
+/// A student snapshot that writes rollouts with the KV-cache decoder.
+#[derive(Debug)]
+pub struct ModelGenerator {
+    model: Llama,
+    version: PolicyVersion,
+    threads: Option<i32>,
+}
+
+impl ModelGenerator {
+    /// Wraps a model holding the weights of `version`.
+    pub fn new(model: Llama, version: PolicyVersion) -> Self {
+        Self {
+            model,
+            version,
+            threads: None,
+        }
+    }
+
+    /// Sets libtorch's intra-op thread count on the generating thread
+    /// before each batch (the thread budget of generation).
+    pub fn with_threads(mut self, threads: i32) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// The snapshot.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+}
+
+/// Copies named weights into a model with the same architecture.
+pub fn load_weights(model: &mut Llama, weights: &Weights) -> Result<()> {
+    let vars = model.var_store().variables();
+    if vars.len() != weights.len() {
+        return Err(Error::invalid(
+            "published weights",
+            format!("{} tensors for a model of {}", weights.len(), vars.len()),
+        ));
+    }
+    tch::no_grad(|| {
+        for (name, t) in weights {
+            let mut var = vars
+                .get(name)
+                .ok_or_else(|| Error::invalid(format!("tensor {name}"), "not in the model"))?
+                .shallow_clone();
+            if var.size() != t.size() {
+                return Err(Error::invalid(
+                    format!("tensor {name}"),
+                    format!("shape {:?}, the model has {:?}", t.size(), var.size()),
+                ));
+            }
+            var.copy_(t);
+        }
+        Ok(())
+    })
+}
+
+impl Generator for ModelGenerator {
+    type Weights = Weights;
+
+    fn version(&self) -> PolicyVersion {
+        self.version
+    }
+
+    fn load(&mut self, weights: Weights, version: PolicyVersion) -> Result<()> {
+        load_weights(&mut self.model, &weights)?;
+        self.version = version;
+        Ok(())
+    }
+
+    fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
+        if let Some(t) = self.threads {
+            tch::set_num_threads(t);
+        }
+        let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
+        let out = generate(&self.model, &tokens, params, Decoding::Cached)?;
+        Ok(prompts
+            .iter()
+            .zip(out)
+            .map(|(p, g)| Rollout {
+                prompt_id: p.id,
+                prompt: p.tokens.clone(),
+                response: g.tokens,
+                response_logprobs: g.logprobs,
+                policy_version: self.version,
+                finish: g.finish,
+            })
+            .collect())
+    }
+}

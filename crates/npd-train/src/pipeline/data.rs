@@ -1,0 +1,214 @@
+//! Prompt datasets: JSONL records, tokenized into examples.
+//!
+//! One JSON object per line:
+//!
+//! ```json
+//! {"id": 17, "prompt": "37*3-9-9+9        =", "answer": "08"}
+//! {"id": 18, "messages": [{"role": "user", "content": "Hi"}], "response": "Hello!"}
+//! ```
+//!
+//! `prompt` (raw text) or `messages` (a conversation rendered with the
+//! model's chat format) is required; `id` defaults to the line number;
+//! `answer` is the expected final answer for evaluation; `response` a
+//! reference reply. Unknown keys are rejected.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use npd_core::{Error, PromptId, Result, TokenId};
+
+use crate::tokenizer::Tokenizer;
+use crate::tokenizer::chat::{ChatFormat, Message};
+
+/// One line of a prompts file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptRecord {
+    /// Stable id; the 0-based line number when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Raw prompt text (used as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A conversation, rendered with the chat format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
+    /// Expected final answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// A reference response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// A tokenized prompt with what evaluation needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The prompt's id.
+    pub id: PromptId,
+    /// BOS and the rendered prompt.
+    pub prompt: Vec<TokenId>,
+    /// Expected final answer, if known.
+    pub answer: Option<String>,
+}
+
+/// Reads a JSONL prompts file; a malformed line is an error naming the
+/// file and line.
+pub fn read_records(path: &Path) -> Result<Vec<PromptRecord>> {
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let mut rec: PromptRecord = serde_json::from_str(&line)
+            .map_err(|e| Error::invalid(&at, format!("not a prompt record: {e}")))?;
+        if rec.prompt.is_some() == rec.messages.is_some() {
+            return Err(Error::invalid(
+                &at,
+                "expected exactly one of `prompt` and `messages`",
+            ));
+        }
+        rec.id.get_or_insert(i as u64);
+        out.push(rec);
+    }
+    if out.is_empty() {
+        return Err(Error::invalid(
+            path.display().to_string(),
+            "no prompt records",
+        ));
+    }
+    let mut ids: Vec<u64> = out.iter().filter_map(|r| r.id).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::invalid(
+            path.display().to_string(),
+            format!("id {} appears twice", w[0]),
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes records as JSONL (atomically).
+pub fn write_records(path: &Path, records: &[PromptRecord]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).expect("records serialise"));
+        text.push('\n');
+    }
+    crate::weights::write_atomic(path, text.as_bytes())
+}
+
+/// Prompts rejected before training, with the reason.
+pub type Rejected = Vec<(PromptId, String)>;
+
+/// Tokenizes records: BOS, then the prompt text or the rendered
+/// conversation. Returns the examples and the records rejected for being
+/// longer than `max_tokens`, with the reason.
+pub fn tokenize(
+    records: &[PromptRecord],
+    tokenizer: &Tokenizer,
+    chat: Option<&dyn ChatFormat>,
+    bos: Option<TokenId>,
+    max_tokens: usize,
+) -> Result<(Vec<Example>, Rejected)> {
+    let mut examples = Vec::new();
+    let mut rejected = Vec::new();
+    for r in records {
+        let id = PromptId(r.id.unwrap_or_default());
+        let text = match (&r.prompt, &r.messages, chat) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(m), Some(c)) => c.prompt(m)?,
+            (None, Some(_), None) => {
+                return Err(Error::invalid(
+                    id.to_string(),
+                    "has `messages` but no chat format is configured",
+                ));
+            }
+            (None, None, _) => return Err(Error::invalid(id.to_string(), "has no prompt")),
+        };
+        let mut prompt: Vec<TokenId> = bos.into_iter().collect();
+        prompt.extend(tokenizer.encode(&text)?);
+        if prompt.len() > max_tokens {
+            rejected.push((
+                id,
+                format!(
+                    "prompt of {} tokens exceeds data.max_prompt_tokens = {max_tokens}",
+                    prompt.len()
+                ),
+            ));
+            continue;
+        }
+        examples.push(Example {
+            id,
+            prompt,
+            answer: r.answer.clone(),
+        });
+    }
+    Ok((examples, rejected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("npd-data-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn malformed_lines_are_named_with_file_and_line() {
+        let p = write("bad.jsonl", "{\"prompt\": \"a\"}\n\n{\"prompt\": 3}\n");
+        let err = read_records(&p).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:3", p.display())), "{err}");
+        let p = write("both.jsonl", "{\"prompt\": \"a\", \"messages\": []}\n");
+        assert!(
+            read_records(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+        let p = write("extra.jsonl", "{\"prompt\": \"a\", \"promt\": 1}\n");
+        assert!(read_records(&p).unwrap_err().to_string().contains("promt"));
+        let p = write("empty.jsonl", "\n");
+        assert!(
+            read_records(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("no prompt records")
+        );
+        let p = write(
+            "dup.jsonl",
+            "{\"id\": 1, \"prompt\": \"a\"}\n{\"id\": 1, \"prompt\": \"b\"}\n",
+        );
+        assert!(read_records(&p).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn long_prompts_are_rejected_with_a_reason() {
+        let tok = crate::embedded::tokenizer().unwrap();
+        let p = write(
+            "ok.jsonl",
+            "{\"prompt\": \"12+3=\"}\n{\"prompt\": \"12+3+4+5+6+7=\"}\n",
+        );
+        let recs = read_records(&p).unwrap();
+        assert_eq!(recs[1].id, Some(1));
+        let (ex, rejected) = tokenize(&recs, &tok, None, Some(1), 8).unwrap();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex[0].prompt.len(), 6);
+        assert_eq!(rejected[0].0, PromptId(1));
+        assert!(rejected[0].1.contains("max_prompt_tokens"));
+    }
+}

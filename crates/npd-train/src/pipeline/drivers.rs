@@ -1,0 +1,662 @@
+//! The three methods, run by one harness on the same model code, prompts,
+//! step budget and evaluation, so their results compare:
+//!
+//! - [`Method::Sft`]: cross-entropy on teacher-written (greedy) responses;
+//! - [`Method::OnPolicy`]: synchronous on-policy distillation: every step
+//!   samples from the current student, the teacher scores, one padded batch;
+//! - [`Method::NearPolicy`]: NPD: a student snapshot generates on its own
+//!   thread (refreshed every K steps, staleness bounded by admission
+//!   control), the teacher scores pools of rollouts, Δ-IFD filters them,
+//!   samples are reused and packed.
+//!
+//! The baselines get every optimisation that does not define NPD (batched
+//! KV-cache generation, the same kernels and training step); only
+//! asynchrony, pooled generation with reuse, sparse refresh, filtering and
+//! packing are NPD's own.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use npd_core::config::FilterConfig;
+use npd_core::traits::{
+    FilterInput, Learner, Packer, SampleFilter, ScoreOptions, ScoreRequest, Scorer,
+};
+use npd_core::{
+    Error, PackedRow, PolicyVersion, Prompt, PromptId, Result, SampleId, SamplingParams, TokenId,
+    TopKTargets, TrainSample, Verdict,
+};
+use npd_filter::{DeltaIfdFilter, FilterReport};
+use npd_pack::{PackOptions, StreamingPacker, pack_pool};
+use npd_rollout::{Delivery, EngineConfig, Ledger, LedgerCounts, PromptState, RolloutEngine};
+
+use crate::config::ModelConfig;
+use crate::generate::{Decoding, generate};
+use crate::generator::{ModelGenerator, Weights, load_weights};
+use crate::model::Llama;
+use crate::pipeline::data::Example;
+use crate::pipeline::eval::{AnswerFn, accuracy};
+use crate::score::ModelScorer;
+use crate::train::{Layout, TrainOptions, Trainer};
+
+/// Which method to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Supervised fine-tuning on teacher-written responses.
+    Sft,
+    /// Synchronous on-policy distillation.
+    OnPolicy,
+    /// Near-Policy Distillation.
+    NearPolicy,
+}
+
+impl Method {
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Sft => "SFT",
+            Method::OnPolicy => "on-policy",
+            Method::NearPolicy => "NPD",
+        }
+    }
+}
+
+/// Settings shared by every method.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Samples per optimizer step.
+    pub samples_per_step: usize,
+    /// Evaluate every this many steps (and at the start and end).
+    pub eval_every: u64,
+    /// Student sampling (temperature, top-k/p, max new tokens, stop ids).
+    pub sampling: SamplingParams,
+    /// Optimisation; the layout is set per method.
+    pub train: TrainOptions,
+    /// Teacher top-k entries per position.
+    pub topk: usize,
+    /// Tokens before a response in the response-alone pass.
+    pub alone_prefix: Vec<TokenId>,
+    /// NPD: refresh the generating snapshot every this many steps.
+    pub refresh_every: u64,
+    /// NPD: staleness bound in refreshes.
+    pub max_lag: u64,
+    /// NPD: times each kept sample is trained on.
+    pub reuse: usize,
+    /// NPD: Δ-IFD filter.
+    pub filter: FilterConfig,
+    /// NPD: packed row capacity.
+    pub capacity: usize,
+    /// NPD: rollouts scored together.
+    pub pool_size: usize,
+    /// NPD: libtorch threads of the generating thread.
+    pub gen_threads: i32,
+    /// libtorch threads of the training thread.
+    pub train_threads: i32,
+    /// Padding id.
+    pub pad_id: TokenId,
+}
+
+/// Everything the methods share.
+pub struct Harness<'a> {
+    /// The teacher.
+    pub teacher: &'a Llama,
+    /// The student's architecture.
+    pub student: ModelConfig,
+    /// The student's starting weights (the warm start).
+    pub warm_start: &'a Weights,
+    /// Training prompts.
+    pub train: &'a [Example],
+    /// Held-out prompts with answers.
+    pub eval: &'a [Example],
+    /// Final-answer extraction.
+    pub answer: &'a AnswerFn<'a>,
+    /// Settings.
+    pub settings: Settings,
+}
+
+/// One point of the accuracy curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Wall-clock seconds of training so far (evaluation excluded).
+    pub wall_s: f64,
+    /// Held-out accuracy.
+    pub accuracy: f64,
+}
+
+/// What a method run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Method.
+    pub method: Method,
+    /// Seed.
+    pub seed: u64,
+    /// Accuracy at the end.
+    pub accuracy: f64,
+    /// Accuracy against wall-clock.
+    pub curve: Vec<CurvePoint>,
+    /// Wall-clock seconds, evaluation excluded.
+    pub wall_s: f64,
+    /// Seconds per stage (on the training thread; NPD's generation runs
+    /// concurrently and its stage is the time spent waiting for rollouts).
+    pub stages: BTreeMap<String, f64>,
+    /// One-time preparation outside the timed run (SFT's teacher responses).
+    pub prep_s: f64,
+    /// Tokens trained on (padding excluded), over all steps.
+    pub trained_tokens: usize,
+    /// Fraction of computed token slots that were not padding.
+    pub token_efficiency: f64,
+    /// Steps skipped for a non-finite loss.
+    pub skipped_steps: u64,
+    /// NPD: the filter's account.
+    pub filter: Option<FilterReport>,
+    /// NPD: how many optimizer steps old each trained rollout's weights were.
+    pub staleness: BTreeMap<u64, usize>,
+    /// NPD: the prompt ledger.
+    pub ledger: Option<LedgerCounts>,
+}
+
+struct Clock {
+    start: Instant,
+    excluded: f64,
+    stages: BTreeMap<String, f64>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            excluded: 0.0,
+            stages: BTreeMap::new(),
+        }
+    }
+    fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        *self.stages.entry(stage.to_string()).or_default() += t.elapsed().as_secs_f64();
+        out
+    }
+    fn wall(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() - self.excluded
+    }
+}
+
+/// Order in which prompts are visited: a seeded permutation, repeated.
+fn prompt_order(n: usize, seed: u64) -> impl Fn(u64) -> usize {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    move |r: u64| order[(r % n as u64) as usize]
+}
+
+fn sample(
+    id: u64,
+    prompt: &[TokenId],
+    response: &[TokenId],
+    topk: Option<TopKTargets>,
+) -> TrainSample {
+    let mut tokens = prompt.to_vec();
+    tokens.extend_from_slice(response);
+    TrainSample {
+        id: SampleId(id),
+        tokens,
+        prompt_len: prompt.len(),
+        weights: None,
+        topk,
+    }
+}
+
+/// One sample per row, each row as wide as the longest sample of the step:
+/// the padded batch of the baselines.
+fn padded_rows(samples: Vec<TrainSample>, pad_id: TokenId) -> Result<Vec<PackedRow>> {
+    let width = samples.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
+    let mut options = PackOptions::new(width);
+    options.pad_id = pad_id;
+    let mut rows = Vec::with_capacity(samples.len());
+    for s in samples {
+        rows.extend(pack_pool(vec![s], &options)?);
+    }
+    Ok(rows)
+}
+
+impl Harness<'_> {
+    fn student(&self) -> Result<Llama> {
+        let mut m = Llama::new(self.student.clone(), self.teacher.device());
+        load_weights(&mut m, self.warm_start)?;
+        Ok(m)
+    }
+
+    fn trainer(&self, layout: Layout) -> Result<Trainer> {
+        let mut options = self.settings.train.clone();
+        options.layout = layout;
+        options.total_steps = self.settings.steps;
+        Ok(Trainer::new(self.student()?, options))
+    }
+
+    fn evaluate(
+        &self,
+        model: &Llama,
+        clock: &mut Clock,
+        step: u64,
+        curve: &mut Vec<CurvePoint>,
+    ) -> Result<f64> {
+        let t = Instant::now();
+        let wall = clock.wall();
+        let s = &self.settings.sampling;
+        let acc = accuracy(model, self.eval, self.answer, s.max_new_tokens, &s.stop_ids)?;
+        curve.push(CurvePoint {
+            step,
+            wall_s: wall,
+            accuracy: acc,
+        });
+        clock.excluded += t.elapsed().as_secs_f64();
+        Ok(acc)
+    }
+
+    /// Teacher top-k targets for `(prompt, response)` pairs, and the
+    /// teacher's IFD terms when `alone` is set.
+    fn teacher_scores(
+        &self,
+        pairs: &[(Vec<TokenId>, usize)],
+        alone: bool,
+    ) -> Result<Vec<npd_core::traits::SequenceScores>> {
+        let requests: Vec<ScoreRequest<'_>> = pairs
+            .iter()
+            .map(|(t, p)| ScoreRequest {
+                tokens: t,
+                prompt_len: *p,
+            })
+            .collect();
+        let options = ScoreOptions {
+            topk: Some(self.settings.topk),
+            alone_prefix: alone.then(|| self.settings.alone_prefix.clone()),
+        };
+        tch::no_grad(|| ModelScorer::new(self.teacher).score(&requests, &options))
+    }
+
+    /// Runs one method from the warm start; `metrics` receives one JSON
+    /// object per step.
+    pub fn run(
+        &self,
+        method: Method,
+        seed: u64,
+        metrics: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<Outcome> {
+        if self.train.is_empty() || self.eval.is_empty() {
+            return Err(Error::invalid(
+                "dataset",
+                "no training or no evaluation prompts",
+            ));
+        }
+        tch::set_num_threads(self.settings.train_threads);
+        tch::manual_seed(seed as i64);
+        match method {
+            Method::Sft => self.run_sft(seed, metrics),
+            Method::OnPolicy => self.run_on_policy(seed, metrics),
+            Method::NearPolicy => self.run_npd(seed, metrics),
+        }
+    }
+
+    fn outcome(&self, method: Method, seed: u64, clock: Clock, curve: Vec<CurvePoint>) -> Outcome {
+        Outcome {
+            method,
+            seed,
+            accuracy: curve.last().map_or(0.0, |c| c.accuracy),
+            wall_s: clock.wall(),
+            stages: clock.stages,
+            curve,
+            prep_s: 0.0,
+            trained_tokens: 0,
+            token_efficiency: 0.0,
+            skipped_steps: 0,
+            filter: None,
+            staleness: BTreeMap::new(),
+            ledger: None,
+        }
+    }
+
+    fn run_sft(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
+        let s = &self.settings;
+        // Teacher-written responses for every training prompt, once.
+        let prep = Instant::now();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            seed,
+            ..s.sampling.clone()
+        };
+        let mut responses = Vec::with_capacity(self.train.len());
+        for chunk in self.train.chunks(256) {
+            let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
+            responses.extend(generate(self.teacher, &prompts, &greedy, Decoding::Cached)?);
+        }
+        let prep_s = prep.elapsed().as_secs_f64();
+        // SFT trains on the teacher's text with cross-entropy, whatever the
+        // distillation loss.
+        let mut options = self.settings.train.clone();
+        options.layout = Layout::Padded;
+        options.total_steps = s.steps;
+        options.loss = npd_core::config::LossKind::Ce;
+        options.ce_weight = 0.0;
+        let mut trainer = Trainer::new(self.student()?, options);
+        let order = prompt_order(self.train.len(), seed);
+        let mut clock = Clock::new();
+        let mut curve = Vec::new();
+        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
+        let (mut tokens, mut slots) = (0, 0);
+        for step in 0..s.steps {
+            let samples: Vec<TrainSample> = (0..s.samples_per_step as u64)
+                .map(|j| {
+                    let r = step * s.samples_per_step as u64 + j;
+                    let i = order(r);
+                    sample(r, &self.train[i].prompt, &responses[i].tokens, None)
+                })
+                .collect();
+            let rows = padded_rows(samples, s.pad_id)?;
+            let stats = clock.time("train", || trainer.step(&rows))?;
+            tokens += stats.tokens;
+            slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
+            metrics(
+                json!({"method": "SFT", "seed": seed, "step": step + 1, "loss": stats.loss,
+                "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": stats.tokens, "wall_s": clock.wall()}),
+            );
+            if (step + 1) % s.eval_every == 0 || step + 1 == s.steps {
+                self.evaluate(trainer.model(), &mut clock, step + 1, &mut curve)?;
+            }
+        }
+        let mut out = self.outcome(Method::Sft, seed, clock, curve);
+        out.prep_s = prep_s;
+        out.trained_tokens = tokens;
+        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
+        out.skipped_steps = trainer.skipped_steps();
+        Ok(out)
+    }
+
+    fn run_on_policy(
+        &self,
+        seed: u64,
+        metrics: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<Outcome> {
+        let s = &self.settings;
+        let mut trainer = self.trainer(Layout::Padded)?;
+        let order = prompt_order(self.train.len(), seed);
+        let mut clock = Clock::new();
+        let mut curve = Vec::new();
+        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
+        let (mut tokens, mut slots) = (0, 0);
+        for step in 0..s.steps {
+            let ids: Vec<u64> = (0..s.samples_per_step as u64)
+                .map(|j| step * s.samples_per_step as u64 + j)
+                .collect();
+            let prompts: Vec<Vec<TokenId>> = ids
+                .iter()
+                .map(|&r| self.train[order(r)].prompt.clone())
+                .collect();
+            let params = SamplingParams {
+                seed: seed ^ step.wrapping_mul(0x9E37),
+                ..s.sampling.clone()
+            };
+            let gens = clock.time("generate", || {
+                tch::no_grad(|| generate(trainer.model(), &prompts, &params, Decoding::Cached))
+            })?;
+            let pairs: Vec<(Vec<TokenId>, usize)> = prompts
+                .iter()
+                .zip(&gens)
+                .map(|(p, g)| ([p.as_slice(), &g.tokens].concat(), p.len()))
+                .filter(|(t, p)| t.len() > *p)
+                .collect();
+            let scores = clock.time("teacher", || self.teacher_scores(&pairs, false))?;
+            let samples: Vec<TrainSample> = pairs
+                .iter()
+                .zip(scores)
+                .zip(&ids)
+                .map(|(((t, p), sc), &r)| sample(r, &t[..*p], &t[*p..], sc.topk))
+                .collect();
+            let rows = padded_rows(samples, s.pad_id)?;
+            let stats = clock.time("train", || trainer.step(&rows))?;
+            tokens += stats.tokens;
+            slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
+            metrics(
+                json!({"method": "on-policy", "seed": seed, "step": step + 1, "loss": stats.loss,
+                "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": stats.tokens, "wall_s": clock.wall()}),
+            );
+            if (step + 1) % s.eval_every == 0 || step + 1 == s.steps {
+                self.evaluate(trainer.model(), &mut clock, step + 1, &mut curve)?;
+            }
+        }
+        let mut out = self.outcome(Method::OnPolicy, seed, clock, curve);
+        out.trained_tokens = tokens;
+        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
+        out.skipped_steps = trainer.skipped_steps();
+        Ok(out)
+    }
+
+    fn run_npd(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
+        let s = &self.settings;
+        let mut trainer = self.trainer(Layout::Packed)?;
+        let order = prompt_order(self.train.len(), seed);
+        let reuse = s.reuse.max(1);
+        let per_version = s.refresh_every as usize * s.samples_per_step / reuse;
+        let generator = ModelGenerator::new(self.student()?, 0).with_threads(s.gen_threads);
+        let engine = RolloutEngine::spawn(
+            generator,
+            0,
+            EngineConfig {
+                batch_size: s.pool_size.min(s.samples_per_step).max(1),
+                queue_capacity: s.pool_size.max(1) * 2,
+                max_ahead: (s.max_lag.max(1) as usize * per_version).max(s.pool_size),
+                sampling: SamplingParams {
+                    seed,
+                    ..s.sampling.clone()
+                },
+            },
+        );
+        let mut ledger = Ledger::new();
+        let mut next_request = 0u64;
+        let mut submit =
+            |engine: &RolloutEngine<Weights>, ledger: &mut Ledger, n: usize| -> Result<()> {
+                let mut batch = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let r = next_request;
+                    next_request += 1;
+                    ledger
+                        .open(PromptId(r))
+                        .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                    batch.push(Prompt {
+                        id: PromptId(r),
+                        tokens: self.train[order(r)].prompt.clone(),
+                    });
+                }
+                engine.submit(batch);
+                Ok(())
+            };
+        let mut filter = DeltaIfdFilter::from_config(&s.filter);
+        let mut options = PackOptions::new(s.capacity);
+        options.pad_id = s.pad_id;
+        let mut packer = StreamingPacker::new(options, 0.95, 8)?;
+        let mut rows: VecDeque<PackedRow> = VecDeque::new();
+        let mut reused: Vec<TrainSample> = Vec::new();
+        let mut versions: BTreeMap<u64, PolicyVersion> = BTreeMap::new();
+        let mut staleness: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut clock = Clock::new();
+        let mut curve = Vec::new();
+        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
+        submit(&engine, &mut ledger, s.pool_size * 4)?;
+        let (mut tokens, mut slots) = (0, 0);
+        let mut step = 0;
+        while step < s.steps {
+            // Fill rows until they hold a step's worth of samples.
+            while rows.iter().map(|r| r.segments.len()).sum::<usize>() < s.samples_per_step {
+                if engine.pending() < s.pool_size * 2 {
+                    submit(&engine, &mut ledger, s.pool_size * 2)?;
+                }
+                let mut pool = Vec::with_capacity(s.pool_size);
+                clock.time("wait for rollouts", || {
+                    while pool.len() < s.pool_size {
+                        match engine.recv() {
+                            Some(d) => pool.push(d),
+                            None => break,
+                        }
+                    }
+                });
+                let mut rollouts = Vec::new();
+                for d in pool {
+                    match d {
+                        Delivery::Rollout(r) if !r.response.is_empty() => rollouts.push(r),
+                        Delivery::Rollout(r) => ledger
+                            .close(
+                                r.prompt_id,
+                                PromptState::Filtered(npd_core::DropReason::EmptyResponse),
+                            )
+                            .map_err(|e| Error::invalid("ledger", e.to_string()))?,
+                        Delivery::Failed { prompt, reason } => ledger
+                            .close(prompt, PromptState::Failed(reason))
+                            .map_err(|e| Error::invalid("ledger", e.to_string()))?,
+                    }
+                }
+                if rollouts.is_empty() {
+                    return Err(Error::invalid(
+                        "rollout engine",
+                        "stopped delivering rollouts",
+                    ));
+                }
+                let pairs: Vec<(Vec<TokenId>, usize)> = rollouts
+                    .iter()
+                    .map(|r| ([r.prompt.as_slice(), &r.response].concat(), r.prompt.len()))
+                    .collect();
+                let teacher =
+                    clock.time("teacher", || self.teacher_scores(&pairs, s.filter.enabled))?;
+                let kept: Vec<bool> = if s.filter.enabled {
+                    let requests: Vec<ScoreRequest<'_>> = pairs
+                        .iter()
+                        .map(|(t, p)| ScoreRequest {
+                            tokens: t,
+                            prompt_len: *p,
+                        })
+                        .collect();
+                    let student = clock.time("student IFD", || {
+                        tch::no_grad(|| {
+                            ModelScorer::new(trainer.model()).score(
+                                &requests,
+                                &ScoreOptions {
+                                    topk: None,
+                                    alone_prefix: Some(s.alone_prefix.clone()),
+                                },
+                            )
+                        })
+                    })?;
+                    let inputs: Vec<FilterInput> = rollouts
+                        .iter()
+                        .zip(&teacher)
+                        .zip(student)
+                        .map(|((r, t), st)| FilterInput {
+                            id: SampleId(r.prompt_id.0),
+                            teacher: t.logprobs.clone(),
+                            student: st.logprobs,
+                            snapshot: None,
+                        })
+                        .collect();
+                    let decisions = clock.time("filter", || filter.select(&inputs))?;
+                    let mut keep = Vec::with_capacity(decisions.len());
+                    for (d, r) in decisions.iter().zip(&rollouts) {
+                        if let Verdict::Drop(reason) = d.verdict {
+                            ledger
+                                .close(r.prompt_id, PromptState::Filtered(reason))
+                                .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                        }
+                        keep.push(d.verdict.is_keep());
+                    }
+                    keep
+                } else {
+                    vec![true; rollouts.len()]
+                };
+                let mut fresh = Vec::new();
+                for ((r, t), k) in rollouts.iter().zip(teacher).zip(kept) {
+                    if k {
+                        versions.insert(r.prompt_id.0, r.policy_version);
+                        fresh.push(sample(r.prompt_id.0, &r.prompt, &r.response, t.topk));
+                    }
+                }
+                clock.time("pack", || -> Result<()> {
+                    // Samples kept from the previous pool get their next use now.
+                    for smp in std::mem::take(&mut reused)
+                        .into_iter()
+                        .chain(fresh.iter().cloned())
+                    {
+                        rows.extend(packer.push(smp)?);
+                    }
+                    if reuse > 1 {
+                        reused = fresh;
+                    }
+                    Ok(())
+                })?;
+                if rows.is_empty() && packer.open_rows() > 0 && engine.pending() == 0 {
+                    rows.extend(packer.flush());
+                }
+            }
+            // Take rows holding at least a step's worth of samples.
+            let mut batch = Vec::new();
+            let mut n = 0;
+            while n < s.samples_per_step {
+                let Some(row) = rows.pop_front() else { break };
+                n += row.segments.len();
+                batch.push(row);
+            }
+            let stats = clock.time("train", || trainer.step(&batch))?;
+            for row in &batch {
+                for seg in &row.segments {
+                    let id = seg.sample_id.0;
+                    if let Some(v) = versions.remove(&id) {
+                        *staleness
+                            .entry(trainer.version().saturating_sub(v + 1))
+                            .or_default() += 1;
+                        ledger
+                            .close(PromptId(id), PromptState::Trained)
+                            .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                    }
+                }
+            }
+            tokens += stats.tokens;
+            slots += batch.iter().map(PackedRow::capacity).sum::<usize>();
+            step += 1;
+            if step % s.refresh_every == 0 {
+                let weights = clock.time("publish", || trainer.publish())?;
+                engine.publish(weights, trainer.version());
+            }
+            metrics(
+                json!({"method": "NPD", "seed": seed, "step": step, "loss": stats.loss, "lr": stats.lr,
+                "grad_norm": stats.grad_norm, "tokens": stats.tokens, "samples": n,
+                "keep_rate": filter.total_report().keep_rate(), "wall_s": clock.wall()}),
+            );
+            if step % s.eval_every == 0 || step == s.steps {
+                self.evaluate(trainer.model(), &mut clock, step, &mut curve)?;
+            }
+        }
+        let (_unfinished, failures) = engine.shutdown();
+        for f in failures {
+            if let Delivery::Failed { prompt, reason } = f {
+                ledger
+                    .close(prompt, PromptState::Failed(reason))
+                    .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+            }
+        }
+        let mut out = self.outcome(Method::NearPolicy, seed, clock, curve);
+        out.trained_tokens = tokens;
+        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
+        out.skipped_steps = trainer.skipped_steps();
+        out.filter = s.filter.enabled.then(|| filter.total_report().clone());
+        out.staleness = staleness;
+        out.ledger = Some(ledger.counts());
+        Ok(out)
+    }
+}
