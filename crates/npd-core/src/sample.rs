@@ -57,6 +57,12 @@ pub struct Rollout {
     /// Log-probability of each response token under the generating snapshot,
     /// given the prompt and the preceding response tokens (temperature 1).
     pub response_logprobs: Vec<f32>,
+    /// Log-probability of each response token under the generating snapshot
+    /// with the prompt left out (the response after BOS and the assistant
+    /// header only), when the generator computed it: the IFD denominator.
+    /// Empty otherwise.
+    #[serde(default)]
+    pub response_alone_logprobs: Vec<f32>,
     /// Version of the snapshot that wrote the response.
     pub policy_version: PolicyVersion,
     /// Why generation stopped.
@@ -79,6 +85,19 @@ impl Rollout {
                 format!(
                     "response_logprobs has {} entries, expected one per response token ({})",
                     self.response_logprobs.len(),
+                    self.response.len()
+                ),
+            ));
+        }
+        if !self.response_alone_logprobs.is_empty()
+            && self.response_alone_logprobs.len() != self.response.len()
+        {
+            return Err(Error::invalid(
+                format!("rollout of {}", self.prompt_id),
+                format!(
+                    "response_alone_logprobs has {} entries, expected none or one per response \
+                     token ({})",
+                    self.response_alone_logprobs.len(),
                     self.response.len()
                 ),
             ));
@@ -314,6 +333,7 @@ mod tests {
             prompt: vec![1],
             response: vec![5, 6],
             response_logprobs: vec![-0.5],
+            response_alone_logprobs: vec![],
             policy_version: 0,
             finish: FinishReason::Length,
         };

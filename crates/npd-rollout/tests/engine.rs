@@ -66,6 +66,7 @@ impl Generator for Reverser {
                 prompt: p.tokens.clone(),
                 response: p.tokens.iter().rev().copied().collect(),
                 response_logprobs: vec![-1.0; p.tokens.len()],
+                response_alone_logprobs: vec![],
                 policy_version: self.version,
                 finish: FinishReason::Stop,
             })

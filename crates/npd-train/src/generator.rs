@@ -3,7 +3,9 @@
 use tch::Tensor;
 
 use npd_core::traits::Generator;
-use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams};
+use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
+
+use crate::score::ModelScorer;
 
 use crate::generate::{Decoding, generate};
 use crate::model::Llama;
@@ -17,6 +19,7 @@ pub struct ModelGenerator {
     model: Llama,
     version: PolicyVersion,
     threads: Option<i32>,
+    alone_prefix: Option<Vec<TokenId>>,
 }
 
 impl ModelGenerator {
@@ -26,7 +29,17 @@ impl ModelGenerator {
             model,
             version,
             threads: None,
+            alone_prefix: None,
         }
+    }
+
+    /// Also scores each response alone after `prefix` (BOS and the
+    /// assistant header) with the same snapshot, filling
+    /// [`Rollout::response_alone_logprobs`]: the student's IFD terms then
+    /// come from the generating thread, overlapped with training.
+    pub fn with_alone_prefix(mut self, prefix: Vec<TokenId>) -> Self {
+        self.alone_prefix = Some(prefix);
+        self
     }
 
     /// Sets libtorch's intra-op thread count on the generating thread
@@ -88,14 +101,42 @@ impl Generator for ModelGenerator {
         }
         let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
         let out = generate(&self.model, &tokens, params, Decoding::Cached)?;
+        let alone: Vec<Vec<f32>> = match &self.alone_prefix {
+            None => vec![Vec::new(); out.len()],
+            Some(prefix) => {
+                let seqs: Vec<Vec<TokenId>> = out
+                    .iter()
+                    .map(|g| [prefix.as_slice(), &g.tokens].concat())
+                    .collect();
+                let nonempty: Vec<(&[TokenId], usize)> = seqs
+                    .iter()
+                    .filter(|s| s.len() > prefix.len())
+                    .map(|s| (s.as_slice(), prefix.len()))
+                    .collect();
+                let mut scored = ModelScorer::new(&self.model)
+                    .response_scores(&nonempty, None)?
+                    .into_iter();
+                seqs.iter()
+                    .map(|s| {
+                        if s.len() > prefix.len() {
+                            scored.next().map(|(lp, _)| lp).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect()
+            }
+        };
         Ok(prompts
             .iter()
             .zip(out)
-            .map(|(p, g)| Rollout {
+            .zip(alone)
+            .map(|((p, g), alone)| Rollout {
                 prompt_id: p.id,
                 prompt: p.tokens.clone(),
                 response: g.tokens,
                 response_logprobs: g.logprobs,
+                response_alone_logprobs: alone,
                 policy_version: self.version,
                 finish: g.finish,
             })

@@ -447,7 +447,13 @@ impl Harness<'_> {
         let order = prompt_order(self.train.len(), seed);
         let reuse = s.reuse.max(1);
         let per_version = s.refresh_every as usize * s.samples_per_step / reuse;
-        let generator = ModelGenerator::new(self.student()?, 0).with_threads(s.gen_threads);
+        let mut generator = ModelGenerator::new(self.student()?, 0).with_threads(s.gen_threads);
+        if s.filter.enabled {
+            // The student's IFD terms come from the generating snapshot: the
+            // sampled tokens' log-probs and a response-alone pass, both on
+            // the generating thread.
+            generator = generator.with_alone_prefix(s.alone_prefix.clone());
+        }
         let engine = RolloutEngine::spawn(
             generator,
             0,
@@ -537,32 +543,16 @@ impl Harness<'_> {
                 let teacher =
                     clock.time("teacher", || self.teacher_scores(&pairs, s.filter.enabled))?;
                 let kept: Vec<bool> = if s.filter.enabled {
-                    let requests: Vec<ScoreRequest<'_>> = pairs
-                        .iter()
-                        .map(|(t, p)| ScoreRequest {
-                            tokens: t,
-                            prompt_len: *p,
-                        })
-                        .collect();
-                    let student = clock.time("student IFD", || {
-                        tch::no_grad(|| {
-                            ModelScorer::new(trainer.model()).score(
-                                &requests,
-                                &ScoreOptions {
-                                    topk: None,
-                                    alone_prefix: Some(s.alone_prefix.clone()),
-                                },
-                            )
-                        })
-                    })?;
                     let inputs: Vec<FilterInput> = rollouts
                         .iter()
                         .zip(&teacher)
-                        .zip(student)
-                        .map(|((r, t), st)| FilterInput {
+                        .map(|(r, t)| FilterInput {
                             id: SampleId(r.prompt_id.0),
                             teacher: t.logprobs.clone(),
-                            student: st.logprobs,
+                            student: npd_core::ResponseLogProbs {
+                                conditioned: r.response_logprobs.clone(),
+                                alone: r.response_alone_logprobs.clone(),
+                            },
                             snapshot: None,
                         })
                         .collect();

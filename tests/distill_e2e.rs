@@ -1,0 +1,63 @@
+//! End to end: the distill_openpangu example as a real process, on the
+//! quick budget, writes a complete report; bad flags fail with a message.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/examples/<example>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join("distill_openpangu")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("npd-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn quick_run_writes_the_report() {
+    let out = scratch("out");
+    let cache = scratch("cache");
+    let run = Command::new(example())
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    for m in ["| SFT | 0 |", "| on-policy | 0 |", "| NPD | 0 |"] {
+        assert!(stdout.contains(m), "missing {m} in\n{stdout}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Targets") && md.contains("adds up: true"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["outcomes"].as_array().unwrap().len(), 3);
+    let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps = metrics.lines().filter(|l| l.contains("\"step\"")).count();
+    assert_eq!(steps, 3 * 20, "one metrics line per step and method");
+    // The second run reuses the cached teacher.
+    assert!(cache.join("v1-quick/meta.json").exists());
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn bad_configuration_fails_with_the_key() {
+    let cfg = scratch("bad.toml");
+    std::fs::write(&cfg, "[train]\nlr = -1\n").unwrap();
+    let run = Command::new(example()).arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("train.lr") && err.contains("bad.toml"), "{err}");
+    let run = Command::new(example()).args(["--methods", "rl"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method"));
+}
