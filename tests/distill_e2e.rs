@@ -29,12 +29,19 @@ fn quick_run_writes_the_report() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     for m in ["| SFT | 0 |", "| on-policy | 0 |", "| NPD | 0 |"] {
         assert!(stdout.contains(m), "missing {m} in\n{stdout}");
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("## Targets") && md.contains("adds up: true"), "{md}");
+    assert!(
+        md.contains("## Targets") && md.contains("adds up: true"),
+        "{md}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["outcomes"].as_array().unwrap().len(), 3);
@@ -53,11 +60,21 @@ fn quick_run_writes_the_report() {
 fn bad_configuration_fails_with_the_key() {
     let cfg = scratch("bad.toml");
     std::fs::write(&cfg, "[train]\nlr = -1\n").unwrap();
-    let run = Command::new(example()).arg("--config").arg(&cfg).output().unwrap();
+    let run = Command::new(example())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("train.lr") && err.contains("bad.toml"), "{err}");
-    let run = Command::new(example()).args(["--methods", "rl"]).output().unwrap();
+    assert!(
+        err.contains("train.lr") && err.contains("bad.toml"),
+        "{err}"
+    );
+    let run = Command::new(example())
+        .args(["--methods", "rl"])
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method"));
 }
