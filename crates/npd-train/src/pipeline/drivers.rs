@@ -187,6 +187,90 @@ impl Clock {
     }
 }
 
+/// A finished optimizer step, as [`Run::after_step`] records it.
+struct Done<'a> {
+    /// Steps taken, this one included.
+    step: u64,
+    stats: &'a npd_core::traits::StepStats,
+    rows: &'a [PackedRow],
+    /// Method-specific metrics fields.
+    extra: serde_json::Value,
+}
+
+/// Bookkeeping of one method run: the clock, the accuracy curve and token
+/// counts, updated after every step the same way for every method.
+struct Run {
+    method: Method,
+    seed: u64,
+    clock: Clock,
+    curve: Vec<CurvePoint>,
+    tokens: usize,
+    slots: usize,
+}
+
+impl Run {
+    /// Starts the clock and evaluates the warm start.
+    fn start(h: &Harness<'_>, method: Method, seed: u64, model: &Llama) -> Result<Self> {
+        let mut run = Self {
+            method,
+            seed,
+            clock: Clock::new(),
+            curve: Vec::new(),
+            tokens: 0,
+            slots: 0,
+        };
+        h.evaluate(model, &mut run.clock, 0, &mut run.curve)?;
+        Ok(run)
+    }
+
+    /// Records a step, writes its metrics line, evaluates when due.
+    fn after_step(
+        &mut self,
+        h: &Harness<'_>,
+        done: Done<'_>,
+        model: &Llama,
+        metrics: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<()> {
+        let Done {
+            step,
+            stats,
+            rows,
+            extra,
+        } = done;
+        self.tokens += stats.tokens;
+        self.slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
+        let mut line = json!({"method": self.method.name(), "seed": self.seed, "step": step,
+            "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+            "tokens": stats.tokens, "skipped": stats.skipped, "wall_s": self.clock.wall()});
+        if let (Some(l), serde_json::Value::Object(e)) = (line.as_object_mut(), extra) {
+            l.extend(e);
+        }
+        metrics(line);
+        if step % h.settings.eval_every == 0 || step == h.settings.steps {
+            h.evaluate(model, &mut self.clock, step, &mut self.curve)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, trainer: &Trainer) -> Outcome {
+        Outcome {
+            method: self.method,
+            seed: self.seed,
+            accuracy: self.curve.last().map_or(0.0, |c| c.accuracy),
+            wall_s: self.clock.wall(),
+            stages: self.clock.stages,
+            curve: self.curve,
+            prep_s: 0.0,
+            trained_tokens: self.tokens,
+            token_efficiency: self.tokens as f64 / self.slots.max(1) as f64,
+            skipped_steps: trainer.skipped_steps(),
+            filter: None,
+            staleness: BTreeMap::new(),
+            ledger: None,
+        }
+    }
+}
+
 /// Order in which prompts are visited: a seeded permutation, repeated.
 fn prompt_order(n: usize, seed: u64) -> impl Fn(u64) -> usize {
     let mut order: Vec<usize> = (0..n).collect();
@@ -308,24 +392,6 @@ impl Harness<'_> {
         }
     }
 
-    fn outcome(&self, method: Method, seed: u64, clock: Clock, curve: Vec<CurvePoint>) -> Outcome {
-        Outcome {
-            method,
-            seed,
-            accuracy: curve.last().map_or(0.0, |c| c.accuracy),
-            wall_s: clock.wall(),
-            stages: clock.stages,
-            curve,
-            prep_s: 0.0,
-            trained_tokens: 0,
-            token_efficiency: 0.0,
-            skipped_steps: 0,
-            filter: None,
-            staleness: BTreeMap::new(),
-            ledger: None,
-        }
-    }
-
     fn run_sft(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
         let s = &self.settings;
         // Teacher-written responses for every training prompt, once.
@@ -350,10 +416,7 @@ impl Harness<'_> {
         options.ce_weight = 0.0;
         let mut trainer = Trainer::new(self.student()?, options);
         let order = prompt_order(self.train.len(), seed);
-        let mut clock = Clock::new();
-        let mut curve = Vec::new();
-        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
-        let (mut tokens, mut slots) = (0, 0);
+        let mut run = Run::start(self, Method::Sft, seed, trainer.model())?;
         for step in 0..s.steps {
             let samples: Vec<TrainSample> = (0..s.samples_per_step as u64)
                 .map(|j| {
@@ -363,22 +426,17 @@ impl Harness<'_> {
                 })
                 .collect();
             let rows = padded_rows(samples, s.pad_id)?;
-            let stats = clock.time("train", || trainer.step(&rows))?;
-            tokens += stats.tokens;
-            slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
-            metrics(
-                json!({"method": "SFT", "seed": seed, "step": step + 1, "loss": stats.loss,
-                "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": stats.tokens, "wall_s": clock.wall()}),
-            );
-            if (step + 1) % s.eval_every == 0 || step + 1 == s.steps {
-                self.evaluate(trainer.model(), &mut clock, step + 1, &mut curve)?;
-            }
+            let stats = run.clock.time("train", || trainer.step(&rows))?;
+            let done = Done {
+                step: step + 1,
+                stats: &stats,
+                rows: &rows,
+                extra: json!({}),
+            };
+            run.after_step(self, done, trainer.model(), metrics)?;
         }
-        let mut out = self.outcome(Method::Sft, seed, clock, curve);
+        let mut out = run.finish(&trainer);
         out.prep_s = prep_s;
-        out.trained_tokens = tokens;
-        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
-        out.skipped_steps = trainer.skipped_steps();
         Ok(out)
     }
 
@@ -390,10 +448,7 @@ impl Harness<'_> {
         let s = &self.settings;
         let mut trainer = self.trainer(Layout::Padded)?;
         let order = prompt_order(self.train.len(), seed);
-        let mut clock = Clock::new();
-        let mut curve = Vec::new();
-        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
-        let (mut tokens, mut slots) = (0, 0);
+        let mut run = Run::start(self, Method::OnPolicy, seed, trainer.model())?;
         for step in 0..s.steps {
             let ids: Vec<u64> = (0..s.samples_per_step as u64)
                 .map(|j| step * s.samples_per_step as u64 + j)
@@ -406,7 +461,7 @@ impl Harness<'_> {
                 seed: seed ^ step.wrapping_mul(0x9E37),
                 ..s.sampling.clone()
             };
-            let gens = clock.time("generate", || {
+            let gens = run.clock.time("generate", || {
                 tch::no_grad(|| generate(trainer.model(), &prompts, &params, Decoding::Cached))
             })?;
             let pairs: Vec<(Vec<TokenId>, usize)> = prompts
@@ -415,7 +470,9 @@ impl Harness<'_> {
                 .map(|(p, g)| ([p.as_slice(), &g.tokens].concat(), p.len()))
                 .filter(|(t, p)| t.len() > *p)
                 .collect();
-            let scores = clock.time("teacher", || self.teacher_scores(&pairs, false))?;
+            let scores = run
+                .clock
+                .time("teacher", || self.teacher_scores(&pairs, false))?;
             let samples: Vec<TrainSample> = pairs
                 .iter()
                 .zip(scores)
@@ -423,22 +480,16 @@ impl Harness<'_> {
                 .map(|(((t, p), sc), &r)| sample(r, &t[..*p], &t[*p..], sc.topk))
                 .collect();
             let rows = padded_rows(samples, s.pad_id)?;
-            let stats = clock.time("train", || trainer.step(&rows))?;
-            tokens += stats.tokens;
-            slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
-            metrics(
-                json!({"method": "on-policy", "seed": seed, "step": step + 1, "loss": stats.loss,
-                "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": stats.tokens, "wall_s": clock.wall()}),
-            );
-            if (step + 1) % s.eval_every == 0 || step + 1 == s.steps {
-                self.evaluate(trainer.model(), &mut clock, step + 1, &mut curve)?;
-            }
+            let stats = run.clock.time("train", || trainer.step(&rows))?;
+            let done = Done {
+                step: step + 1,
+                stats: &stats,
+                rows: &rows,
+                extra: json!({}),
+            };
+            run.after_step(self, done, trainer.model(), metrics)?;
         }
-        let mut out = self.outcome(Method::OnPolicy, seed, clock, curve);
-        out.trained_tokens = tokens;
-        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
-        out.skipped_steps = trainer.skipped_steps();
-        Ok(out)
+        Ok(run.finish(&trainer))
     }
 
     fn run_npd(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
@@ -494,11 +545,8 @@ impl Harness<'_> {
         let mut reused: Vec<TrainSample> = Vec::new();
         let mut versions: BTreeMap<u64, PolicyVersion> = BTreeMap::new();
         let mut staleness: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut clock = Clock::new();
-        let mut curve = Vec::new();
-        self.evaluate(trainer.model(), &mut clock, 0, &mut curve)?;
+        let mut run = Run::start(self, Method::NearPolicy, seed, trainer.model())?;
         submit(&engine, &mut ledger, s.pool_size * 4)?;
-        let (mut tokens, mut slots) = (0, 0);
         let mut step = 0;
         while step < s.steps {
             // Fill rows until they hold a step's worth of samples.
@@ -507,7 +555,7 @@ impl Harness<'_> {
                     submit(&engine, &mut ledger, s.pool_size * 2)?;
                 }
                 let mut pool = Vec::with_capacity(s.pool_size);
-                clock.time("wait for rollouts", || {
+                run.clock.time("wait for rollouts", || {
                     while pool.len() < s.pool_size {
                         match engine.recv() {
                             Some(d) => pool.push(d),
@@ -540,8 +588,9 @@ impl Harness<'_> {
                     .iter()
                     .map(|r| ([r.prompt.as_slice(), &r.response].concat(), r.prompt.len()))
                     .collect();
-                let teacher =
-                    clock.time("teacher", || self.teacher_scores(&pairs, s.filter.enabled))?;
+                let teacher = run
+                    .clock
+                    .time("teacher", || self.teacher_scores(&pairs, s.filter.enabled))?;
                 let kept: Vec<bool> = if s.filter.enabled {
                     let inputs: Vec<FilterInput> = rollouts
                         .iter()
@@ -556,7 +605,7 @@ impl Harness<'_> {
                             snapshot: None,
                         })
                         .collect();
-                    let decisions = clock.time("filter", || filter.select(&inputs))?;
+                    let decisions = run.clock.time("filter", || filter.select(&inputs))?;
                     let mut keep = Vec::with_capacity(decisions.len());
                     for (d, r) in decisions.iter().zip(&rollouts) {
                         if let Verdict::Drop(reason) = d.verdict {
@@ -577,7 +626,7 @@ impl Harness<'_> {
                         fresh.push(sample(r.prompt_id.0, &r.prompt, &r.response, t.topk));
                     }
                 }
-                clock.time("pack", || -> Result<()> {
+                run.clock.time("pack", || -> Result<()> {
                     // Samples kept from the previous pool get their next use now.
                     for smp in std::mem::take(&mut reused)
                         .into_iter()
@@ -602,7 +651,7 @@ impl Harness<'_> {
                 n += row.segments.len();
                 batch.push(row);
             }
-            let stats = clock.time("train", || trainer.step(&batch))?;
+            let stats = run.clock.time("train", || trainer.step(&batch))?;
             for row in &batch {
                 for seg in &row.segments {
                     let id = seg.sample_id.0;
@@ -616,21 +665,19 @@ impl Harness<'_> {
                     }
                 }
             }
-            tokens += stats.tokens;
-            slots += batch.iter().map(PackedRow::capacity).sum::<usize>();
             step += 1;
             if step % s.refresh_every == 0 {
-                let weights = clock.time("publish", || trainer.publish())?;
+                let weights = run.clock.time("publish", || trainer.publish())?;
                 engine.publish(weights, trainer.version());
             }
-            metrics(
-                json!({"method": "NPD", "seed": seed, "step": step, "loss": stats.loss, "lr": stats.lr,
-                "grad_norm": stats.grad_norm, "tokens": stats.tokens, "samples": n,
-                "keep_rate": filter.total_report().keep_rate(), "wall_s": clock.wall()}),
-            );
-            if step % s.eval_every == 0 || step == s.steps {
-                self.evaluate(trainer.model(), &mut clock, step, &mut curve)?;
-            }
+            let extra = json!({"samples": n, "keep_rate": filter.total_report().keep_rate()});
+            let done = Done {
+                step,
+                stats: &stats,
+                rows: &batch,
+                extra,
+            };
+            run.after_step(self, done, trainer.model(), metrics)?;
         }
         let (_unfinished, failures) = engine.shutdown();
         for f in failures {
@@ -640,10 +687,7 @@ impl Harness<'_> {
                     .map_err(|e| Error::invalid("ledger", e.to_string()))?;
             }
         }
-        let mut out = self.outcome(Method::NearPolicy, seed, clock, curve);
-        out.trained_tokens = tokens;
-        out.token_efficiency = tokens as f64 / slots.max(1) as f64;
-        out.skipped_steps = trainer.skipped_steps();
+        let mut out = run.finish(&trainer);
         out.filter = s.filter.enabled.then(|| filter.total_report().clone());
         out.staleness = staleness;
         out.ledger = Some(ledger.counts());
