@@ -292,6 +292,7 @@ fn run(args: Args) -> Result<(), String> {
         },
     };
 
+    harness.check().map_err(|e| e.to_string())?;
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path)
         .map_err(|e| format!("{}: {e}", metrics_path.display()))?;

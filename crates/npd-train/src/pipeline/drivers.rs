@@ -271,6 +271,44 @@ impl Run {
     }
 }
 
+/// Teacher and student must agree on the vocabulary size and the BOS, EOS
+/// and padding ids; the error names the field and both values.
+pub fn check_compatible(teacher: &ModelConfig, student: &ModelConfig) -> Result<()> {
+    let fields = [
+        (
+            "vocab_size",
+            format!("{}", teacher.vocab_size),
+            format!("{}", student.vocab_size),
+        ),
+        (
+            "bos_token_id",
+            format!("{:?}", teacher.bos_token_id),
+            format!("{:?}", student.bos_token_id),
+        ),
+        (
+            "eos_token_id",
+            format!("{:?}", teacher.eos_token_ids),
+            format!("{:?}", student.eos_token_ids),
+        ),
+        (
+            "pad_token_id",
+            format!("{:?}", teacher.pad_token_id),
+            format!("{:?}", student.pad_token_id),
+        ),
+    ];
+    for (field, t, st) in fields {
+        if t != st {
+            return Err(Error::invalid(
+                "teacher and student",
+                format!(
+                    "`{field}` differs: teacher {t}, student {st}; token-level distillation needs one vocabulary"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Order in which prompts are visited: a seeded permutation, repeated.
 fn prompt_order(n: usize, seed: u64) -> impl Fn(u64) -> usize {
     let mut order: Vec<usize> = (0..n).collect();
@@ -369,6 +407,19 @@ impl Harness<'_> {
         tch::no_grad(|| ModelScorer::new(self.teacher).score(&requests, &options))
     }
 
+    /// Checks, before any work, that teacher and student share the
+    /// vocabulary and special tokens (token-level distillation needs no
+    /// mapping, so a mismatch is an error), and that there are prompts.
+    pub fn check(&self) -> Result<()> {
+        if self.train.is_empty() || self.eval.is_empty() {
+            return Err(Error::invalid(
+                "dataset",
+                "no training or no evaluation prompts",
+            ));
+        }
+        check_compatible(self.teacher.config(), &self.student)
+    }
+
     /// Runs one method from the warm start; `metrics` receives one JSON
     /// object per step.
     pub fn run(
@@ -377,12 +428,7 @@ impl Harness<'_> {
         seed: u64,
         metrics: &mut dyn FnMut(serde_json::Value),
     ) -> Result<Outcome> {
-        if self.train.is_empty() || self.eval.is_empty() {
-            return Err(Error::invalid(
-                "dataset",
-                "no training or no evaluation prompts",
-            ));
-        }
+        self.check()?;
         tch::set_num_threads(self.settings.train_threads);
         tch::manual_seed(seed as i64);
         match method {
@@ -692,5 +738,41 @@ impl Harness<'_> {
         out.staleness = staleness;
         out.ledger = Some(ledger.counts());
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::model_config;
+
+    #[test]
+    fn mismatched_vocabularies_are_refused_by_name() {
+        let teacher = model_config(64, 2, 4, 2);
+        let student = model_config(32, 1, 2, 1);
+        check_compatible(&teacher, &student).unwrap();
+        let mut other = student.clone();
+        other.vocab_size += 1;
+        let err = check_compatible(&teacher, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("vocab_size") && err.contains("teacher 32") && err.contains("student 33"),
+            "{err}"
+        );
+        let mut other = student.clone();
+        other.eos_token_ids = vec![45892];
+        let err = check_compatible(&teacher, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("eos_token_id") && err.contains("45892"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prompt_order_visits_every_prompt_once_per_epoch() {
+        let order = prompt_order(10, 3);
+        let mut seen: Vec<usize> = (0..10).map(&order).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(order(3), order(13));
     }
 }
