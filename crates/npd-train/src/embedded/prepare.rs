@@ -57,7 +57,7 @@ impl Default for Setup {
             student: (64, 2, 4, 2),
             teacher_steps: 1500,
             teacher_target: 0.95,
-            warm_start_steps: 300,
+            warm_start_steps: 1500,
             batch: 64,
             train_prompts: 4000,
             eval_prompts: 500,
@@ -258,17 +258,32 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     let quick_acc = |m: &Llama| accuracy(m, probe, &answer, 48, &stop);
 
     let meta_path = dir.join("meta.json");
-    let meta: Option<Meta> = std::fs::read_to_string(&meta_path)
+    let old: Option<Meta> = std::fs::read_to_string(&meta_path)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .filter(|m: &Meta| m.setup == *setup);
-    let (teacher, warm, meta) = match meta {
-        Some(meta) => {
-            let teacher = Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?;
-            let warm = Llama::load(&dir.join("student-warm-start"), Device::Cpu, Kind::Float)?;
-            (teacher, warm, meta)
-        }
-        None => {
+        .and_then(|t| serde_json::from_str(&t).ok());
+    // The teacher depends on everything but the student's shape and
+    // warm-start budget, so changing those keeps the cached teacher.
+    let teacher_part = |s: &Setup| Setup {
+        student: (0, 0, 0, 0),
+        warm_start_steps: 0,
+        ..s.clone()
+    };
+    let same_teacher = old
+        .as_ref()
+        .is_some_and(|m| teacher_part(&m.setup) == teacher_part(setup));
+    let same_warm = same_teacher && old.as_ref().is_some_and(|m| m.setup == *setup);
+    if !same_warm {
+        // Whatever is retrained below, the folder is incomplete until the
+        // new meta.json is written.
+        let _ = std::fs::remove_file(&meta_path);
+    }
+    let (teacher, teacher_accuracy, teacher_steps) = match (&old, same_teacher) {
+        (Some(m), true) => (
+            Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
+            m.teacher_accuracy,
+            m.teacher_steps,
+        ),
+        _ => {
             let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
                 ps.iter()
                     .enumerate()
@@ -287,7 +302,6 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                 &records(eval_p, setup.train_prompts as u64),
             )?;
             tok.save(&dir.join("tokenizer.json"))?;
-
             let (h, l, nh, kv) = setup.teacher;
             let mut teacher = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
             teacher.init_random(setup.seed, 0.02);
@@ -310,6 +324,18 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                 },
                 progress,
             )?;
+            save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
+            tok.save(&dir.join("teacher").join("tokenizer.json"))?;
+            let a = acc(&teacher)?;
+            (teacher, a, steps)
+        }
+    };
+    let (warm, warm_start_accuracy) = match (&old, same_warm) {
+        (Some(m), true) => (
+            Llama::load(&dir.join("student-warm-start"), Device::Cpu, Kind::Float)?,
+            m.warm_start_accuracy,
+        ),
+        _ => {
             let (h, l, nh, kv) = setup.student;
             let mut student = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
             student.init_random(setup.seed + 1, 0.02);
@@ -327,26 +353,27 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                 |_, _| Ok(false),
                 progress,
             )?;
-            let meta = Meta {
-                setup: setup.clone(),
-                teacher_accuracy: acc(&teacher)?,
-                teacher_steps: steps,
-                warm_start_accuracy: acc(&warm)?,
-            };
-            save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
-            tok.save(&dir.join("teacher").join("tokenizer.json"))?;
             save_pretrained(&warm, &dir.join("student-warm-start"), None, usize::MAX)?;
             tok.save(&dir.join("student-warm-start").join("tokenizer.json"))?;
-            // Written last: its presence marks a complete cache.
-            crate::weights::write_atomic(
-                &meta_path,
-                serde_json::to_string_pretty(&meta)
-                    .expect("serialisable")
-                    .as_bytes(),
-            )?;
-            (teacher, warm, meta)
+            let a = acc(&warm)?;
+            (warm, a)
         }
     };
+    let meta = Meta {
+        setup: setup.clone(),
+        teacher_accuracy,
+        teacher_steps,
+        warm_start_accuracy,
+    };
+    if !same_warm {
+        // Written last: it marks the folder's contents complete.
+        crate::weights::write_atomic(
+            &meta_path,
+            serde_json::to_string_pretty(&meta)
+                .expect("serialisable")
+                .as_bytes(),
+        )?;
+    }
     let warm_start = warm.named_parameters();
     drop(answer);
     Ok(Prepared {
