@@ -7,9 +7,8 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use npd::synthetic::lognormal_lengths;
+use npd::synthetic::{lognormal_lengths, train_samples};
 use npd_core::traits::Packer;
-use npd_core::{SampleId, TrainSample};
 use npd_pack::plan::best_fit_decreasing;
 use npd_pack::stats::{PackStats, padded_efficiency};
 use npd_pack::{PackOptions, StreamingPacker, pack_pool};
@@ -23,20 +22,6 @@ fn pool_size() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-fn samples(lengths: &[usize]) -> Vec<TrainSample> {
-    lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| TrainSample {
-            id: SampleId(i as u64),
-            tokens: vec![7; len],
-            prompt_len: len / 4,
-            weights: None,
-            topk: None,
-        })
-        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -70,7 +55,7 @@ fn bench(c: &mut Criterion) {
 
     // Laying tokens into rows touches every token: measured on a smaller pool.
     let m = (n / 50).max(1000).min(n);
-    let small = samples(&lengths[..m]);
+    let small = train_samples(&lengths[..m], 4000);
     let small_tokens: usize = lengths[..m].iter().sum();
     group.throughput(Throughput::Elements(small_tokens as u64));
     group.bench_function(BenchmarkId::new("pack_pool_tokens", m), |b| {

@@ -128,10 +128,7 @@ fn cache_dir(args: &Args) -> PathBuf {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -250,17 +247,10 @@ fn run(args: Args) -> Result<(), String> {
     let answer = answer_fn(&prepared.tokenizer);
     let mut train = TrainOptions::from_config(&config.train);
     train.max_nonfinite_steps = config.train.max_nonfinite_steps;
-    let student_config = npd_train::Llama::load(
-        &prepared.dir.join("student-warm-start"),
-        npd_train::tch::Device::Cpu,
-        npd_train::tch::Kind::Float,
-    )
-    .map_err(|e| e.to_string())?
-    .config()
-    .clone();
+
     let harness = Harness {
         teacher: &prepared.teacher,
-        student: student_config,
+        student: prepared.student.clone(),
         warm_start: &prepared.warm_start,
         train: &prepared.train,
         eval: &prepared.eval,

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use npd::synthetic::lognormal_lengths;
+use npd::synthetic::{lognormal_lengths, train_samples};
 use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::Learner;
-use npd_core::{PackedRow, SampleId, SamplingParams, TokenId, TrainSample};
+use npd_core::{PackedRow, SamplingParams, TokenId, TrainSample};
 use npd_pack::stats::PackStats;
 use npd_pack::{PackOptions, pack_pool};
 use npd_train::generate::{Decoding, generate};
@@ -52,22 +52,6 @@ fn model() -> Llama {
     );
     m.init_random(0, 0.02);
     m
-}
-
-fn samples(lengths: &[usize]) -> Vec<TrainSample> {
-    lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| TrainSample {
-            id: SampleId(i as u64),
-            tokens: (0..len)
-                .map(|j| ((i * 31 + j * 7) % 4000 + 3) as TokenId)
-                .collect(),
-            prompt_len: (len / 4).max(1).min(len - 1),
-            weights: None,
-            topk: None,
-        })
-        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -122,7 +106,7 @@ fn padded_batches(samples: &[TrainSample], batch: usize) -> Vec<Vec<PackedRow>> 
 }
 
 fn train_comparison(name: &str, lengths: &[usize], capacity: usize, reps: usize) -> (f64, f64) {
-    let s = samples(lengths);
+    let s = train_samples(lengths, 4000);
     let tokens: usize = lengths.iter().sum();
     let padded = padded_batches(&s, 8);
     let pad_slots: usize = padded.iter().map(|b| b.len() * b[0].capacity()).sum();
@@ -192,7 +176,7 @@ fn python_comparison(threads: i32, reps: usize) {
     let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
     let (batch, len) = (8usize, 512usize);
     let lengths = vec![len; batch];
-    let s = samples(&lengths);
+    let s = train_samples(&lengths, 4000);
     let rows = padded_batches(&s, batch);
     let ours = time_steps(Layout::Padded, &rows, reps.max(3));
     let out = std::process::Command::new(&py)

@@ -1,7 +1,7 @@
 //! Seeded synthetic workloads for benchmarks: long-tailed sequence lengths
 //! and log-prob pools.
 
-use npd_core::SampleId;
+use npd_core::{SampleId, TokenId, TrainSample};
 use npd_filter::LogProbColumns;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -16,6 +16,25 @@ pub fn lognormal_lengths(n: usize, mean: f64, sigma: f64, max: usize, seed: u64)
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| (dist.sample(&mut rng).round() as usize).clamp(1, max))
+        .collect()
+}
+
+/// One training sample per length, with token ids spread over
+/// `3..3 + vocab` and the first quarter of each as prompt (at least one
+/// token of prompt and one of response where the length allows).
+pub fn train_samples(lengths: &[usize], vocab: usize) -> Vec<TrainSample> {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| TrainSample {
+            id: SampleId(i as u64),
+            tokens: (0..len)
+                .map(|j| ((i * 31 + j * 7) % vocab + 3) as TokenId)
+                .collect(),
+            prompt_len: (len / 4).max(1).min(len.saturating_sub(1)),
+            weights: None,
+            topk: None,
+        })
         .collect()
 }
 

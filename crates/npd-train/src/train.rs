@@ -116,6 +116,11 @@ impl Trainer {
         &self.model
     }
 
+    /// Ends training and hands the model back.
+    pub fn into_model(self) -> Llama {
+        self.model
+    }
+
     /// The optimizer (for checkpoints).
     pub fn optimizer(&self) -> &AdamW {
         &self.opt

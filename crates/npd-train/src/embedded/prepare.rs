@@ -14,6 +14,7 @@ use npd_core::{PromptId, Result, SampleId, TokenId, TrainSample};
 use npd_pack::{PackOptions, pack_pool};
 
 use crate::checkpoint::save_pretrained;
+use crate::config::ModelConfig;
 use crate::embedded::task::{self, Problem};
 use crate::embedded::{self as emb};
 use crate::generator::Weights;
@@ -77,6 +78,8 @@ pub struct Prepared {
     pub teacher: Llama,
     /// Its held-out accuracy.
     pub teacher_accuracy: f64,
+    /// The student's architecture.
+    pub student: ModelConfig,
     /// The warm-started student's weights.
     pub warm_start: Weights,
     /// Its held-out accuracy.
@@ -149,7 +152,8 @@ fn reference_sample(
     })
 }
 
-fn answer_of(tok: &Tokenizer) -> impl Fn(&[TokenId]) -> Option<String> + Sync + '_ {
+/// Final-answer extraction for the embedded task.
+pub fn answer_fn(tok: &Tokenizer) -> impl Fn(&[TokenId]) -> Option<String> + Sync + '_ {
     move |ids: &[TokenId]| {
         let text = tok.decode(ids, true).ok()?;
         task::final_answer(&text).map(|a| format!("{a:02}"))
@@ -218,11 +222,7 @@ fn train_on_references(
             break;
         }
     }
-    // The trainer owns the model; take it back through its weights.
-    let weights = trainer.publish()?;
-    let mut model = Llama::new(trainer.model().config().clone(), Device::Cpu);
-    crate::generator::load_weights(&mut model, &weights)?;
-    Ok((model, done))
+    Ok((trainer.into_model(), done))
 }
 
 /// Prepares (or loads from `dir`) the embedded default.
@@ -249,7 +249,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     };
     let train = to_examples(train_p, 0)?;
     let eval = to_examples(eval_p, setup.train_prompts as u64)?;
-    let answer = answer_of(&tok);
+    let answer = answer_fn(&tok);
     let stop = [emb::EOS_ID];
     let acc = |m: &Llama| accuracy(m, &eval, &answer, 48, &stop);
     // Early stopping looks at a slice of the held-out set; reported
@@ -374,6 +374,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                 .as_bytes(),
         )?;
     }
+    let student = warm.config().clone();
     let warm_start = warm.named_parameters();
     drop(answer);
     Ok(Prepared {
@@ -381,14 +382,10 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
         tokenizer: tok,
         teacher,
         teacher_accuracy: meta.teacher_accuracy,
+        student,
         warm_start,
         warm_start_accuracy: meta.warm_start_accuracy,
         train,
         eval,
     })
-}
-
-/// Final-answer extraction for the embedded task.
-pub fn answer_fn(tok: &Tokenizer) -> impl Fn(&[TokenId]) -> Option<String> + Sync + '_ {
-    answer_of(tok)
 }
