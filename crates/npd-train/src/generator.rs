@@ -55,6 +55,14 @@ impl ModelGenerator {
     }
 }
 
+/// The sampling seed of a batch whose first prompt is `first`.
+fn batch_seed(seed: u64, first: u64) -> u64 {
+    let mut x = seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
 /// Copies named weights into a model with the same architecture.
 pub fn load_weights(model: &mut Llama, weights: &Weights) -> Result<()> {
     let vars = model.var_store().variables();
@@ -100,7 +108,14 @@ impl Generator for ModelGenerator {
             tch::set_num_threads(t);
         }
         let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
-        let out = generate(&self.model, &tokens, params, Decoding::Cached)?;
+        // Each batch draws from its own stream, named by its first prompt:
+        // batches never repeat one another's noise, and a resumed run
+        // samples a prompt batch as the interrupted one would have.
+        let params = SamplingParams {
+            seed: batch_seed(params.seed, prompts.first().map_or(0, |p| p.id.0)),
+            ..params.clone()
+        };
+        let out = generate(&self.model, &tokens, &params, Decoding::Cached)?;
         let alone: Vec<Vec<f32>> = match &self.alone_prefix {
             None => vec![Vec::new(); out.len()],
             Some(prefix) => {

@@ -11,6 +11,7 @@ use npd_core::{Error, PackedRow, PolicyVersion, Result};
 use crate::loss::{TeacherDist, cross_entropy, forward_kl, jsd, reverse_kl};
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, lr_at};
+use crate::weights::TensorStore;
 
 /// How rows are laid out for the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,8 @@ impl TrainOptions {
 #[derive(Debug)]
 pub struct Trainer {
     model: Llama,
+    /// Name of each optimizer parameter, in the optimizer's order.
+    names: Vec<String>,
     opt: AdamW,
     options: TrainOptions,
     nonfinite_run: u32,
@@ -101,9 +104,20 @@ impl Trainer {
     /// A trainer over `model`'s parameters.
     pub fn new(model: Llama, options: TrainOptions) -> Self {
         let params = model.var_store().trainable_variables();
+        let named = model.named_parameters();
+        let names = params
+            .iter()
+            .map(|p| {
+                named
+                    .iter()
+                    .find(|(_, t)| t.data_ptr() == p.data_ptr())
+                    .map_or_else(String::new, |(n, _)| n.clone())
+            })
+            .collect();
         let opt = AdamW::new(params, options.adamw);
         Self {
             model,
+            names,
             opt,
             options,
             nonfinite_run: 0,
@@ -129,6 +143,59 @@ impl Trainer {
     /// The optimizer, mutably (to restore a checkpoint).
     pub fn optimizer_mut(&mut self) -> &mut AdamW {
         &mut self.opt
+    }
+
+    /// The optimizer moments for a checkpoint, named like PyTorch's AdamW
+    /// state: `exp_avg.<parameter>` and `exp_avg_sq.<parameter>`.
+    pub fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        let (first, second) = self.opt.state();
+        let mut out = Vec::with_capacity(2 * first.len());
+        for ((name, m), v) in self.names.iter().zip(first).zip(second) {
+            out.push((format!("exp_avg.{name}"), m.shallow_clone()));
+            out.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores the weights from `weights`, the optimizer moments from
+    /// `moments` (as written from [`Trainer::optimizer_state`]) and the
+    /// step counters; every tensor is checked by name and shape.
+    pub fn restore(
+        &mut self,
+        weights: &mut TensorStore,
+        moments: &mut TensorStore,
+        optimizer_steps: u64,
+        skipped: u64,
+    ) -> Result<()> {
+        self.model.load_from(weights)?;
+        let (first, second) = self.opt.state();
+        let device = self.model.device();
+        let mut m = Vec::with_capacity(first.len());
+        let mut v = Vec::with_capacity(second.len());
+        for ((name, f), s) in self.names.iter().zip(first).zip(second) {
+            m.push(
+                moments
+                    .take(&format!("exp_avg.{name}"), &f.size())?
+                    .to_kind(Kind::Float)
+                    .to_device(device),
+            );
+            v.push(
+                moments
+                    .take(&format!("exp_avg_sq.{name}"), &s.size())?
+                    .to_kind(Kind::Float)
+                    .to_device(device),
+            );
+        }
+        if let Some(extra) = moments.remaining().first() {
+            return Err(Error::invalid(
+                format!("tensor {extra}"),
+                "in the optimizer state is not a moment of this model's parameters",
+            ));
+        }
+        self.opt.restore(m, v, optimizer_steps);
+        self.skipped = skipped;
+        self.nonfinite_run = 0;
+        Ok(())
     }
 
     /// Steps skipped for a non-finite loss so far.

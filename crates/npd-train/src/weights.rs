@@ -98,6 +98,15 @@ impl TensorStore {
         Ok(store)
     }
 
+    /// Opens one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut store = TensorStore {
+            tensors: HashMap::new(),
+        };
+        store.read_file(path)?;
+        Ok(store)
+    }
+
     fn read_file(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| {

@@ -167,3 +167,63 @@ fn non_finite_losses_skip_steps_then_abort() {
     assert!(err.contains("3 consecutive"), "{err}");
     assert_eq!(trainer.skipped_steps(), 4);
 }
+
+fn flat_weights(m: &Llama) -> Vec<(String, Vec<f32>)> {
+    let mut out: Vec<(String, Vec<f32>)> = m
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn a_restored_checkpoint_continues_exactly_as_the_uninterrupted_run() {
+    use npd_train::checkpoint::{MODEL_DIR, load_training, save_training};
+    let rows = rows(counting_samples(12), 64);
+    let dir = tempdir("resume");
+    let ckpt = dir.join("step-00000003");
+
+    let mut a = Trainer::new(student(4), options(LossKind::Ce, 1e-2, 10));
+    for _ in 0..3 {
+        a.step(&rows).unwrap();
+    }
+    let state = serde_json::json!({"step": 3, "note": "run state"});
+    save_training(&a, &ckpt, None, &state).unwrap();
+    for _ in 0..3 {
+        a.step(&rows).unwrap();
+    }
+
+    // A fresh trainer with other weights, restored, takes the same steps.
+    let mut b = Trainer::new(student(5), options(LossKind::Ce, 1e-2, 10));
+    let back = load_training(&mut b, &ckpt).unwrap();
+    assert_eq!(back, state);
+    assert_eq!(b.version(), 3);
+    for _ in 0..3 {
+        b.step(&rows).unwrap();
+    }
+    assert_eq!(flat_weights(a.model()), flat_weights(b.model()));
+
+    // The model inside is an ordinary checkpoint folder.
+    let m = Llama::load(&ckpt.join(MODEL_DIR), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(m.num_parameters(), a.model().num_parameters());
+
+    // A checkpoint of another architecture is refused by tensor name.
+    let mut wide = tiny_config();
+    wide.hidden_size = 48;
+    wide.head_dim = 12;
+    let mut other = Trainer::new(
+        Llama::new(wide, Device::Cpu),
+        options(LossKind::Ce, 1e-2, 10),
+    );
+    let err = load_training(&mut other, &ckpt).unwrap_err().to_string();
+    assert!(err.contains("tensor ") && err.contains("shape"), "{err}");
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("npd-train-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
