@@ -30,6 +30,15 @@ pub enum Error {
         /// What was expected and what was found.
         message: String,
     },
+    /// The run was asked to stop (e.g. Ctrl-C) and stopped after writing a
+    /// checkpoint it can resume from.
+    #[error("interrupted after step {step}; checkpoint written to {checkpoint}")]
+    Interrupted {
+        /// Steps completed.
+        step: u64,
+        /// The checkpoint folder.
+        checkpoint: PathBuf,
+    },
     /// A backend (model code, tokenizer, transport) failed.
     #[error("{context}: {source}")]
     Backend {

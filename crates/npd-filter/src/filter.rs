@@ -52,6 +52,12 @@ impl DeltaIfdFilter {
         &self.total
     }
 
+    /// Continues the account of a resumed run from `total` (the band's
+    /// window of recent scores starts empty again).
+    pub fn resume_from(&mut self, total: FilterReport) {
+        self.total = total;
+    }
+
     /// Filters a pool held in flat columns.
     pub fn select_columns(&mut self, pool: &LogProbColumns) -> Result<Vec<Decision>> {
         let scores = self.score.score_pool(pool)?;

@@ -189,7 +189,12 @@ pub fn save_training(
         path: model_dir.clone(),
         source,
     })?;
-    write_model_files(trainer.model(), &model_dir, config_json, DEFAULT_SHARD_BYTES)?;
+    write_model_files(
+        trainer.model(),
+        &model_dir,
+        config_json,
+        DEFAULT_SHARD_BYTES,
+    )?;
     write_safetensors(&tmp.join(OPTIMIZER_FILE), &trainer.optimizer_state())?;
     let state = serde_json::json!({
         "optimizer_steps": trainer.optimizer().steps(),

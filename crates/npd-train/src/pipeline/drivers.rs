@@ -32,12 +32,14 @@ use npd_filter::{DeltaIfdFilter, FilterReport};
 use npd_pack::{PackOptions, StreamingPacker, pack_pool};
 use npd_rollout::{Delivery, EngineConfig, Ledger, LedgerCounts, PromptState, RolloutEngine};
 
+use crate::checkpoint::{load_training, save_training};
 use crate::config::ModelConfig;
 use crate::generate::{Decoding, generate};
 use crate::generator::{ModelGenerator, Weights, load_weights};
 use crate::model::Llama;
 use crate::pipeline::data::Example;
 use crate::pipeline::eval::{AnswerFn, accuracy};
+use crate::pipeline::resume::{Checkpoints, SavedNpd, SavedRun};
 use crate::score::ModelScorer;
 use crate::train::{Layout, TrainOptions, Trainer};
 
@@ -60,6 +62,15 @@ impl Method {
             Method::Sft => "SFT",
             Method::OnPolicy => "on-policy",
             Method::NearPolicy => "NPD",
+        }
+    }
+
+    /// Name in file names and on the command line.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::OnPolicy => "on-policy",
+            Method::NearPolicy => "npd",
         }
     }
 }
@@ -117,6 +128,8 @@ pub struct Harness<'a> {
     pub answer: &'a AnswerFn<'a>,
     /// Settings.
     pub settings: Settings,
+    /// Checkpoints and resuming; `None` runs without them.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 /// One point of the accuracy curve.
@@ -160,6 +173,9 @@ pub struct Outcome {
     pub staleness: BTreeMap<u64, usize>,
     /// NPD: the prompt ledger.
     pub ledger: Option<LedgerCounts>,
+    /// Steps at which the run was resumed from a checkpoint.
+    #[serde(default)]
+    pub resumed_at: Vec<u64>,
 }
 
 struct Clock {
@@ -170,10 +186,14 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
+        Self::resumed(0.0, BTreeMap::new())
+    }
+    /// A clock that already shows `wall` seconds and these stage times.
+    fn resumed(wall: f64, stages: BTreeMap<String, f64>) -> Self {
         Self {
             start: Instant::now(),
-            excluded: 0.0,
-            stages: BTreeMap::new(),
+            excluded: -wall,
+            stages,
         }
     }
     fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
@@ -197,8 +217,9 @@ struct Done<'a> {
     extra: serde_json::Value,
 }
 
-/// Bookkeeping of one method run: the clock, the accuracy curve and token
-/// counts, updated after every step the same way for every method.
+/// Bookkeeping of one method run: the clock, the accuracy curve, token
+/// counts and checkpoints, updated after every step the same way for every
+/// method.
 struct Run {
     method: Method,
     seed: u64,
@@ -206,11 +227,42 @@ struct Run {
     curve: Vec<CurvePoint>,
     tokens: usize,
     slots: usize,
+    /// Steps completed when this process took the run over.
+    first_step: u64,
+    resumed_at: Vec<u64>,
 }
 
 impl Run {
-    /// Starts the clock and evaluates the warm start.
-    fn start(h: &Harness<'_>, method: Method, seed: u64, model: &Llama) -> Result<Self> {
+    /// Starts the clock and evaluates the warm start, or, when the run has
+    /// a checkpoint, restores the trainer and the bookkeeping from it and
+    /// returns NPD's saved state.
+    fn start(
+        h: &Harness<'_>,
+        method: Method,
+        seed: u64,
+        trainer: &mut Trainer,
+    ) -> Result<(Self, Option<SavedNpd>)> {
+        let latest = match &h.checkpoints {
+            Some(c) => c.latest(method, seed)?,
+            None => None,
+        };
+        if let Some((_, dir)) = latest {
+            let state = load_training(trainer, &dir)?;
+            let saved = SavedRun::from_state(state, &dir, method, seed)?;
+            let mut resumed_at = saved.resumed_at;
+            resumed_at.push(saved.step);
+            let run = Self {
+                method,
+                seed,
+                clock: Clock::resumed(saved.wall_s, saved.stages),
+                curve: saved.curve,
+                tokens: saved.tokens,
+                slots: saved.slots,
+                first_step: saved.step,
+                resumed_at,
+            };
+            return Ok((run, saved.npd));
+        }
         let mut run = Self {
             method,
             seed,
@@ -218,18 +270,23 @@ impl Run {
             curve: Vec::new(),
             tokens: 0,
             slots: 0,
+            first_step: 0,
+            resumed_at: Vec::new(),
         };
-        h.evaluate(model, &mut run.clock, 0, &mut run.curve)?;
-        Ok(run)
+        h.evaluate(trainer.model(), &mut run.clock, 0, &mut run.curve)?;
+        Ok((run, None))
     }
 
-    /// Records a step, writes its metrics line, evaluates when due.
+    /// Records a step, writes its metrics line, evaluates when due, and
+    /// writes a checkpoint when due or asked to stop (then returns
+    /// [`Error::Interrupted`]). `npd` gives NPD's state for the checkpoint.
     fn after_step(
         &mut self,
         h: &Harness<'_>,
         done: Done<'_>,
-        model: &Llama,
+        trainer: &Trainer,
         metrics: &mut dyn FnMut(serde_json::Value),
+        npd: impl FnOnce() -> Option<SavedNpd>,
     ) -> Result<()> {
         let Done {
             step,
@@ -246,8 +303,40 @@ impl Run {
             l.extend(e);
         }
         metrics(line);
-        if step % h.settings.eval_every == 0 || step == h.settings.steps {
-            h.evaluate(model, &mut self.clock, step, &mut self.curve)?;
+        let last = step == h.settings.steps;
+        if step % h.settings.eval_every == 0 || last {
+            h.evaluate(trainer.model(), &mut self.clock, step, &mut self.curve)?;
+        }
+        let Some(c) = &h.checkpoints else {
+            return Ok(());
+        };
+        let stop = c.stop_requested() && !last;
+        if !(last || stop || (c.every > 0 && step % c.every == 0)) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let saved = SavedRun {
+            method: self.method,
+            seed: self.seed,
+            step,
+            wall_s: self.clock.wall(),
+            stages: self.clock.stages.clone(),
+            curve: self.curve.clone(),
+            tokens: self.tokens,
+            slots: self.slots,
+            resumed_at: self.resumed_at.clone(),
+            npd: npd(),
+        };
+        let dir = c.step_dir(self.method, self.seed, step);
+        let state = serde_json::to_value(&saved).expect("run state serialises");
+        save_training(trainer, &dir, None, &state)?;
+        c.prune(self.method, self.seed)?;
+        self.clock.excluded += t.elapsed().as_secs_f64();
+        if stop {
+            return Err(Error::Interrupted {
+                step,
+                checkpoint: dir,
+            });
         }
         Ok(())
     }
@@ -267,6 +356,7 @@ impl Run {
             filter: None,
             staleness: BTreeMap::new(),
             ledger: None,
+            resumed_at: self.resumed_at,
         }
     }
 }
@@ -429,13 +519,22 @@ impl Harness<'_> {
         metrics: &mut dyn FnMut(serde_json::Value),
     ) -> Result<Outcome> {
         self.check()?;
+        if let Some(c) = &self.checkpoints {
+            if let Some(outcome) = c.finished(method, seed)? {
+                return Ok(outcome);
+            }
+        }
         tch::set_num_threads(self.settings.train_threads);
         tch::manual_seed(seed as i64);
-        match method {
+        let outcome = match method {
             Method::Sft => self.run_sft(seed, metrics),
             Method::OnPolicy => self.run_on_policy(seed, metrics),
             Method::NearPolicy => self.run_npd(seed, metrics),
+        }?;
+        if let Some(c) = &self.checkpoints {
+            c.record(&outcome)?;
         }
+        Ok(outcome)
     }
 
     fn run_sft(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
@@ -462,8 +561,8 @@ impl Harness<'_> {
         options.ce_weight = 0.0;
         let mut trainer = Trainer::new(self.student()?, options);
         let order = prompt_order(self.train.len(), seed);
-        let mut run = Run::start(self, Method::Sft, seed, trainer.model())?;
-        for step in 0..s.steps {
+        let (mut run, _) = Run::start(self, Method::Sft, seed, &mut trainer)?;
+        for step in run.first_step..s.steps {
             let samples: Vec<TrainSample> = (0..s.samples_per_step as u64)
                 .map(|j| {
                     let r = step * s.samples_per_step as u64 + j;
@@ -479,7 +578,7 @@ impl Harness<'_> {
                 rows: &rows,
                 extra: json!({}),
             };
-            run.after_step(self, done, trainer.model(), metrics)?;
+            run.after_step(self, done, &trainer, metrics, || None)?;
         }
         let mut out = run.finish(&trainer);
         out.prep_s = prep_s;
@@ -494,8 +593,8 @@ impl Harness<'_> {
         let s = &self.settings;
         let mut trainer = self.trainer(Layout::Padded)?;
         let order = prompt_order(self.train.len(), seed);
-        let mut run = Run::start(self, Method::OnPolicy, seed, trainer.model())?;
-        for step in 0..s.steps {
+        let (mut run, _) = Run::start(self, Method::OnPolicy, seed, &mut trainer)?;
+        for step in run.first_step..s.steps {
             let ids: Vec<u64> = (0..s.samples_per_step as u64)
                 .map(|j| step * s.samples_per_step as u64 + j)
                 .collect();
@@ -533,7 +632,7 @@ impl Harness<'_> {
                 rows: &rows,
                 extra: json!({}),
             };
-            run.after_step(self, done, trainer.model(), metrics)?;
+            run.after_step(self, done, &trainer, metrics, || None)?;
         }
         Ok(run.finish(&trainer))
     }
@@ -542,9 +641,15 @@ impl Harness<'_> {
         let s = &self.settings;
         let mut trainer = self.trainer(Layout::Packed)?;
         let order = prompt_order(self.train.len(), seed);
+        let (mut run, saved) = Run::start(self, Method::NearPolicy, seed, &mut trainer)?;
         let reuse = s.reuse.max(1);
         let per_version = s.refresh_every as usize * s.samples_per_step / reuse;
-        let mut generator = ModelGenerator::new(self.student()?, 0).with_threads(s.gen_threads);
+        // The generating snapshot starts from the trainer's weights (the
+        // warm start, or the checkpoint of a resumed run).
+        let mut snapshot = Llama::new(self.student.clone(), self.teacher.device());
+        load_weights(&mut snapshot, &trainer.publish()?)?;
+        let mut generator =
+            ModelGenerator::new(snapshot, trainer.version()).with_threads(s.gen_threads);
         if s.filter.enabled {
             // The student's IFD terms come from the generating snapshot: the
             // sampled tokens' log-probs and a response-alone pass, both on
@@ -553,7 +658,7 @@ impl Harness<'_> {
         }
         let engine = RolloutEngine::spawn(
             generator,
-            0,
+            trainer.version(),
             EngineConfig {
                 batch_size: s.pool_size.min(s.samples_per_step).max(1),
                 queue_capacity: s.pool_size.max(1) * 2,
@@ -564,41 +669,58 @@ impl Harness<'_> {
                 },
             },
         );
+        let prompt = |id: PromptId| Prompt {
+            id,
+            tokens: self.train[order(id.0)].prompt.clone(),
+        };
+        let submit = |engine: &RolloutEngine<Weights>,
+                      ledger: &mut Ledger,
+                      next_request: &mut u64,
+                      n: usize|
+         -> Result<()> {
+            let mut batch = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = PromptId(*next_request);
+                *next_request += 1;
+                ledger
+                    .open(id)
+                    .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                batch.push(prompt(id));
+            }
+            engine.submit(batch);
+            Ok(())
+        };
+        let mut filter = DeltaIfdFilter::from_config(&s.filter);
         let mut ledger = Ledger::new();
         let mut next_request = 0u64;
-        let mut submit =
-            |engine: &RolloutEngine<Weights>, ledger: &mut Ledger, n: usize| -> Result<()> {
-                let mut batch = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let r = next_request;
-                    next_request += 1;
-                    ledger
-                        .open(PromptId(r))
-                        .map_err(|e| Error::invalid("ledger", e.to_string()))?;
-                    batch.push(Prompt {
-                        id: PromptId(r),
-                        tokens: self.train[order(r)].prompt.clone(),
-                    });
-                }
-                engine.submit(batch);
-                Ok(())
-            };
-        let mut filter = DeltaIfdFilter::from_config(&s.filter);
+        let mut staleness: BTreeMap<u64, usize> = BTreeMap::new();
+        if let Some(saved) = saved {
+            // Work in flight at the checkpoint goes first.
+            ledger = saved.ledger;
+            next_request = saved.next_request;
+            staleness = saved.staleness;
+            filter.resume_from(saved.filter);
+            let open = ledger.open_prompts();
+            if !open.is_empty() {
+                engine.submit(open.into_iter().map(prompt).collect::<Vec<_>>());
+            }
+        }
         let mut options = PackOptions::new(s.capacity);
         options.pad_id = s.pad_id;
         let mut packer = StreamingPacker::new(options, 0.95, 8)?;
         let mut rows: VecDeque<PackedRow> = VecDeque::new();
         let mut reused: Vec<TrainSample> = Vec::new();
         let mut versions: BTreeMap<u64, PolicyVersion> = BTreeMap::new();
-        let mut staleness: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut run = Run::start(self, Method::NearPolicy, seed, trainer.model())?;
-        submit(&engine, &mut ledger, s.pool_size * 4)?;
-        let mut step = 0;
+        submit(&engine, &mut ledger, &mut next_request, s.pool_size * 4)?;
+        let mut step = run.first_step;
+        // Prompts closed without training since the last step's metrics.
+        let mut filtered_ids: Vec<u64> = Vec::new();
+        let mut failed_ids: Vec<u64> = Vec::new();
         while step < s.steps {
             // Fill rows until they hold a step's worth of samples.
             while rows.iter().map(|r| r.segments.len()).sum::<usize>() < s.samples_per_step {
                 if engine.pending() < s.pool_size * 2 {
-                    submit(&engine, &mut ledger, s.pool_size * 2)?;
+                    submit(&engine, &mut ledger, &mut next_request, s.pool_size * 2)?;
                 }
                 let mut pool = Vec::with_capacity(s.pool_size);
                 run.clock.time("wait for rollouts", || {
@@ -613,15 +735,21 @@ impl Harness<'_> {
                 for d in pool {
                     match d {
                         Delivery::Rollout(r) if !r.response.is_empty() => rollouts.push(r),
-                        Delivery::Rollout(r) => ledger
-                            .close(
-                                r.prompt_id,
-                                PromptState::Filtered(npd_core::DropReason::EmptyResponse),
-                            )
-                            .map_err(|e| Error::invalid("ledger", e.to_string()))?,
-                        Delivery::Failed { prompt, reason } => ledger
-                            .close(prompt, PromptState::Failed(reason))
-                            .map_err(|e| Error::invalid("ledger", e.to_string()))?,
+                        Delivery::Rollout(r) => {
+                            ledger
+                                .close(
+                                    r.prompt_id,
+                                    PromptState::Filtered(npd_core::DropReason::EmptyResponse),
+                                )
+                                .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                            filtered_ids.push(r.prompt_id.0);
+                        }
+                        Delivery::Failed { prompt, reason } => {
+                            ledger
+                                .close(prompt, PromptState::Failed(reason))
+                                .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                            failed_ids.push(prompt.0);
+                        }
                     }
                 }
                 if rollouts.is_empty() {
@@ -658,6 +786,7 @@ impl Harness<'_> {
                             ledger
                                 .close(r.prompt_id, PromptState::Filtered(reason))
                                 .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                            filtered_ids.push(r.prompt_id.0);
                         }
                         keep.push(d.verdict.is_keep());
                     }
@@ -698,6 +827,7 @@ impl Harness<'_> {
                 batch.push(row);
             }
             let stats = run.clock.time("train", || trainer.step(&batch))?;
+            let mut first_use = Vec::new();
             for row in &batch {
                 for seg in &row.segments {
                     let id = seg.sample_id.0;
@@ -708,6 +838,7 @@ impl Harness<'_> {
                         ledger
                             .close(PromptId(id), PromptState::Trained)
                             .map_err(|e| Error::invalid("ledger", e.to_string()))?;
+                        first_use.push(id);
                     }
                 }
             }
@@ -716,14 +847,29 @@ impl Harness<'_> {
                 let weights = run.clock.time("publish", || trainer.publish())?;
                 engine.publish(weights, trainer.version());
             }
-            let extra = json!({"samples": n, "keep_rate": filter.total_report().keep_rate()});
+            let extra = json!({"samples": n, "keep_rate": filter.total_report().keep_rate(),
+                "prompts_trained": first_use,
+                "prompts_filtered": std::mem::take(&mut filtered_ids),
+                "prompts_failed": std::mem::take(&mut failed_ids)});
             let done = Done {
                 step,
                 stats: &stats,
                 rows: &batch,
                 extra,
             };
-            run.after_step(self, done, trainer.model(), metrics)?;
+            let state = || {
+                Some(SavedNpd {
+                    next_request,
+                    open_prompts: ledger.open_prompts(),
+                    ledger: ledger.clone(),
+                    staleness: staleness.clone(),
+                    filter: filter.total_report().clone(),
+                })
+            };
+            if let Err(e) = run.after_step(self, done, &trainer, metrics, state) {
+                let _ = engine.shutdown();
+                return Err(e);
+            }
         }
         let (_unfinished, failures) = engine.shutdown();
         for f in failures {

@@ -4,5 +4,7 @@ pub mod data;
 pub mod drivers;
 pub mod eval;
 pub mod report;
+pub mod resume;
 
 pub use drivers::{Harness, Method, Outcome, Settings};
+pub use resume::Checkpoints;

@@ -130,6 +130,17 @@ impl Report {
             }
             None => md.push_str("- not evaluated: NPD or on-policy did not run\n"),
         }
+        for o in self.outcomes.iter().filter(|o| !o.resumed_at.is_empty()) {
+            let _ = writeln!(
+                md,
+                "- {} seed {} was resumed from checkpoints after steps {:?} (its wall-clock \
+                 counts the work done before each stop and after each resume; steps after \
+                 the checkpoint that were lost to the stop are done again and counted once)",
+                o.method.name(),
+                o.seed,
+                o.resumed_at
+            );
+        }
         md.push_str("\n## NPD details\n\n");
         for o in self
             .outcomes

@@ -10,9 +10,13 @@
 //!
 //! `cargo run --release --example distill_openpangu -- --help`
 
+mod run_dir;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
@@ -23,6 +27,7 @@ use npd_train::embedded::prepare::{Setup, answer_fn, prepare};
 use npd_train::embedded::{self as emb};
 use npd_train::pipeline::drivers::{Harness, Method, Settings};
 use npd_train::pipeline::report::Report;
+use npd_train::pipeline::resume::Checkpoints;
 use npd_train::train::TrainOptions;
 
 /// Distil a teacher into a student with Near-Policy Distillation, and
@@ -72,6 +77,19 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
 
+    /// Continue the run in the output folder from its checkpoints (after
+    /// Ctrl-C or a crash). Finished methods are not run again; the others
+    /// continue from their newest checkpoint. The configuration and flags
+    /// must be the ones the run started with.
+    #[arg(long)]
+    resume: bool,
+
+    /// Write a checkpoint every this many optimizer steps (overrides
+    /// output.checkpoint_every; 0: only at the end of each method and on
+    /// Ctrl-C).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<u64>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -101,6 +119,7 @@ fn embedded_defaults(c: &mut RunConfig) {
     c.pack.capacity = 512;
     c.filter.lower_percentile = 0.05;
     c.filter.upper_percentile = 0.9;
+    c.output.checkpoint_every = 50;
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
@@ -131,7 +150,27 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Why a run ended early.
+enum Failure {
+    /// Bad input or a failed stage (exit status 2).
+    Error(String),
+    /// Stopped by Ctrl-C after writing a checkpoint (exit status 130).
+    Interrupted(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let mut config = RunConfig::default();
     let embedded = args.config.is_none();
     if embedded {
@@ -156,19 +195,24 @@ fn run(args: Args) -> Result<(), String> {
             "jsd" => LossKind::Jsd,
             "ce" => LossKind::Ce,
             other => {
-                return Err(format!(
-                    "--loss {other}: expected forward-kl, reverse-kl, jsd or ce"
-                ));
+                return Err(
+                    format!("--loss {other}: expected forward-kl, reverse-kl, jsd or ce").into(),
+                );
             }
         };
     }
     if let Some(out) = &args.out {
         config.output.dir = out.clone();
     }
+    if let Some(n) = args.checkpoint_every {
+        config.output.checkpoint_every = n;
+    }
     let mut setup = Setup::default();
     let mut seeds = args.seeds.max(1);
     if args.quick {
-        config.train.steps = config.train.steps.min(20);
+        if args.steps.is_none() {
+            config.train.steps = config.train.steps.min(20);
+        }
         setup.teacher_steps = 60;
         setup.warm_start_steps = 20;
         setup.train_prompts = 400;
@@ -206,7 +250,17 @@ fn run(args: Args) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let run_dir = run_dir::RunDir::open(
+        &out,
+        &config.to_toml(),
+        &methods,
+        seeds,
+        args.quick,
+        args.resume,
+    )?;
+    let mut checkpoints =
+        Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
+    checkpoints.stop = Arc::clone(&signals.stop);
     let threads = npd_train::tch::get_num_threads().max(1);
 
     // Prepare (or load) the teacher and the warm start.
@@ -280,30 +334,46 @@ fn run(args: Args) -> Result<(), String> {
             train_threads: threads,
             pad_id: emb::PAD_ID,
         },
+        checkpoints: Some(checkpoints.clone()),
     };
 
     harness.check().map_err(|e| e.to_string())?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+    let mut metrics = run_dir.metrics(&checkpoints, args.resume)?;
     let mut outcomes = Vec::new();
+    signals.in_run.store(true, Ordering::SeqCst);
     for &method in &methods {
         for seed in 0..seeds {
             let pb = bar(
                 config.train.steps,
                 &format!("{} seed {seed}", method.name()),
             );
-            let outcome = harness
-                .run(method, seed, &mut |m| {
-                    let _ = writeln!(metrics, "{m}");
-                    pb.inc(1);
-                })
-                .map_err(|e| format!("{} seed {seed}: {e}", method.name()))?;
+            if let Some((step, _)) = checkpoints
+                .latest(method, seed)
+                .map_err(|e| e.to_string())?
+            {
+                pb.set_position(step);
+            }
+            let outcome = harness.run(method, seed, &mut |m| {
+                let _ = writeln!(metrics, "{m}");
+                let _ = metrics.flush();
+                pb.inc(1);
+            });
             pb.finish();
-            let _ = metrics.flush();
-            outcomes.push(outcome);
+            match outcome {
+                Ok(o) => outcomes.push(o),
+                Err(npd_core::Error::Interrupted { step, checkpoint }) => {
+                    return Err(Failure::Interrupted(format!(
+                        "interrupted: {} seed {seed} stopped after step {step}; checkpoint {}. \
+                         Continue with the same command and --resume.",
+                        method.name(),
+                        checkpoint.display()
+                    )));
+                }
+                Err(e) => return Err(format!("{} seed {seed}: {e}", method.name()).into()),
+            }
         }
     }
+    signals.in_run.store(false, Ordering::SeqCst);
     let report = Report {
         setup: vec![
             format!(
@@ -356,16 +426,52 @@ fn run(args: Args) -> Result<(), String> {
             if speed_ok { "met" } else { "NOT met" }
         );
     }
+    run_dir.record(true)?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }
 
+/// What Ctrl-C (or SIGTERM) does: during the method runs the first one asks
+/// the running method to finish its step and write a checkpoint; outside
+/// them, or a second time, the process exits at once.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    in_run: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_run = Arc::new(AtomicBool::new(false));
+        let (s, r) = (Arc::clone(&stop), Arc::clone(&in_run));
+        let installed = ctrlc::set_handler(move || {
+            if !r.load(Ordering::SeqCst) || s.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping: finishing the current step and writing a checkpoint \
+                 (Ctrl-C again to quit at once)"
+            );
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: Ctrl-C will not write a checkpoint: {e}");
+        }
+        Self { stop, in_run }
+    }
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let signals = Signals::install();
+    match run(Args::parse(), &signals) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Error(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+        Err(Failure::Interrupted(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(130)
         }
     }
 }

@@ -1,0 +1,185 @@
+//! The output folder of a run: what it was started with, whether it
+//! finished, its checkpoints, and `metrics.jsonl` cut back to them on
+//! resume.
+
+use std::path::{Path, PathBuf};
+
+use npd_train::pipeline::{Checkpoints, Method};
+use serde_json::{Value, json};
+
+/// File recording what a run was started with.
+const RUN_FILE: &str = "run.json";
+
+/// An output folder.
+pub struct RunDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// What identifies the run: configuration and flags.
+    identity: Value,
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+impl RunDir {
+    /// Opens `dir` for a run identified by `config_toml` and the flags that
+    /// shape it. A fresh run refuses a folder holding an unfinished run; a
+    /// resumed one requires one started the same way.
+    pub fn open(
+        dir: &Path,
+        config_toml: &str,
+        methods: &[Method],
+        seeds: u64,
+        quick: bool,
+        resume: bool,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let identity = json!({
+            "config": config_toml,
+            "methods": methods.iter().map(|m| m.slug()).collect::<Vec<_>>(),
+            "seeds": seeds,
+            "quick": quick,
+        });
+        let run = Self {
+            dir: dir.to_path_buf(),
+            identity,
+        };
+        let previous = read_json(&dir.join(RUN_FILE))?;
+        let finished = previous
+            .as_ref()
+            .and_then(|p| p.get("finished"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if resume {
+            let Some(previous) = previous else {
+                return Err(format!(
+                    "--resume: {} holds no run to resume (no {RUN_FILE})",
+                    dir.display()
+                ));
+            };
+            for key in ["config", "methods", "seeds", "quick"] {
+                if previous.get(key) != run.identity.get(key) {
+                    return Err(format!(
+                        "--resume: the run in {} was started with other {}; rerun with the \
+                         configuration and flags it started with (see {})",
+                        dir.display(),
+                        if key == "config" {
+                            "configuration values".to_string()
+                        } else {
+                            format!("--{key}")
+                        },
+                        dir.join(RUN_FILE).display()
+                    ));
+                }
+            }
+        } else {
+            if previous.is_some() && !finished {
+                return Err(format!(
+                    "{} holds an unfinished run: continue it with --resume, or choose \
+                     another --out (or delete the folder)",
+                    dir.display()
+                ));
+            }
+            // A finished run's checkpoints are replaced by the new run's.
+            let root = run.checkpoint_root();
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+            }
+        }
+        run.record(false)?;
+        Ok(run)
+    }
+
+    /// Where checkpoints go.
+    pub fn checkpoint_root(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// Records the run and whether it finished.
+    pub fn record(&self, finished: bool) -> Result<(), String> {
+        let mut v = self.identity.clone();
+        v["finished"] = finished.into();
+        write(
+            &self.dir.join(RUN_FILE),
+            &serde_json::to_string_pretty(&v).expect("JSON values serialise"),
+        )
+    }
+
+    /// Opens `metrics.jsonl` for appending. On resume it first keeps only
+    /// the lines the checkpoints account for: every line of a finished
+    /// method run, and the lines up to the newest checkpoint of an
+    /// unfinished one (a line cut short by a kill is dropped).
+    pub fn metrics(
+        &self,
+        checkpoints: &Checkpoints,
+        resume: bool,
+    ) -> Result<std::fs::File, String> {
+        let path = self.dir.join("metrics.jsonl");
+        if resume {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut kept = String::new();
+            let mut limits = std::collections::BTreeMap::new();
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                let (Some(name), Some(seed), Some(step)) = (
+                    v.get("method").and_then(Value::as_str),
+                    v.get("seed").and_then(Value::as_u64),
+                    v.get("step").and_then(Value::as_u64),
+                ) else {
+                    continue;
+                };
+                let Some(method) = [Method::Sft, Method::OnPolicy, Method::NearPolicy]
+                    .into_iter()
+                    .find(|m| m.name() == name)
+                else {
+                    continue;
+                };
+                let limit = match limits.get(&(method, seed)) {
+                    Some(l) => *l,
+                    None => {
+                        let l = if checkpoints
+                            .finished(method, seed)
+                            .map_err(|e| e.to_string())?
+                            .is_some()
+                        {
+                            u64::MAX
+                        } else {
+                            checkpoints
+                                .latest(method, seed)
+                                .map_err(|e| e.to_string())?
+                                .map_or(0, |(s, _)| s)
+                        };
+                        limits.insert((method, seed), l);
+                        l
+                    }
+                };
+                if step <= limit {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            write(&path, &kept)?;
+        }
+        let mut open = std::fs::OpenOptions::new();
+        if resume {
+            open.append(true).create(true);
+        } else {
+            open.write(true).create(true).truncate(true);
+        }
+        open.open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
