@@ -10,6 +10,7 @@
 //!
 //! `cargo run --release --example distill_openpangu -- --help`
 
+mod inputs;
 mod run_dir;
 
 use std::io::Write;
@@ -23,8 +24,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use npd_core::config::LossKind;
 use npd_core::{RunConfig, SamplingParams};
-use npd_train::embedded::prepare::{Setup, answer_fn, prepare};
-use npd_train::embedded::{self as emb};
+use npd_train::embedded::prepare::Setup;
 use npd_train::pipeline::drivers::{Harness, Method, Settings};
 use npd_train::pipeline::report::Report;
 use npd_train::pipeline::resume::Checkpoints;
@@ -172,13 +172,18 @@ impl From<&str> for Failure {
 
 fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let mut config = RunConfig::default();
-    let embedded = args.config.is_none();
-    if embedded {
-        embedded_defaults(&mut config);
-    }
+    embedded_defaults(&mut config);
     if let Some(path) = &args.config {
-        config = RunConfig::from_file(path).map_err(|e| e.to_string())?;
+        // The file's keys override the embedded default's; a file naming
+        // model folders starts from the general defaults instead.
+        let over = RunConfig::from_file_over(path, &config).map_err(|e| e.to_string())?;
+        config = if over.model.teacher.as_os_str().is_empty() {
+            over
+        } else {
+            RunConfig::from_file(path).map_err(|e| e.to_string())?
+        };
     }
+    let embedded = config.model.teacher.as_os_str().is_empty();
     if let Some(s) = args.steps {
         config.train.steps = s;
     }
@@ -230,13 +235,6 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         println!("configuration valid");
         return Ok(());
     }
-    if !embedded && !config.model.teacher.as_os_str().is_empty() {
-        return Err(
-            "model folders in [model] are not supported by this version of the example: \
-             leave model.teacher and model.student empty to run the embedded default"
-                .into(),
-        );
-    }
     let methods: Vec<Method> = args
         .methods
         .iter()
@@ -250,6 +248,62 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
+    let threads = npd_train::tch::get_num_threads().max(1);
+
+    // The teacher, the warm start and the prompts.
+    let started = Instant::now();
+    let inputs = if embedded {
+        let cache = cache_dir(&args).join(format!(
+            "v1-{}",
+            if args.quick { "quick" } else { "default" }
+        ));
+        inputs::embedded(&cache, &setup)?
+    } else {
+        inputs::folders(&config)?
+    };
+
+    let mut train = TrainOptions::from_config(&config.train);
+    train.max_nonfinite_steps = config.train.max_nonfinite_steps;
+
+    let mut harness = Harness {
+        teacher: &inputs.teacher,
+        student: inputs.student.clone(),
+        warm_start: &inputs.warm_start,
+        train: &inputs.train,
+        eval: &inputs.eval,
+        answer: &*inputs.answer,
+        settings: Settings {
+            steps: config.train.steps,
+            samples_per_step: config.train.rows_per_step,
+            eval_every: (config.train.steps / 6).max(1),
+            sampling: SamplingParams {
+                temperature: config.sampling.temperature as f32,
+                top_k: (config.sampling.top_k > 0).then_some(config.sampling.top_k),
+                top_p: config.sampling.top_p as f32,
+                max_new_tokens: config.sampling.max_new_tokens,
+                stop_ids: inputs.stop_ids.clone(),
+                seed: config.sampling.seed,
+            },
+            train,
+            topk: config.train.top_k,
+            alone_prefix: inputs.alone_prefix.clone(),
+            refresh_every: config.rollout.refresh_every,
+            max_lag: config.rollout.max_lag,
+            reuse: config.rollout.reuse,
+            filter: config.filter.clone(),
+            capacity: config.pack.capacity,
+            pool_size: config.rollout.batch_size,
+            gen_threads: 1,
+            train_threads: threads,
+            pad_id: inputs.pad_id,
+        },
+        checkpoints: None,
+        rejected: &inputs.rejected,
+        student_config_json: inputs.student_config_json.as_deref(),
+    };
+
+    harness.check().map_err(|e| e.to_string())?;
+    // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir::RunDir::open(
         &out,
         &config.to_toml(),
@@ -261,83 +315,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let mut checkpoints =
         Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
     checkpoints.stop = Arc::clone(&signals.stop);
-    let threads = npd_train::tch::get_num_threads().max(1);
-
-    // Prepare (or load) the teacher and the warm start.
-    let started = Instant::now();
-    let cache = cache_dir(&args).join(format!(
-        "v1-{}",
-        if args.quick { "quick" } else { "default" }
-    ));
-    let mut current: Option<(String, ProgressBar)> = None;
-    let prepared = prepare(&cache, &setup, &mut |stage, done, total| {
-        if current.as_ref().is_none_or(|(s, _)| s != stage) {
-            if let Some((_, b)) = current.take() {
-                b.finish();
-            }
-            current = Some((stage.to_string(), bar(total, stage)));
-        }
-        if let Some((_, b)) = &current {
-            b.set_position(done);
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    if let Some((_, b)) = current.take() {
-        b.finish();
-    }
-    println!(
-        "teacher {:.1}% held-out ({} parameters), warm-start student {:.1}% ({} parameters); cache {}",
-        100.0 * prepared.teacher_accuracy,
-        prepared.teacher.num_parameters(),
-        100.0 * prepared.warm_start_accuracy,
-        prepared
-            .warm_start
-            .iter()
-            .map(|(_, t)| t.numel())
-            .sum::<usize>(),
-        prepared.dir.display()
-    );
-
-    let answer = answer_fn(&prepared.tokenizer);
-    let mut train = TrainOptions::from_config(&config.train);
-    train.max_nonfinite_steps = config.train.max_nonfinite_steps;
-
-    let harness = Harness {
-        teacher: &prepared.teacher,
-        student: prepared.student.clone(),
-        warm_start: &prepared.warm_start,
-        train: &prepared.train,
-        eval: &prepared.eval,
-        answer: &answer,
-        settings: Settings {
-            steps: config.train.steps,
-            samples_per_step: config.train.rows_per_step,
-            eval_every: (config.train.steps / 6).max(1),
-            sampling: SamplingParams {
-                temperature: config.sampling.temperature as f32,
-                top_k: (config.sampling.top_k > 0).then_some(config.sampling.top_k),
-                top_p: config.sampling.top_p as f32,
-                max_new_tokens: config.sampling.max_new_tokens,
-                stop_ids: vec![emb::EOS_ID],
-                seed: config.sampling.seed,
-            },
-            train,
-            topk: config.train.top_k,
-            alone_prefix: vec![emb::BOS_ID],
-            refresh_every: config.rollout.refresh_every,
-            max_lag: config.rollout.max_lag,
-            reuse: config.rollout.reuse,
-            filter: config.filter.clone(),
-            capacity: config.pack.capacity,
-            pool_size: config.rollout.batch_size,
-            gen_threads: 1,
-            train_threads: threads,
-            pad_id: emb::PAD_ID,
-        },
-        checkpoints: Some(checkpoints.clone()),
-    };
-
-    harness.check().map_err(|e| e.to_string())?;
+    harness.checkpoints = Some(checkpoints.clone());
     let mut metrics = run_dir.metrics(&checkpoints, args.resume)?;
     let mut outcomes = Vec::new();
     signals.in_run.store(true, Ordering::SeqCst);
@@ -375,16 +353,9 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     }
     signals.in_run.store(false, Ordering::SeqCst);
     let report = Report {
-        setup: vec![
-            format!(
-                "task: chains of 3 to 8 operations modulo 47 with written intermediate values; {} training and {} held-out prompts",
-                prepared.train.len(),
-                prepared.eval.len()
-            ),
-            format!(
-                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout",
-                setup.teacher, setup.student
-            ),
+        setup: [
+            inputs.setup.clone(),
+            vec![
             format!(
                 "budget: {} steps x {} samples per method and seed; loss {:?}, top-k {}; NPD K = {}, max lag {}, reuse {}, Δ-IFD {}",
                 config.train.steps,
@@ -407,9 +378,14 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
                 "{threads} libtorch threads; total run time {:.0}s",
                 started.elapsed().as_secs_f64()
             ),
-        ],
-        teacher_accuracy: prepared.teacher_accuracy,
-        warm_start_accuracy: prepared.warm_start_accuracy,
+            ],
+        ]
+        .concat(),
+        teacher_accuracy: inputs.teacher_accuracy,
+        warm_start_accuracy: outcomes
+            .first()
+            .and_then(|o| o.curve.first())
+            .map_or(f64::NAN, |c| c.accuracy),
         outcomes,
     };
     write(&out.join("report.md"), &report.markdown())?;

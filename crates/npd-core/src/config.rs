@@ -340,6 +340,18 @@ impl Default for OutputConfig {
     }
 }
 
+/// Copies `over` into `base`, table by table, key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 impl RunConfig {
     /// Reads, parses and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -356,6 +368,45 @@ impl RunConfig {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file whose keys override `base` key by key: a key the
+    /// file leaves out keeps `base`'s value (not the general default).
+    /// Unknown keys and wrong types are reported with the file's line and
+    /// column; ranges are checked on the result.
+    pub fn from_file_over(path: &Path, base: &RunConfig) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_over(&text, &path.display().to_string(), base)
+    }
+
+    /// [`RunConfig::from_file_over`] on TOML text; `origin` names it in
+    /// errors.
+    pub fn from_toml_over(text: &str, origin: &str, base: &RunConfig) -> Result<Self, ConfigError> {
+        // Schema errors first, against the file alone, so they carry its
+        // line and column.
+        let _: RunConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let overrides: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut merged: toml::Table =
+            toml::from_str(&base.to_toml()).expect("a serialized RunConfig parses");
+        merge(&mut merged, overrides);
+        let config: RunConfig =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -550,6 +601,23 @@ mod tests {
             RunConfig::from_toml("", "t.toml").unwrap(),
             RunConfig::default()
         );
+    }
+
+    #[test]
+    fn a_file_overrides_a_base_key_by_key() {
+        let mut base = RunConfig::default();
+        base.train.lr = 1e-3;
+        base.train.steps = 300;
+        let c = RunConfig::from_toml_over("[train]\nsteps = 50\n", "t.toml", &base).unwrap();
+        assert_eq!((c.train.lr, c.train.steps), (1e-3, 50));
+        let err = RunConfig::from_toml_over("[train]\nstepz = 5\n", "t.toml", &base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stepz") && err.contains("line 2"), "{err}");
+        let err = RunConfig::from_toml_over("[train]\nlr = -1.0\n", "t.toml", &base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.lr"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub enum PromptState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     states: BTreeMap<PromptId, PromptState>,
+    /// Dataset records refused before the run (over the length limit, say),
+    /// by their dataset id, with the reason. Kept apart from the run's
+    /// prompts, whose ids count visits.
+    #[serde(default)]
+    rejected: BTreeMap<PromptId, String>,
 }
 
 /// Counts by state.
@@ -42,6 +47,9 @@ pub struct LedgerCounts {
     pub filtered: BTreeMap<String, usize>,
     /// Failed, per reason.
     pub failed: BTreeMap<String, usize>,
+    /// Dataset records rejected before the run (not in `total`).
+    #[serde(default)]
+    pub rejected: usize,
 }
 
 impl LedgerCounts {
@@ -110,6 +118,16 @@ impl Ledger {
         self.states.get(&prompt)
     }
 
+    /// Records a dataset record rejected before the run, with the reason.
+    pub fn reject(&mut self, record: PromptId, reason: impl Into<String>) {
+        self.rejected.insert(record, reason.into());
+    }
+
+    /// Dataset records rejected before the run, with reasons.
+    pub fn rejected(&self) -> &BTreeMap<PromptId, String> {
+        &self.rejected
+    }
+
     /// Prompts still open, in id order.
     pub fn open_prompts(&self) -> Vec<PromptId> {
         self.states
@@ -123,6 +141,7 @@ impl Ledger {
     pub fn counts(&self) -> LedgerCounts {
         let mut c = LedgerCounts {
             total: self.states.len(),
+            rejected: self.rejected.len(),
             ..Default::default()
         };
         for s in self.states.values() {
@@ -161,6 +180,12 @@ mod tests {
         assert_eq!(c.filtered["above-band"], 1);
         assert!(c.adds_up());
         assert_eq!(l.open_prompts(), vec![PromptId(3)]);
+        l.reject(
+            PromptId(40),
+            "prompt of 9 tokens exceeds data.max_prompt_tokens = 8",
+        );
+        assert_eq!(l.counts().rejected, 1);
+        assert!(l.counts().adds_up());
         // Twice is refused.
         assert!(l.close(PromptId(0), PromptState::Trained).is_err());
         assert!(l.open(PromptId(1)).is_err());

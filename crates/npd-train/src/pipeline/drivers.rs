@@ -130,6 +130,13 @@ pub struct Harness<'a> {
     pub settings: Settings,
     /// Checkpoints and resuming; `None` runs without them.
     pub checkpoints: Option<Checkpoints>,
+    /// Dataset records rejected before the run, with the reason (NPD's
+    /// ledger records them).
+    pub rejected: &'a [(PromptId, String)],
+    /// The student's own `config.json`, written into its checkpoints so
+    /// they keep its architecture name and keys (`None`: a transformers
+    /// Llama config).
+    pub student_config_json: Option<&'a str>,
 }
 
 /// One point of the accuracy curve.
@@ -329,7 +336,7 @@ impl Run {
         };
         let dir = c.step_dir(self.method, self.seed, step);
         let state = serde_json::to_value(&saved).expect("run state serialises");
-        save_training(trainer, &dir, None, &state)?;
+        save_training(trainer, &dir, h.student_config_json, &state)?;
         c.prune(self.method, self.seed)?;
         self.clock.excluded += t.elapsed().as_secs_f64();
         if stop {
@@ -694,6 +701,9 @@ impl Harness<'_> {
         let mut ledger = Ledger::new();
         let mut next_request = 0u64;
         let mut staleness: BTreeMap<u64, usize> = BTreeMap::new();
+        for (id, reason) in self.rejected {
+            ledger.reject(*id, reason.clone());
+        }
         if let Some(saved) = saved {
             // Work in flight at the checkpoint goes first.
             ledger = saved.ledger;

@@ -3,6 +3,7 @@
 pub mod data;
 pub mod drivers;
 pub mod eval;
+pub mod folder;
 pub mod report;
 pub mod resume;
 

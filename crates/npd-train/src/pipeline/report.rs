@@ -168,13 +168,14 @@ impl Report {
             if let Some(l) = &o.ledger {
                 let _ = writeln!(
                     md,
-                    "- ledger: {} prompts; trained {}, filtered {:?}, failed {:?}, unfinished at the end {}; adds up: {}",
+                    "- ledger: {} prompts; trained {}, filtered {:?}, failed {:?}, unfinished at the end {}; adds up: {}; dataset records rejected before the run: {}",
                     l.total,
                     l.trained,
                     l.filtered,
                     l.failed,
                     l.open,
-                    l.adds_up()
+                    l.adds_up(),
+                    l.rejected
                 );
             }
         }

@@ -1,0 +1,246 @@
+//! What the methods run on: the embedded default (prepared and cached), or
+//! the teacher and student folders and prompts file of a configuration.
+
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use npd_core::{PromptId, RunConfig, TokenId};
+use npd_train::ModelConfig;
+use npd_train::device::{kind_of, parse_device};
+use npd_train::embedded::prepare::{Setup, answer_fn, prepare};
+use npd_train::embedded::{self as emb};
+use npd_train::generator::Weights;
+use npd_train::model::Llama;
+use npd_train::pipeline::data::{Example, read_records, tokenize};
+use npd_train::pipeline::drivers::check_compatible;
+use npd_train::pipeline::eval::accuracy;
+use npd_train::pipeline::folder::{ModelFolder, check_same_tokenizer, final_answer};
+use npd_train::tokenizer::Tokenizer;
+
+/// Final-answer extraction, owning what it needs.
+pub type Answer = Box<dyn Fn(&[TokenId]) -> Option<String> + Sync>;
+
+/// Models, prompts and the few ids the methods need.
+pub struct Inputs {
+    /// The teacher.
+    pub teacher: Llama,
+    /// Its held-out accuracy.
+    pub teacher_accuracy: f64,
+    /// The student's architecture.
+    pub student: ModelConfig,
+    /// The student folder's own config.json, for its checkpoints.
+    pub student_config_json: Option<String>,
+    /// The student's starting weights.
+    pub warm_start: Weights,
+    /// Training prompts.
+    pub train: Vec<Example>,
+    /// Held-out prompts with answers.
+    pub eval: Vec<Example>,
+    /// Records refused before the run, with the reason.
+    pub rejected: Vec<(PromptId, String)>,
+    /// Final-answer extraction.
+    pub answer: Answer,
+    /// Ids that end a response.
+    pub stop_ids: Vec<TokenId>,
+    /// What precedes a response in the response-alone pass.
+    pub alone_prefix: Vec<TokenId>,
+    /// Padding id.
+    pub pad_id: TokenId,
+    /// Lines describing the setup in the report.
+    pub setup: Vec<String>,
+}
+
+/// The embedded default: the teacher and warm start prepared (or loaded
+/// from `cache`) with progress bars.
+pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
+    let mut current: Option<(String, ProgressBar)> = None;
+    let prepared = prepare(cache, setup, &mut |stage, done, total| {
+        if current.as_ref().is_none_or(|(s, _)| s != stage) {
+            if let Some((_, b)) = current.take() {
+                b.finish();
+            }
+            current = Some((stage.to_string(), crate::bar(total, stage)));
+        }
+        if let Some((_, b)) = &current {
+            b.set_position(done);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some((_, b)) = current.take() {
+        b.finish();
+    }
+    println!(
+        "teacher {:.1}% held-out ({} parameters), warm-start student {:.1}% ({} parameters); cache {}",
+        100.0 * prepared.teacher_accuracy,
+        prepared.teacher.num_parameters(),
+        100.0 * prepared.warm_start_accuracy,
+        prepared
+            .warm_start
+            .iter()
+            .map(|(_, t)| t.numel())
+            .sum::<usize>(),
+        prepared.dir.display()
+    );
+    let tokenizer = prepared.tokenizer.clone();
+    Ok(Inputs {
+        setup: vec![
+            format!(
+                "task: chains of 3 to 8 operations modulo 47 with written intermediate values; {} training and {} held-out prompts",
+                prepared.train.len(),
+                prepared.eval.len()
+            ),
+            format!(
+                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout; teacher and warm start cached in {}",
+                setup.teacher,
+                setup.student,
+                prepared.dir.display()
+            ),
+        ],
+        teacher: prepared.teacher,
+        teacher_accuracy: prepared.teacher_accuracy,
+        student: prepared.student,
+        student_config_json: None,
+        warm_start: prepared.warm_start,
+        train: prepared.train,
+        eval: prepared.eval,
+        rejected: Vec::new(),
+        answer: Box::new(move |ids: &[TokenId]| answer_fn(&tokenizer)(ids)),
+        stop_ids: vec![emb::EOS_ID],
+        alone_prefix: vec![emb::BOS_ID],
+        pad_id: emb::PAD_ID,
+    })
+}
+
+/// The teacher and student folders of `[model]` and the prompts file of
+/// `[data]`: checked for one vocabulary before any work, prompts split
+/// into training and held-out sets, over-long prompts rejected with a
+/// reason, the teacher evaluated on the held-out set.
+pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
+    let m = &config.model;
+    if m.student.as_os_str().is_empty() {
+        return Err("model.student: empty; name the student folder beside model.teacher".into());
+    }
+    if config.data.prompts.as_os_str().is_empty() {
+        return Err(
+            "data.prompts: empty; real models need a prompts JSONL file (see docs/pipeline.md)"
+                .into(),
+        );
+    }
+    let device = parse_device(&m.device).map_err(|e| e.to_string())?;
+    let kind = kind_of(m.dtype);
+    let spinner = |what: &str| {
+        let pb = ProgressBar::new_spinner();
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        pb
+    };
+    let pb = spinner(&format!("loading teacher {}", m.teacher.display()));
+    let teacher = ModelFolder::load(&m.teacher, device, kind).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let pb = spinner(&format!("loading student {}", m.student.display()));
+    let student = ModelFolder::load(&m.student, device, kind).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    check_compatible(teacher.model.config(), student.model.config()).map_err(|e| e.to_string())?;
+    check_same_tokenizer(&teacher, &student).map_err(|e| e.to_string())?;
+
+    let records = read_records(&config.data.prompts).map_err(|e| e.to_string())?;
+    let (examples, rejected) = tokenize(
+        &records,
+        &student.tokenizer,
+        student.chat.as_deref(),
+        student.bos(),
+        config.data.max_prompt_tokens,
+    )
+    .map_err(|e| format!("{}: {e}", config.data.prompts.display()))?;
+    let (train, eval) = split(examples, config.data.eval_fraction, config.data.seed);
+    if train.is_empty() {
+        return Err(format!(
+            "{}: no training prompts left ({} records, {} rejected, {} held out)",
+            config.data.prompts.display(),
+            records.len(),
+            rejected.len(),
+            eval.len()
+        ));
+    }
+    if !eval.iter().any(|e| e.answer.is_some()) {
+        return Err(format!(
+            "{}: none of the {} held-out records has an `answer`; evaluation compares final answers",
+            config.data.prompts.display(),
+            eval.len()
+        ));
+    }
+    let tokenizer: Tokenizer = student.tokenizer.clone();
+    let answer: Answer =
+        Box::new(move |ids: &[TokenId]| final_answer(&tokenizer.decode(ids, true).ok()?));
+    let stop_ids = student.stop_ids();
+    let max_new = config.sampling.max_new_tokens;
+    let pb = spinner("evaluating the teacher on the held-out prompts");
+    let teacher_accuracy =
+        accuracy(&teacher.model, &eval, &*answer, max_new, &stop_ids).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let warm_start: Weights = npd_train::tch::no_grad(|| {
+        student
+            .model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect()
+    });
+    let describe = |f: &ModelFolder| {
+        let c = f.model.config();
+        format!(
+            "{} ({}, {} layers, hidden {}, {} parameters)",
+            f.dir.display(),
+            c.model_type,
+            c.num_layers,
+            c.hidden_size,
+            f.model.num_parameters()
+        )
+    };
+    Ok(Inputs {
+        setup: vec![
+            format!(
+                "prompts: {} ({} training, {} held-out, {} rejected)",
+                config.data.prompts.display(),
+                train.len(),
+                eval.len(),
+                rejected.len()
+            ),
+            format!("teacher: {}", describe(&teacher)),
+            format!("student: {}", describe(&student)),
+            format!("device {}, dtype {:?}", m.device, m.dtype),
+        ],
+        alone_prefix: student.alone_prefix().map_err(|e| e.to_string())?,
+        pad_id: student.pad_id(),
+        student: student.model.config().clone(),
+        student_config_json: Some(student.config_json.clone()),
+        teacher: teacher.model,
+        teacher_accuracy,
+        warm_start,
+        train,
+        eval,
+        rejected,
+        answer,
+        stop_ids,
+    })
+}
+
+/// A seeded split: `fraction` of the examples (at least one when there are
+/// two or more) held out.
+fn split(mut examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..examples.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        examples.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let n = examples.len();
+    let held = if n >= 2 {
+        ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
+    } else {
+        0
+    };
+    let eval = examples.split_off(n - held);
+    (examples, eval)
+}

@@ -1,0 +1,250 @@
+//! End to end with model folders: the distill_openpangu example as a real
+//! process, configured by TOML with a teacher and a student in the exact
+//! openPangu layout (openPangu config keys, bf16 safetensors, the teacher
+//! sharded with an index, a SentencePiece `tokenizer.model`, openPangu's
+//! chat format) and a prompts JSONL file; tiny and random, so the run takes
+//! seconds. Bad inputs fail before any work with the file, line or field.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use npd_train::checkpoint::save_pretrained;
+use npd_train::tch::{Device, Kind};
+use npd_train::tokenizer::Tokenizer;
+use npd_train::{Llama, ModelConfig};
+use serde_json::{Value, json};
+
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join("distill_openpangu")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("npd-folders-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn spm_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/npd-train/tests/fixtures/tokenizers/spm-unigram-identity/tokenizer.model")
+}
+
+/// An openPangu-Embedded config.json (the upstream keys: `bias`,
+/// top-level `rope_theta`, `torch_dtype`), scaled down.
+fn pangu_config(vocab: usize, hidden: usize, layers: usize, eos: u32, tied: bool) -> Value {
+    json!({
+        "architectures": ["PanguEmbeddedForCausalLM"],
+        "model_type": "PanguEmbedded",
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 4000000.0,
+        "bias": true,
+        "hidden_act": "silu",
+        "tie_word_embeddings": tied,
+        "bos_token_id": 1,
+        "eos_token_id": eos,
+        "pad_token_id": 0,
+        "torch_dtype": "bfloat16",
+        "use_cache": true
+    })
+}
+
+/// Writes a random model folder with `config` and the SentencePiece
+/// tokenizer, in bf16, sharded above `shard_bytes`.
+fn model_folder(dir: &Path, config: &Value, seed: u64, shard_bytes: usize) {
+    let text = serde_json::to_string_pretty(config).unwrap();
+    let mut model = Llama::new(ModelConfig::from_json(&text, "test").unwrap(), Device::Cpu);
+    model.init_random(seed, 0.05);
+    model.set_kind(Kind::BFloat16);
+    save_pretrained(&model, dir, Some(&text), shard_bytes).unwrap();
+    std::fs::copy(spm_model(), dir.join("tokenizer.model")).unwrap();
+}
+
+fn prompts(path: &Path, with_bad_line: bool) {
+    let mut text = String::new();
+    for i in 0..40 {
+        let (a, b) = (i % 9 + 1, i % 7 + 2);
+        let rec = json!({"id": 100 + i,
+            "messages": [{"role": "user", "content": format!("{a}+{b}=")}],
+            "answer": (a + b).to_string()});
+        text.push_str(&format!("{rec}\n"));
+    }
+    // Longer than data.max_prompt_tokens: rejected and counted.
+    let long = "7+".repeat(200);
+    text.push_str(&format!(
+        "{}\n",
+        json!({"id": 999, "prompt": long, "answer": "0"})
+    ));
+    if with_bad_line {
+        text.push_str("{\"prompt\": 3}\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn config(dir: &Path, teacher: &Path, student: &Path, prompts: &Path, out: &Path) -> PathBuf {
+    let path = dir.join("run.toml");
+    let text = format!(
+        r#"
+[model]
+teacher = "{}"
+student = "{}"
+device = "cpu"
+dtype = "f32"
+
+[data]
+prompts = "{}"
+max_prompt_tokens = 64
+eval_fraction = 0.2
+
+[sampling]
+max_new_tokens = 8
+
+[train]
+steps = 4
+rows_per_step = 8
+micro_batch_rows = 8
+lr = 1e-3
+
+[rollout]
+batch_size = 8
+refresh_every = 2
+
+[pack]
+capacity = 128
+
+[output]
+dir = "{}"
+checkpoint_every = 2
+"#,
+        teacher.display(),
+        student.display(),
+        prompts.display(),
+        out.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(config: &Path) -> Output {
+    Command::new(example())
+        .args(["--seeds", "1", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn openpangu_layout_folders_run_end_to_end() {
+    let dir = scratch("ok");
+    let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
+    let vocab = tok.vocab_size();
+    let eos = tok.token_id("[unused10]").expect("turn end marker");
+    let (teacher, student) = (dir.join("teacher"), dir.join("student"));
+    // The teacher untied and sharded (like 7B), the student tied (like 1B).
+    model_folder(&teacher, &pangu_config(vocab, 64, 2, eos, false), 1, 40_000);
+    model_folder(
+        &student,
+        &pangu_config(vocab, 32, 1, eos, true),
+        2,
+        usize::MAX,
+    );
+    assert!(teacher.join("model.safetensors.index.json").exists());
+    let data = dir.join("prompts.jsonl");
+    prompts(&data, false);
+    let out = dir.join("out");
+    let cfg = config(&dir, &teacher, &student, &data, &out);
+
+    let done = run(&cfg);
+    assert!(done.status.success(), "{}", text(&done));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    let npd = outcomes
+        .iter()
+        .find(|o| o["method"] == "near-policy")
+        .unwrap();
+    assert_eq!(npd["ledger"]["rejected"], 1, "the over-long prompt");
+    let setup = report["setup"].to_string();
+    assert!(
+        setup.contains("PanguEmbedded") && setup.contains("1 rejected"),
+        "{setup}"
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3 * 4);
+
+    // The student's checkpoints keep its openPangu config and load again.
+    let last = out.join("checkpoints/npd-seed0/step-00000004/model");
+    let cfg_json = std::fs::read_to_string(last.join("config.json")).unwrap();
+    assert!(cfg_json.contains("PanguEmbedded") && cfg_json.contains("\"bias\""));
+    let back = Llama::load(&last, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(back.config().eos_token_ids, vec![eos]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_folders_and_prompts_fail_before_any_work() {
+    let dir = scratch("bad");
+    let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
+    let vocab = tok.vocab_size();
+    let eos = tok.token_id("[unused10]").unwrap();
+    let (teacher, student) = (dir.join("teacher"), dir.join("student"));
+    model_folder(
+        &teacher,
+        &pangu_config(vocab, 32, 1, eos, true),
+        1,
+        usize::MAX,
+    );
+    // A student whose end-of-sequence id differs from the teacher's.
+    model_folder(
+        &student,
+        &pangu_config(vocab, 32, 1, 2, true),
+        2,
+        usize::MAX,
+    );
+    let data = dir.join("prompts.jsonl");
+    prompts(&data, false);
+    let out = dir.join("out");
+    let failed = run(&config(&dir, &teacher, &student, &data, &out));
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("eos_token_id") && text(&failed).contains("teacher"),
+        "{}",
+        text(&failed)
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "no work was done");
+
+    // A malformed prompts line is named with file and line.
+    model_folder(
+        &student,
+        &pangu_config(vocab, 32, 1, eos, true),
+        2,
+        usize::MAX,
+    );
+    prompts(&data, true);
+    let failed = run(&config(&dir, &teacher, &student, &data, &out));
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(
+        text(&failed).contains(&format!("{}:42", data.display())),
+        "{}",
+        text(&failed)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
