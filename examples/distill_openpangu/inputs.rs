@@ -26,6 +26,8 @@ pub struct Inputs {
     pub teacher: Llama,
     /// Its held-out accuracy.
     pub teacher_accuracy: f64,
+    /// The warm start's held-out accuracy, when already measured.
+    pub warm_start_accuracy: Option<f64>,
     /// The student's architecture.
     pub student: ModelConfig,
     /// The student folder's own config.json, for its checkpoints.
@@ -98,6 +100,7 @@ pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
         ],
         teacher: prepared.teacher,
         teacher_accuracy: prepared.teacher_accuracy,
+        warm_start_accuracy: Some(prepared.warm_start_accuracy),
         student: prepared.student,
         student_config_json: None,
         warm_start: prepared.warm_start,
@@ -216,6 +219,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
         student_config_json: Some(student.config_json.clone()),
         teacher: teacher.model,
         teacher_accuracy,
+        warm_start_accuracy: None,
         warm_start,
         train,
         eval,

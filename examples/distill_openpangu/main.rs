@@ -248,13 +248,25 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
-    let threads = npd_train::tch::get_num_threads().max(1);
+    // Thread budgets: training uses every core; NPD's generating thread runs
+    // beside it with a thread of its own (measured on 2 cores with libgomp
+    // waiting passively: 2 + 1 threads beat 1 + 1, see docs/benchmarks.md).
+    let cores = npd_train::tch::get_num_threads().max(1);
+    let threads = match config.train.threads {
+        0 => cores,
+        n => n as i32,
+    };
+    let gen_threads = match config.rollout.threads {
+        0 => 1,
+        n => n as i32,
+    };
+    let npd_train_threads = threads;
 
     // The teacher, the warm start and the prompts.
     let started = Instant::now();
     let inputs = if embedded {
         let cache = cache_dir(&args).join(format!(
-            "v1-{}",
+            "v2-{}",
             if args.quick { "quick" } else { "default" }
         ));
         inputs::embedded(&cache, &setup)?
@@ -271,6 +283,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         warm_start: &inputs.warm_start,
         train: &inputs.train,
         eval: &inputs.eval,
+        warm_start_accuracy: inputs.warm_start_accuracy,
         answer: &*inputs.answer,
         settings: Settings {
             steps: config.train.steps,
@@ -293,8 +306,9 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
             filter: config.filter.clone(),
             capacity: config.pack.capacity,
             pool_size: config.rollout.batch_size,
-            gen_threads: 1,
+            gen_threads,
             train_threads: threads,
+            npd_train_threads,
             pad_id: inputs.pad_id,
         },
         checkpoints: None,
@@ -375,7 +389,8 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
                 }
             ),
             format!(
-                "{threads} libtorch threads; total run time {:.0}s",
+                "libtorch threads: {threads} for SFT and on-policy; NPD {npd_train_threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
+                std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
                 started.elapsed().as_secs_f64()
             ),
             ],
@@ -405,6 +420,27 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     run_dir.record(true)?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+/// libtorch's OpenMP runtime (libgomp) spin-waits idle threads by default;
+/// when NPD's generating and training threads share a few cores, the
+/// spinning steals their time. libgomp reads `OMP_WAIT_POLICY` only when
+/// it loads, so unless the user chose a policy the example restarts itself
+/// once, at the start, with `OMP_WAIT_POLICY=PASSIVE`.
+#[cfg(unix)]
+fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY=PASSIVE: {err}");
 }
 
 /// What Ctrl-C (or SIGTERM) does: during the method runs the first one asks
@@ -438,6 +474,8 @@ impl Signals {
 }
 
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    passive_openmp();
     let signals = Signals::install();
     match run(Args::parse(), &signals) {
         Ok(()) => ExitCode::SUCCESS,

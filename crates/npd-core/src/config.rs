@@ -112,6 +112,9 @@ pub struct RolloutConfig {
     pub batch_size: usize,
     /// How many times each kept sample may be trained on.
     pub reuse: usize,
+    /// libtorch intra-op threads of the generating thread; 0 picks one
+    /// thread on CPU (generation overlaps training there).
+    pub threads: usize,
 }
 
 impl Default for RolloutConfig {
@@ -122,6 +125,7 @@ impl Default for RolloutConfig {
             queue_capacity: 1024,
             batch_size: 64,
             reuse: 1,
+            threads: 0,
         }
     }
 }
@@ -294,6 +298,10 @@ pub struct TrainConfig {
     pub jsd_beta: f64,
     /// Abort after this many consecutive steps with a non-finite loss.
     pub max_nonfinite_steps: u32,
+    /// libtorch intra-op threads of the training thread (teacher scoring
+    /// and optimizer steps); 0 uses every core (NPD's generating thread
+    /// runs beside it with `rollout.threads`).
+    pub threads: usize,
     /// Seed of parameter initialisation and data order.
     pub seed: u64,
 }
@@ -316,6 +324,7 @@ impl Default for TrainConfig {
             top_k: 20,
             jsd_beta: 0.5,
             max_nonfinite_steps: 5,
+            threads: 0,
             seed: 0,
         }
     }

@@ -106,8 +106,11 @@ pub struct Settings {
     pub pool_size: usize,
     /// NPD: libtorch threads of the generating thread.
     pub gen_threads: i32,
-    /// libtorch threads of the training thread.
+    /// libtorch threads of the training thread of the synchronous methods.
     pub train_threads: i32,
+    /// NPD: libtorch threads of the training thread while the generating
+    /// thread runs beside it.
+    pub npd_train_threads: i32,
     /// Padding id.
     pub pad_id: TokenId,
 }
@@ -124,6 +127,10 @@ pub struct Harness<'a> {
     pub train: &'a [Example],
     /// Held-out prompts with answers.
     pub eval: &'a [Example],
+    /// The warm start's held-out accuracy on `eval`, when already measured
+    /// (every run then starts its curve with it instead of evaluating the
+    /// same weights again).
+    pub warm_start_accuracy: Option<f64>,
     /// Final-answer extraction.
     pub answer: &'a AnswerFn<'a>,
     /// Settings.
@@ -280,7 +287,16 @@ impl Run {
             first_step: 0,
             resumed_at: Vec::new(),
         };
-        h.evaluate(trainer.model(), &mut run.clock, 0, &mut run.curve)?;
+        match h.warm_start_accuracy {
+            Some(accuracy) => run.curve.push(CurvePoint {
+                step: 0,
+                wall_s: 0.0,
+                accuracy,
+            }),
+            None => {
+                h.evaluate(trainer.model(), &mut run.clock, 0, &mut run.curve)?;
+            }
+        }
         Ok((run, None))
     }
 
@@ -531,7 +547,10 @@ impl Harness<'_> {
                 return Ok(outcome);
             }
         }
-        tch::set_num_threads(self.settings.train_threads);
+        tch::set_num_threads(match method {
+            Method::NearPolicy => self.settings.npd_train_threads,
+            _ => self.settings.train_threads,
+        });
         tch::manual_seed(seed as i64);
         let outcome = match method {
             Method::Sft => self.run_sft(seed, metrics),
