@@ -12,7 +12,9 @@ use crate::row::RowLayout;
 /// A sample goes into the open row with the least room that fits it (best
 /// fit); if none fits and `max_open` rows are already open, the fullest open
 /// row is emitted first. A row is emitted as soon as its fill reaches
-/// `min_fill`.
+/// `min_fill`, or, with [`StreamingPacker::with_max_wait`], once it has been
+/// open for that many pushes, so no sample waits long for a row to fill
+/// (its policy version keeps ageing meanwhile).
 /// [`Packer::flush`] emits the rest.
 #[derive(Debug)]
 pub struct StreamingPacker {
@@ -21,12 +23,17 @@ pub struct StreamingPacker {
     max_open: usize,
     shape: TopKShape,
     open: Vec<OpenRow>,
+    /// Pushes so far.
+    pushes: u64,
+    max_wait: Option<u64>,
 }
 
 #[derive(Debug)]
 struct OpenRow {
     used: usize,
     samples: Vec<TrainSample>,
+    /// Push count when the row was opened.
+    opened: u64,
 }
 
 impl StreamingPacker {
@@ -51,7 +58,15 @@ impl StreamingPacker {
             max_open,
             shape: TopKShape::default(),
             open: Vec::new(),
+            pushes: 0,
+            max_wait: None,
         })
+    }
+
+    /// Emits a row once it has been open for `pushes` pushes, however full.
+    pub fn with_max_wait(mut self, pushes: u64) -> Self {
+        self.max_wait = Some(pushes.max(1));
+        self
     }
 
     /// From the `[pack]` section of a run configuration.
@@ -111,6 +126,7 @@ impl Packer for StreamingPacker {
                 self.open.push(OpenRow {
                     used: 0,
                     samples: Vec::new(),
+                    opened: self.pushes,
                 });
                 self.open.len() - 1
             }
@@ -121,6 +137,14 @@ impl Packer for StreamingPacker {
         if self.ready(&self.open[slot]) {
             let row = self.open.remove(slot);
             out.push(self.emit(row));
+        }
+        self.pushes += 1;
+        if let Some(wait) = self.max_wait {
+            let (old, young): (Vec<OpenRow>, Vec<OpenRow>) = std::mem::take(&mut self.open)
+                .into_iter()
+                .partition(|r| self.pushes - r.opened >= wait);
+            self.open = young;
+            out.extend(old.into_iter().map(|r| self.emit(r)));
         }
         Ok(out)
     }

@@ -310,3 +310,38 @@ fn streaming_emits_the_fullest_row_when_too_many_are_open() {
     assert_eq!(packer.open_rows(), 2);
     assert_eq!(packer.pending_tokens(), 11);
 }
+
+#[test]
+fn streaming_emits_a_row_open_too_long_however_empty() {
+    let mut packer = StreamingPacker::new(PackOptions::new(100), 0.95, 4)
+        .unwrap()
+        .with_max_wait(3);
+    // A row of 10 tokens would wait for 85 more; after 3 pushes it goes.
+    assert!(
+        packer
+            .push(make_sample(0, 10, 1, false))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        packer
+            .push(make_sample(1, 10, 1, false))
+            .unwrap()
+            .is_empty()
+    );
+    let rows = packer.push(make_sample(2, 10, 1, false)).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].segments.len(), 3);
+    assert_eq!(packer.open_rows(), 0);
+    // Without the bound the same pushes leave the row open.
+    let mut patient = StreamingPacker::new(PackOptions::new(100), 0.95, 4).unwrap();
+    for i in 0..3 {
+        assert!(
+            patient
+                .push(make_sample(i, 10, 1, false))
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(patient.open_rows(), 1);
+}

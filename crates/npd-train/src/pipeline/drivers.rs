@@ -736,7 +736,10 @@ impl Harness<'_> {
         }
         let mut options = PackOptions::new(s.capacity);
         options.pad_id = s.pad_id;
-        let mut packer = StreamingPacker::new(options, 0.95, 8)?;
+        // No sample waits in an open row for more than a step's worth of
+        // samples: its weights keep ageing while it waits.
+        let mut packer =
+            StreamingPacker::new(options, 0.95, 8)?.with_max_wait(s.samples_per_step as u64);
         let mut rows: VecDeque<PackedRow> = VecDeque::new();
         let mut reused: Vec<TrainSample> = Vec::new();
         let mut versions: BTreeMap<u64, PolicyVersion> = BTreeMap::new();
