@@ -1,21 +1,11 @@
 //! End to end: the distill_openpangu example as a real process, on the
 //! quick budget, writes a complete report; bad flags fail with a message.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{example, scratch};
+
 use std::process::Command;
-
-fn example() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/examples/<example>
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join("distill_openpangu")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("npd-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 #[test]
 fn quick_run_writes_the_report() {

@@ -5,6 +5,10 @@
 //! chat format) and a prompts JSONL file; tiny and random, so the run takes
 //! seconds. Bad inputs fail before any work with the file, line or field.
 
+mod common;
+
+use common::{example, scratch};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,19 +17,6 @@ use npd_train::tch::{Device, Kind};
 use npd_train::tokenizer::Tokenizer;
 use npd_train::{Llama, ModelConfig};
 use serde_json::{Value, json};
-
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join("distill_openpangu")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("npd-folders-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn spm_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -153,6 +144,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn openpangu_layout_folders_run_end_to_end() {
     let dir = scratch("ok");
+    std::fs::create_dir_all(&dir).unwrap();
     let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
     let vocab = tok.vocab_size();
     let eos = tok.token_id("[unused10]").expect("turn end marker");
@@ -202,6 +194,7 @@ fn openpangu_layout_folders_run_end_to_end() {
 #[test]
 fn bad_folders_and_prompts_fail_before_any_work() {
     let dir = scratch("bad");
+    std::fs::create_dir_all(&dir).unwrap();
     let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
     let vocab = tok.vocab_size();
     let eos = tok.token_id("[unused10]").unwrap();

@@ -4,6 +4,10 @@
 //! repeated in the metrics, and the work in flight at the checkpoint is
 //! done after the restart.
 
+mod common;
+
+use common::{example, scratch};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -12,18 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const STEPS: u64 = 60;
-
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join("distill_openpangu")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("npd-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 fn command(out: &Path, cache: &Path, resume: bool) -> Command {
     let mut c = Command::new(example());

@@ -117,6 +117,9 @@ fn embedded_defaults(c: &mut RunConfig) {
     c.sampling.max_new_tokens = 48;
     c.sampling.temperature = 1.0;
     c.pack.capacity = 512;
+    c.pack.min_fill = 0.95;
+    c.pack.max_open_rows = 8;
+    c.rollout.queue_capacity = 128;
     c.filter.lower_percentile = 0.05;
     c.filter.upper_percentile = 0.9;
     c.output.checkpoint_every = 50;
@@ -304,7 +307,8 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
             max_lag: config.rollout.max_lag,
             reuse: config.rollout.reuse,
             filter: config.filter.clone(),
-            capacity: config.pack.capacity,
+            pack: config.pack.clone(),
+            queue_capacity: config.rollout.queue_capacity,
             pool_size: config.rollout.batch_size,
             gen_threads,
             train_threads: threads,

@@ -35,21 +35,7 @@ pub fn save_pretrained(
     config_json: Option<&str>,
     shard_bytes: usize,
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-        path: parent.to_path_buf(),
-        source,
-    })?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    let tmp = sibling_tmp(dir)?;
     write_model_files(model, &tmp, config_json, shard_bytes)?;
     replace_dir(&tmp, dir)
 }
@@ -101,14 +87,35 @@ fn write_model_files(
             "metadata": {"total_size": total_size},
             "weight_map": weight_map,
         });
-        write_atomic(
-            &tmp.join(INDEX_FILE),
-            serde_json::to_string_pretty(&index)
-                .expect("JSON values serialise")
-                .as_bytes(),
-        )?;
+        write_json(&tmp.join(INDEX_FILE), &index)?;
     }
     Ok(())
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    write_atomic(path, text.as_bytes())
+}
+
+/// Creates an empty temporary folder beside `dir` (and `dir`'s parent),
+/// to be renamed over it once complete.
+fn sibling_tmp(dir: &Path) -> Result<PathBuf> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    Ok(tmp)
 }
 
 fn bytes(t: &Tensor) -> usize {
@@ -177,13 +184,7 @@ pub fn save_training(
     config_json: Option<&str>,
     run_state: &Value,
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = sibling_tmp(dir)?;
     let model_dir = tmp.join(MODEL_DIR);
     std::fs::create_dir_all(&model_dir).map_err(|source| Error::Io {
         path: model_dir.clone(),
@@ -201,12 +202,7 @@ pub fn save_training(
         "skipped_steps": trainer.skipped_steps(),
         "run": run_state,
     });
-    write_atomic(
-        &tmp.join(STATE_FILE),
-        serde_json::to_string_pretty(&state)
-            .expect("JSON values serialise")
-            .as_bytes(),
-    )?;
+    write_json(&tmp.join(STATE_FILE), &state)?;
     replace_dir(&tmp, dir)
 }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use npd_core::config::FilterConfig;
+use npd_core::config::{FilterConfig, PackConfig};
 use npd_core::traits::{
     FilterInput, Learner, Packer, SampleFilter, ScoreOptions, ScoreRequest, Scorer,
 };
@@ -100,8 +100,11 @@ pub struct Settings {
     pub reuse: usize,
     /// NPD: Δ-IFD filter.
     pub filter: FilterConfig,
-    /// NPD: packed row capacity.
-    pub capacity: usize,
+    /// NPD: packing (row capacity, oversize policy, the streaming
+    /// packer's fill threshold and open rows).
+    pub pack: PackConfig,
+    /// NPD: finished rollouts buffered ahead of scoring.
+    pub queue_capacity: usize,
     /// NPD: rollouts scored together.
     pub pool_size: usize,
     /// NPD: libtorch threads of the generating thread.
@@ -687,7 +690,7 @@ impl Harness<'_> {
             trainer.version(),
             EngineConfig {
                 batch_size: s.pool_size.min(s.samples_per_step).max(1),
-                queue_capacity: s.pool_size.max(1) * 2,
+                queue_capacity: s.queue_capacity.max(1),
                 max_ahead: (s.max_lag.max(1) as usize * per_version).max(s.pool_size),
                 sampling: SamplingParams {
                     seed,
@@ -734,12 +737,10 @@ impl Harness<'_> {
                 engine.submit(open.into_iter().map(prompt).collect::<Vec<_>>());
             }
         }
-        let mut options = PackOptions::new(s.capacity);
-        options.pad_id = s.pad_id;
         // No sample waits in an open row for more than a step's worth of
         // samples: its weights keep ageing while it waits.
-        let mut packer =
-            StreamingPacker::new(options, 0.95, 8)?.with_max_wait(s.samples_per_step as u64);
+        let mut packer = StreamingPacker::from_config(&s.pack, s.pad_id)?
+            .with_max_wait(s.samples_per_step as u64);
         let mut rows: VecDeque<PackedRow> = VecDeque::new();
         let mut reused: Vec<TrainSample> = Vec::new();
         let mut versions: BTreeMap<u64, PolicyVersion> = BTreeMap::new();

@@ -1,0 +1,18 @@
+//! Helpers of the end-to-end tests that run the examples as processes.
+
+use std::path::PathBuf;
+
+/// The built `distill_openpangu` example beside this test binary:
+/// target/<profile>/deps/<test> → target/<profile>/examples/<example>.
+pub fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join("distill_openpangu")
+}
+
+/// An empty scratch path, unique to this test process, named `what`.
+pub fn scratch(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("npd-e2e-{}-{what}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
