@@ -33,14 +33,32 @@ use npd_train::train::TrainOptions;
 /// Distil a teacher into a student with Near-Policy Distillation, and
 /// compare it with SFT and synchronous on-policy distillation in one run.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "\
+Without a configuration naming model folders it runs the embedded default: a task, \
+tokenizer, teacher and warm-started student made by the program and cached \
+(--cache). A --config file with [model] teacher and student folders and [data] \
+prompts runs your models (docs/pipeline.md).
+
+Examples:
+  distill_openpangu                               the embedded default, into runs/npd
+  distill_openpangu --quick --out /tmp/smoke      a smoke test in seconds
+  distill_openpangu --config run.toml --seeds 1   your teacher and student
+  distill_openpangu --config run.toml --resume    go on after Ctrl-C or a crash
+
+Ctrl-C finishes the current step, writes a checkpoint and exits (status 130); \
+the same command with --resume continues. Exit status 2: bad input, with the \
+file, line or field named."
+)]
 struct Args {
     /// Run configuration (TOML). Every key is optional; docs/config.example.toml
     /// documents each key and its default. Flags below override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Output folder for report.md, report.json, metrics.jsonl and accuracy.svg.
+    /// Output folder for report.md, report.json, metrics.jsonl, accuracy.svg
+    /// and checkpoints (overrides output.dir, default runs/npd).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
