@@ -131,7 +131,7 @@ fn embedded_defaults(c: &mut RunConfig) {
     c.rollout.refresh_every = 10;
     c.rollout.max_lag = 2;
     c.rollout.batch_size = 64;
-    c.rollout.reuse = 2;
+    c.rollout.reuse = 1;
     c.sampling.max_new_tokens = 48;
     c.sampling.temperature = 1.0;
     c.pack.capacity = 512;
