@@ -35,6 +35,13 @@ fn quick_run_writes_the_report() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["outcomes"].as_array().unwrap().len(), 3);
+    // The trained students are ordinary checkpoint folders the report names.
+    assert!(md.contains("trained students"), "{md}");
+    for run in ["sft-seed0", "on-policy-seed0", "npd-seed0"] {
+        let model = out.join(format!("checkpoints/{run}/step-00000020/model"));
+        assert!(model.join("config.json").is_file(), "{}", model.display());
+        assert!(model.join("model.safetensors").is_file());
+    }
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 3);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

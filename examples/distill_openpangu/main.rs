@@ -411,6 +411,16 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
                 }
             ),
             format!(
+                "trained students, Hugging Face layout: {}",
+                checkpoints
+                    .root
+                    .join(format!(
+                        "<method>-seed<k>/{}/model",
+                        npd_train::checkpoint::checkpoint_name(config.train.steps)
+                    ))
+                    .display()
+            ),
+            format!(
                 "libtorch threads: {threads} for SFT and on-policy; NPD {npd_train_threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
                 std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
                 started.elapsed().as_secs_f64()
