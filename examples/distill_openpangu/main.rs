@@ -14,7 +14,7 @@ mod inputs;
 mod run_dir;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,10 +167,6 @@ fn cache_dir(args: &Args) -> PathBuf {
     })
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
-}
-
 /// Why a run ended early.
 enum Failure {
     /// Bad input or a failed stage (exit status 2).
@@ -259,13 +255,10 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let methods: Vec<Method> = args
         .methods
         .iter()
-        .map(|m| match m.as_str() {
-            "sft" => Ok(Method::Sft),
-            "on-policy" => Ok(Method::OnPolicy),
-            "npd" => Ok(Method::NearPolicy),
-            other => Err(format!(
-                "--methods: unknown method {other:?}; expected sft, on-policy, npd"
-            )),
+        .map(|m| {
+            Method::from_slug(m).ok_or_else(|| {
+                format!("--methods: unknown method {m:?}; expected sft, on-policy, npd")
+            })
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
@@ -281,7 +274,6 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         0 => 1,
         n => n as i32,
     };
-    let npd_train_threads = threads;
 
     // The teacher, the warm start and the prompts.
     let started = Instant::now();
@@ -295,8 +287,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         inputs::folders(&config)?
     };
 
-    let mut train = TrainOptions::from_config(&config.train);
-    train.max_nonfinite_steps = config.train.max_nonfinite_steps;
+    let train = TrainOptions::from_config(&config.train);
 
     let mut harness = Harness {
         teacher: &inputs.teacher,
@@ -330,7 +321,6 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
             pool_size: config.rollout.batch_size,
             gen_threads,
             train_threads: threads,
-            npd_train_threads,
             pad_id: inputs.pad_id,
         },
         checkpoints: None,
@@ -421,7 +411,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
                     .display()
             ),
             format!(
-                "libtorch threads: {threads} for SFT and on-policy; NPD {npd_train_threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
+                "libtorch threads: {threads} for SFT and on-policy; NPD {threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
                 std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
                 started.elapsed().as_secs_f64()
             ),
@@ -435,12 +425,12 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
             .map_or(f64::NAN, |c| c.accuracy),
         outcomes,
     };
-    write(&out.join("report.md"), &report.markdown())?;
-    write(
+    run_dir::write(&out.join("report.md"), &report.markdown())?;
+    run_dir::write(
         &out.join("report.json"),
         &serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
     )?;
-    write(&out.join("accuracy.svg"), &report.svg())?;
+    run_dir::write(&out.join("accuracy.svg"), &report.svg())?;
     println!("\n{}", report.table());
     if let Some((acc_ok, speed_ok, gap, speedup)) = report.targets() {
         println!(

@@ -18,7 +18,8 @@ pub struct RunDir {
     identity: Value,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+/// Writes `text` to `path` atomically.
+pub fn write(path: &Path, text: &str) -> Result<(), String> {
     npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
 }
 
@@ -141,27 +142,13 @@ impl RunDir {
                 ) else {
                     continue;
                 };
-                let Some(method) = [Method::Sft, Method::OnPolicy, Method::NearPolicy]
-                    .into_iter()
-                    .find(|m| m.name() == name)
-                else {
+                let Some(method) = Method::from_name(name) else {
                     continue;
                 };
                 let limit = match limits.get(&(method, seed)) {
                     Some(l) => *l,
                     None => {
-                        let l = if checkpoints
-                            .finished(method, seed)
-                            .map_err(|e| e.to_string())?
-                            .is_some()
-                        {
-                            u64::MAX
-                        } else {
-                            checkpoints
-                                .latest(method, seed)
-                                .map_err(|e| e.to_string())?
-                                .map_or(0, |(s, _)| s)
-                        };
+                        let l = accounted_steps(checkpoints, method, seed)?;
                         limits.insert((method, seed), l);
                         l
                     }
@@ -182,4 +169,20 @@ impl RunDir {
         open.open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// The last step of a method run that its checkpoints account for: all of
+/// them once it finished, else its newest checkpoint's (0 without one).
+fn accounted_steps(checkpoints: &Checkpoints, method: Method, seed: u64) -> Result<u64, String> {
+    if checkpoints
+        .finished(method, seed)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(u64::MAX);
+    }
+    Ok(checkpoints
+        .latest(method, seed)
+        .map_err(|e| e.to_string())?
+        .map_or(0, |(s, _)| s))
 }

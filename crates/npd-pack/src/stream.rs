@@ -140,11 +140,11 @@ impl Packer for StreamingPacker {
         }
         self.pushes += 1;
         if let Some(wait) = self.max_wait {
-            let (old, young): (Vec<OpenRow>, Vec<OpenRow>) = std::mem::take(&mut self.open)
-                .into_iter()
-                .partition(|r| self.pushes - r.opened >= wait);
-            self.open = young;
-            out.extend(old.into_iter().map(|r| self.emit(r)));
+            let pushes = self.pushes;
+            while let Some(i) = self.open.iter().position(|r| pushes - r.opened >= wait) {
+                let row = self.open.remove(i);
+                out.push(self.emit(row));
+            }
         }
         Ok(out)
     }

@@ -109,6 +109,20 @@ pub fn write_records(path: &Path, records: &[PromptRecord]) -> Result<()> {
     crate::weights::write_atomic(path, text.as_bytes())
 }
 
+/// A seeded permutation of `0..n` (Fisher-Yates over xorshift64): the
+/// order in which prompts are visited, and the train/eval split.
+pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 /// Prompts rejected before training, with the reason.
 pub type Rejected = Vec<(PromptId, String)>;
 

@@ -37,7 +37,7 @@ use crate::config::ModelConfig;
 use crate::generate::{Decoding, generate};
 use crate::generator::{ModelGenerator, Weights, load_weights};
 use crate::model::Llama;
-use crate::pipeline::data::Example;
+use crate::pipeline::data::{Example, seeded_permutation};
 use crate::pipeline::eval::{AnswerFn, accuracy};
 use crate::pipeline::resume::{Checkpoints, SavedNpd, SavedRun};
 use crate::score::ModelScorer;
@@ -63,6 +63,19 @@ impl Method {
             Method::OnPolicy => "on-policy",
             Method::NearPolicy => "NPD",
         }
+    }
+
+    /// Every method, in report order.
+    pub const ALL: [Method; 3] = [Method::Sft, Method::OnPolicy, Method::NearPolicy];
+
+    /// The method named `slug` (see [`Method::slug`]).
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.slug() == slug)
+    }
+
+    /// The method with report name `name` (see [`Method::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
     }
 
     /// Name in file names and on the command line.
@@ -109,11 +122,8 @@ pub struct Settings {
     pub pool_size: usize,
     /// NPD: libtorch threads of the generating thread.
     pub gen_threads: i32,
-    /// libtorch threads of the training thread of the synchronous methods.
+    /// libtorch threads of the training thread.
     pub train_threads: i32,
-    /// NPD: libtorch threads of the training thread while the generating
-    /// thread runs beside it.
-    pub npd_train_threads: i32,
     /// Padding id.
     pub pad_id: TokenId,
 }
@@ -367,6 +377,27 @@ impl Run {
         Ok(())
     }
 
+    /// One step of a synchronous method: `samples` as a padded batch,
+    /// trained on and recorded as step `step`.
+    fn padded_step(
+        &mut self,
+        h: &Harness<'_>,
+        trainer: &mut Trainer,
+        samples: Vec<TrainSample>,
+        step: u64,
+        metrics: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<()> {
+        let rows = padded_rows(samples, h.settings.pad_id)?;
+        let stats = self.clock.time("train", || trainer.step(&rows))?;
+        let done = Done {
+            step,
+            stats: &stats,
+            rows: &rows,
+            extra: json!({}),
+        };
+        self.after_step(h, done, trainer, metrics, || None)
+    }
+
     fn finish(self, trainer: &Trainer) -> Outcome {
         Outcome {
             method: self.method,
@@ -427,14 +458,7 @@ pub fn check_compatible(teacher: &ModelConfig, student: &ModelConfig) -> Result<
 
 /// Order in which prompts are visited: a seeded permutation, repeated.
 fn prompt_order(n: usize, seed: u64) -> impl Fn(u64) -> usize {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
+    let order = seeded_permutation(n, seed);
     move |r: u64| order[(r % n as u64) as usize]
 }
 
@@ -550,10 +574,7 @@ impl Harness<'_> {
                 return Ok(outcome);
             }
         }
-        tch::set_num_threads(match method {
-            Method::NearPolicy => self.settings.npd_train_threads,
-            _ => self.settings.train_threads,
-        });
+        tch::set_num_threads(self.settings.train_threads);
         tch::manual_seed(seed as i64);
         let outcome = match method {
             Method::Sft => self.run_sft(seed, metrics),
@@ -599,15 +620,7 @@ impl Harness<'_> {
                     sample(r, &self.train[i].prompt, &responses[i].tokens, None)
                 })
                 .collect();
-            let rows = padded_rows(samples, s.pad_id)?;
-            let stats = run.clock.time("train", || trainer.step(&rows))?;
-            let done = Done {
-                step: step + 1,
-                stats: &stats,
-                rows: &rows,
-                extra: json!({}),
-            };
-            run.after_step(self, done, &trainer, metrics, || None)?;
+            run.padded_step(self, &mut trainer, samples, step + 1, metrics)?;
         }
         let mut out = run.finish(&trainer);
         out.prep_s = prep_s;
@@ -638,30 +651,24 @@ impl Harness<'_> {
             let gens = run.clock.time("generate", || {
                 tch::no_grad(|| generate(trainer.model(), &prompts, &params, Decoding::Cached))
             })?;
-            let pairs: Vec<(Vec<TokenId>, usize)> = prompts
+            // Empty responses have nothing to train on; each pair keeps
+            // its prompt's id.
+            let (kept, pairs): (Vec<u64>, Vec<(Vec<TokenId>, usize)>) = ids
                 .iter()
-                .zip(&gens)
-                .map(|(p, g)| ([p.as_slice(), &g.tokens].concat(), p.len()))
-                .filter(|(t, p)| t.len() > *p)
-                .collect();
+                .zip(prompts.iter().zip(&gens))
+                .filter(|(_, (_, g))| !g.tokens.is_empty())
+                .map(|(&r, (p, g))| (r, ([p.as_slice(), &g.tokens].concat(), p.len())))
+                .unzip();
             let scores = run
                 .clock
                 .time("teacher", || self.teacher_scores(&pairs, false))?;
             let samples: Vec<TrainSample> = pairs
                 .iter()
                 .zip(scores)
-                .zip(&ids)
-                .map(|(((t, p), sc), &r)| sample(r, &t[..*p], &t[*p..], sc.topk))
+                .zip(kept)
+                .map(|(((t, p), sc), r)| sample(r, &t[..*p], &t[*p..], sc.topk))
                 .collect();
-            let rows = padded_rows(samples, s.pad_id)?;
-            let stats = run.clock.time("train", || trainer.step(&rows))?;
-            let done = Done {
-                step: step + 1,
-                stats: &stats,
-                rows: &rows,
-                extra: json!({}),
-            };
-            run.after_step(self, done, &trainer, metrics, || None)?;
+            run.padded_step(self, &mut trainer, samples, step + 1, metrics)?;
         }
         Ok(run.finish(&trainer))
     }
