@@ -48,7 +48,7 @@ fn quick_run_writes_the_report() {
     let steps = metrics.lines().filter(|l| l.contains("\"step\"")).count();
     assert_eq!(steps, 3 * 20, "one metrics line per step and method");
     // The second run reuses the cached teacher.
-    assert!(cache.join("v2-quick/meta.json").exists());
+    assert!(cache.join("v3-quick/meta.json").exists());
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&cache);
 }

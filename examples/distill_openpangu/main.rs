@@ -279,7 +279,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let started = Instant::now();
     let inputs = if embedded {
         let cache = cache_dir(&args).join(format!(
-            "v2-{}",
+            "v3-{}",
             if args.quick { "quick" } else { "default" }
         ));
         inputs::embedded(&cache, &setup)?

@@ -39,8 +39,12 @@ pub struct Setup {
     /// Teacher training stops once accuracy on a 128-prompt held-out probe
     /// reaches this plus a margin of 0.02 (checked every 100 steps).
     pub teacher_target: f64,
+    /// Peak learning rate of the teacher (AdamW, cosine decay to a tenth).
+    pub teacher_lr: f64,
     /// Student warm-start steps (cross-entropy on reference responses).
     pub warm_start_steps: u64,
+    /// Peak learning rate of the warm start.
+    pub warm_start_lr: f64,
     /// Samples per training step.
     pub batch: usize,
     /// Training prompts.
@@ -58,11 +62,13 @@ pub struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Self {
-            teacher: (128, 4, 4, 2),
+            teacher: (96, 3, 4, 2),
             student: (64, 2, 4, 2),
-            teacher_steps: 1500,
+            teacher_steps: 2000,
             teacher_target: 0.95,
+            teacher_lr: 3e-3,
             warm_start_steps: 1500,
+            warm_start_lr: 2e-3,
             batch: 64,
             train_prompts: 4000,
             eval_prompts: 500,
@@ -288,6 +294,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     let teacher_part = |s: &Setup| Setup {
         student: (0, 0, 0, 0),
         warm_start_steps: 0,
+        warm_start_lr: 0.0,
         ..s.clone()
     };
     let same_teacher = old
@@ -330,7 +337,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             let phase = Phase {
                 stage: "teacher",
                 steps: setup.teacher_steps,
-                lr: 2.5e-3,
+                lr: setup.teacher_lr,
                 repair: setup.repair_fraction,
                 fresh: Some(&held_out),
             };
@@ -365,7 +372,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             let phase = Phase {
                 stage: "student warm start",
                 steps: setup.warm_start_steps,
-                lr: 2e-3,
+                lr: setup.warm_start_lr,
                 repair: 0.0,
                 fresh: None,
             };
