@@ -120,9 +120,9 @@ struct Args {
 /// The embedded default's run configuration: the `[train]`, `[rollout]` and
 /// `[sampling]` values that fit its tiny models.
 fn embedded_defaults(c: &mut RunConfig) {
-    c.train.steps = 300;
-    c.train.lr = 1e-3;
-    c.train.min_lr = 1e-4;
+    c.train.steps = 200;
+    c.train.lr = 3e-4;
+    c.train.min_lr = 3e-5;
     c.train.warmup_steps = 20;
     c.train.weight_decay = 0.0;
     c.train.micro_batch_rows = 64;

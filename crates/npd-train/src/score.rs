@@ -42,73 +42,61 @@ impl<'a> ModelScorer<'a> {
         seqs: &[(&[TokenId], usize)],
         topk: Option<usize>,
     ) -> Result<Vec<ResponseScores>> {
-        let with: Vec<Seq<'_>> = seqs
-            .iter()
-            .map(|&(tokens, prompt_len)| Seq {
-                tokens,
-                prompt_len,
-                topk: topk.is_some(),
-            })
-            .collect();
-        self.scores(&with, topk.unwrap_or(0))
-    }
-
-    /// Scores of `seqs`, packed into as few forward passes as
-    /// `max_tokens_per_pass` allows; the top-`k` targets only where a
-    /// sequence asks for them.
-    fn scores(&self, seqs: &[Seq<'_>], k: usize) -> Result<Vec<ResponseScores>> {
         let vocab = self.model.config().vocab_size;
-        for (i, s) in seqs.iter().enumerate() {
-            let (p, len) = (s.prompt_len, s.tokens.len());
-            if p == 0 || p >= len {
+        for (i, (tokens, p)) in seqs.iter().enumerate() {
+            if *p == 0 || *p >= tokens.len() {
                 return Err(Error::invalid(
                     format!("score request {i}"),
                     format!(
-                        "prompt_len {p} of a {len}-token sequence: expected 1 <= prompt_len < length \
-                         (the first response token needs a token before it)"
+                        "prompt_len {p} of a {}-token sequence: expected 1 <= prompt_len < length \
+                         (the first response token needs a token before it)",
+                        tokens.len()
                     ),
                 ));
             }
         }
-        if seqs.iter().any(|s| s.topk) && (k == 0 || k > vocab) {
-            return Err(Error::invalid(
-                "top-k",
-                format!("{k}: expected 1..={vocab}"),
-            ));
+        if let Some(k) = topk {
+            if k == 0 || k > vocab {
+                return Err(Error::invalid(
+                    "top-k",
+                    format!("{k}: expected 1..={vocab}"),
+                ));
+            }
         }
         let mut out = Vec::with_capacity(seqs.len());
         let mut start = 0;
         while start < seqs.len() {
             let mut end = start + 1;
-            let mut tokens = seqs[start].tokens.len();
-            while end < seqs.len() && tokens + seqs[end].tokens.len() <= self.max_tokens_per_pass {
-                tokens += seqs[end].tokens.len();
+            let mut tokens = seqs[start].0.len();
+            while end < seqs.len() && tokens + seqs[end].0.len() <= self.max_tokens_per_pass {
+                tokens += seqs[end].0.len();
                 end += 1;
             }
-            out.extend(tch::no_grad(|| self.pass(&seqs[start..end], k))?);
+            out.extend(tch::no_grad(|| self.pass(&seqs[start..end], topk))?);
             start = end;
         }
         Ok(out)
     }
 
-    fn pass(&self, seqs: &[Seq<'_>], k: usize) -> Result<Vec<ResponseScores>> {
+    fn pass(
+        &self,
+        seqs: &[(&[TokenId], usize)],
+        topk: Option<usize>,
+    ) -> Result<Vec<ResponseScores>> {
         let device = self.model.device();
         let mut flat = Vec::new();
         let mut positions = Vec::new();
         let mut lengths = Vec::new();
         let mut rows = Vec::new();
         let mut targets = Vec::new();
-        // Whether each target row needs top-k targets.
-        let mut wants = Vec::new();
-        for s in seqs {
+        for (tokens, p) in seqs {
             let offset = flat.len() as i64;
-            flat.extend(s.tokens.iter().map(|&t| t as i64));
-            positions.extend(0..s.tokens.len() as i64);
-            lengths.push(s.tokens.len());
-            for i in s.prompt_len..s.tokens.len() {
+            flat.extend(tokens.iter().map(|&t| t as i64));
+            positions.extend(0..tokens.len() as i64);
+            lengths.push(tokens.len());
+            for i in *p..tokens.len() {
                 rows.push(offset + i as i64 - 1);
-                targets.push(s.tokens[i] as i64);
-                wants.push(s.topk);
+                targets.push(tokens[i] as i64);
             }
         }
         let hidden = self.model.forward_packed(
@@ -119,14 +107,13 @@ impl<'a> ModelScorer<'a> {
         let vocab = self.model.config().vocab_size;
         let chunk = (self.max_logits / vocab).max(1);
         let mut lp_all: Vec<f32> = Vec::with_capacity(rows.len());
-        let mut ids_all: Vec<i64> = Vec::new();
-        let mut top_all: Vec<f32> = Vec::new();
-        let mut tail_all: Vec<f32> = Vec::new();
-        let mut at = 0;
-        while at < rows.len() {
-            let end = (at + chunk).min(rows.len());
-            let idx = Tensor::from_slice(&rows[at..end]).to_device(device);
-            let tgt = Tensor::from_slice(&targets[at..end]).to_device(device);
+        let k = topk.unwrap_or(0);
+        let mut ids_all: Vec<i64> = Vec::with_capacity(rows.len() * k);
+        let mut top_all: Vec<f32> = Vec::with_capacity(rows.len() * k);
+        let mut tail_all: Vec<f32> = Vec::with_capacity(rows.len());
+        for (r, t) in rows.chunks(chunk).zip(targets.chunks(chunk)) {
+            let idx = Tensor::from_slice(r).to_device(device);
+            let tgt = Tensor::from_slice(t).to_device(device);
             let lsm = self
                 .model
                 .logits(&hidden.index_select(0, &idx))
@@ -134,16 +121,7 @@ impl<'a> ModelScorer<'a> {
             lp_all.extend(to_vec_f32(
                 &lsm.gather(1, &tgt.unsqueeze(1), false).squeeze_dim(1),
             )?);
-            let top_rows: Vec<i64> = (at..end)
-                .filter(|&r| wants[r])
-                .map(|r| (r - at) as i64)
-                .collect();
-            if !top_rows.is_empty() {
-                let lsm = if top_rows.len() == end - at {
-                    lsm
-                } else {
-                    lsm.index_select(0, &Tensor::from_slice(&top_rows).to_device(device))
-                };
+            if k > 0 {
                 let (vals, ids) = lsm.topk(k as i64, -1, true, true);
                 let mass = vals.logsumexp([-1], false).exp();
                 let tail = (-mass).clamp_min(-1.0).log1p();
@@ -151,39 +129,26 @@ impl<'a> ModelScorer<'a> {
                 ids_all.extend(to_vec_i64(&ids.flatten(0, -1))?);
                 tail_all.extend(to_vec_f32(&tail)?);
             }
-            at = end;
         }
         let mut out = Vec::with_capacity(seqs.len());
-        let (mut at, mut top_at) = (0, 0);
-        for s in seqs {
-            let n = s.tokens.len() - s.prompt_len;
+        let mut at = 0;
+        for (tokens, p) in seqs {
+            let n = tokens.len() - p;
             let lp = lp_all[at..at + n].to_vec();
-            let top = s.topk.then(|| {
-                let t = TopKTargets {
-                    k,
-                    ids: ids_all[top_at * k..(top_at + n) * k]
-                        .iter()
-                        .map(|&i| i as TokenId)
-                        .collect(),
-                    logprobs: top_all[top_at * k..(top_at + n) * k].to_vec(),
-                    tail_logprob: tail_all[top_at..top_at + n].to_vec(),
-                };
-                top_at += n;
-                t
+            let top = topk.map(|k| TopKTargets {
+                k,
+                ids: ids_all[at * k..(at + n) * k]
+                    .iter()
+                    .map(|&i| i as TokenId)
+                    .collect(),
+                logprobs: top_all[at * k..(at + n) * k].to_vec(),
+                tail_logprob: tail_all[at..at + n].to_vec(),
             });
             out.push((lp, top));
             at += n;
         }
         Ok(out)
     }
-}
-
-/// One sequence to score: response tokens from `prompt_len` on, top-k
-/// targets if `topk`.
-struct Seq<'s> {
-    tokens: &'s [TokenId],
-    prompt_len: usize,
-    topk: bool,
 }
 
 fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
@@ -208,49 +173,40 @@ impl Scorer for ModelScorer<'_> {
         requests: &[ScoreRequest<'_>],
         options: &ScoreOptions,
     ) -> Result<Vec<SequenceScores>> {
-        if options.alone_prefix.as_ref().is_some_and(Vec::is_empty) {
-            return Err(Error::invalid(
-                "alone_prefix",
-                "empty: expected at least the token that starts a sequence (BOS)",
-            ));
-        }
-        // The response-alone sequences ride in the same forward passes as
-        // the conditioned ones.
-        let alone: Vec<Vec<TokenId>> = match &options.alone_prefix {
-            None => Vec::new(),
-            Some(prefix) => requests
-                .iter()
-                .map(|r| {
-                    let mut v = prefix.clone();
-                    v.extend_from_slice(r.tokens.get(r.prompt_len..).unwrap_or_default());
-                    v
-                })
-                .collect(),
+        let seqs: Vec<(&[TokenId], usize)> =
+            requests.iter().map(|r| (r.tokens, r.prompt_len)).collect();
+        let conditioned = self.response_scores(&seqs, options.topk)?;
+        let alone = match &options.alone_prefix {
+            None => None,
+            Some(prefix) if prefix.is_empty() => {
+                return Err(Error::invalid(
+                    "alone_prefix",
+                    "empty: expected at least the token that starts a sequence (BOS)",
+                ));
+            }
+            Some(prefix) => {
+                let joined: Vec<Vec<TokenId>> = requests
+                    .iter()
+                    .map(|r| {
+                        let mut v = prefix.clone();
+                        v.extend_from_slice(&r.tokens[r.prompt_len..]);
+                        v
+                    })
+                    .collect();
+                let seqs: Vec<(&[TokenId], usize)> = joined
+                    .iter()
+                    .map(|v| (v.as_slice(), prefix.len()))
+                    .collect();
+                Some(self.response_scores(&seqs, None)?)
+            }
         };
-        let prefix_len = options.alone_prefix.as_ref().map_or(0, Vec::len);
-        let seqs: Vec<Seq<'_>> = requests
-            .iter()
-            .map(|r| Seq {
-                tokens: r.tokens,
-                prompt_len: r.prompt_len,
-                topk: options.topk.is_some(),
-            })
-            .chain(alone.iter().map(|v| Seq {
-                tokens: v,
-                prompt_len: prefix_len,
-                topk: false,
-            }))
-            .collect();
-        let mut scores = self.scores(&seqs, options.topk.unwrap_or(0))?;
-        let alone = scores.split_off(requests.len());
-        let conditioned = scores;
         Ok(conditioned
             .into_iter()
             .enumerate()
             .map(|(i, (lp, topk))| SequenceScores {
                 logprobs: ResponseLogProbs {
                     conditioned: lp,
-                    alone: alone.get(i).map(|a| a.0.clone()).unwrap_or_default(),
+                    alone: alone.as_ref().map(|a| a[i].0.clone()).unwrap_or_default(),
                 },
                 topk,
             })

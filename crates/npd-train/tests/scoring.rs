@@ -88,46 +88,9 @@ fn alone_pass_scores_the_response_after_the_prefix() {
     let mut alone_seq = vec![1, 7];
     alone_seq.extend_from_slice(&ids[5..]);
     let direct = scorer.response_scores(&[(&alone_seq, 2)], None).unwrap();
-    // Scored in one pass with the conditioned sequence: equal up to float
-    // rounding of the larger matrix products.
-    assert_eq!(out[0].logprobs.alone.len(), direct[0].0.len());
-    for (a, b) in out[0].logprobs.alone.iter().zip(&direct[0].0) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-    }
+    assert_eq!(out[0].logprobs.alone, direct[0].0);
     assert_eq!(out[0].logprobs.conditioned.len(), ids.len() - 5);
     assert_ne!(out[0].logprobs.alone, out[0].logprobs.conditioned);
-
-    // With top-k asked for, the conditioned scores and targets match a pass
-    // without the alone sequences, and the alone ones get no targets.
-    let both = scorer
-        .score(
-            &[ScoreRequest {
-                tokens: ids,
-                prompt_len: 5,
-            }],
-            &ScoreOptions {
-                topk: Some(3),
-                alone_prefix: Some(vec![1, 7]),
-            },
-        )
-        .unwrap();
-    let plain = scorer.response_scores(&[(ids, 5)], Some(3)).unwrap();
-    let (top, want) = (both[0].topk.as_ref().unwrap(), plain[0].1.as_ref().unwrap());
-    assert_eq!(top.ids, want.ids);
-    for (a, b) in top
-        .logprobs
-        .iter()
-        .chain(&top.tail_logprob)
-        .chain(&both[0].logprobs.conditioned)
-        .zip(
-            want.logprobs
-                .iter()
-                .chain(&want.tail_logprob)
-                .chain(&plain[0].0),
-        )
-    {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-    }
     let err = scorer
         .score(
             &[ScoreRequest {
