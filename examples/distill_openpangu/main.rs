@@ -22,13 +22,12 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use npd_core::RunConfig;
 use npd_core::config::LossKind;
-use npd_core::{RunConfig, SamplingParams};
 use npd_train::embedded::prepare::Setup;
 use npd_train::pipeline::drivers::{Harness, Method, Settings};
 use npd_train::pipeline::report::Report;
 use npd_train::pipeline::resume::Checkpoints;
-use npd_train::train::TrainOptions;
 
 /// Distil a teacher into a student with Near-Policy Distillation, and
 /// compare it with SFT and synchronous on-policy distillation in one run.
@@ -262,19 +261,6 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
-    // Thread budgets: training uses every core; NPD's generating thread runs
-    // beside it with a thread of its own (measured on 2 cores with libgomp
-    // waiting passively: 2 + 1 threads beat 1 + 1, see docs/benchmarks.md).
-    let cores = npd_train::tch::get_num_threads().max(1);
-    let threads = match config.train.threads {
-        0 => cores,
-        n => n as i32,
-    };
-    let gen_threads = match config.rollout.threads {
-        0 => 1,
-        n => n as i32,
-    };
-
     // The teacher, the warm start and the prompts.
     let started = Instant::now();
     let inputs = if embedded {
@@ -287,8 +273,6 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         inputs::folders(&config)?
     };
 
-    let train = TrainOptions::from_config(&config.train);
-
     let mut harness = Harness {
         teacher: &inputs.teacher,
         student: inputs.student.clone(),
@@ -297,32 +281,12 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         eval: &inputs.eval,
         warm_start_accuracy: inputs.warm_start_accuracy,
         answer: &*inputs.answer,
-        settings: Settings {
-            steps: config.train.steps,
-            samples_per_step: config.train.rows_per_step,
-            eval_every: (config.train.steps / 6).max(1),
-            sampling: SamplingParams {
-                temperature: config.sampling.temperature as f32,
-                top_k: (config.sampling.top_k > 0).then_some(config.sampling.top_k),
-                top_p: config.sampling.top_p as f32,
-                max_new_tokens: config.sampling.max_new_tokens,
-                stop_ids: inputs.stop_ids.clone(),
-                seed: config.sampling.seed,
-            },
-            train,
-            topk: config.train.top_k,
-            alone_prefix: inputs.alone_prefix.clone(),
-            refresh_every: config.rollout.refresh_every,
-            max_lag: config.rollout.max_lag,
-            reuse: config.rollout.reuse,
-            filter: config.filter.clone(),
-            pack: config.pack.clone(),
-            queue_capacity: config.rollout.queue_capacity,
-            pool_size: config.rollout.batch_size,
-            gen_threads,
-            train_threads: threads,
-            pad_id: inputs.pad_id,
-        },
+        settings: Settings::from_config(
+            &config,
+            inputs.stop_ids.clone(),
+            inputs.alone_prefix.clone(),
+            inputs.pad_id,
+        ),
         checkpoints: None,
         rejected: &inputs.rejected,
         student_config_json: inputs.student_config_json.as_deref(),
@@ -413,7 +377,9 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
             format!(
                 "libtorch threads: {threads} for SFT and on-policy; NPD {threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
                 std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                threads = harness.settings.train_threads,
+                gen_threads = harness.settings.gen_threads,
             ),
             ],
         ]

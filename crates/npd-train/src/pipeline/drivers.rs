@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use npd_core::config::{FilterConfig, PackConfig};
+use npd_core::config::{FilterConfig, PackConfig, RunConfig};
 use npd_core::traits::{
     FilterInput, Learner, Packer, SampleFilter, ScoreOptions, ScoreRequest, Scorer,
 };
@@ -126,6 +126,56 @@ pub struct Settings {
     pub train_threads: i32,
     /// Padding id.
     pub pad_id: TokenId,
+}
+
+impl Settings {
+    /// The settings a run configuration describes, with the tokens that
+    /// come from the tokenizer: the ids that end a response, the tokens
+    /// before a response in the response-alone pass (BOS and the
+    /// assistant-turn header), and the padding id.
+    ///
+    /// Held-out accuracy is measured six times along a run (and at its
+    /// start). `train.threads = 0` means every core libtorch sees;
+    /// `rollout.threads = 0` means one thread for NPD's generator.
+    pub fn from_config(
+        config: &RunConfig,
+        stop_ids: Vec<TokenId>,
+        alone_prefix: Vec<TokenId>,
+        pad_id: TokenId,
+    ) -> Self {
+        let (train, rollout, sampling) = (&config.train, &config.rollout, &config.sampling);
+        let cores = tch::get_num_threads().max(1);
+        let threads = |n: usize, zero: i32| match n {
+            0 => zero,
+            n => i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        Self {
+            steps: train.steps,
+            samples_per_step: train.rows_per_step,
+            eval_every: (train.steps / 6).max(1),
+            sampling: SamplingParams {
+                temperature: sampling.temperature as f32,
+                top_k: (sampling.top_k > 0).then_some(sampling.top_k),
+                top_p: sampling.top_p as f32,
+                max_new_tokens: sampling.max_new_tokens,
+                stop_ids,
+                seed: sampling.seed,
+            },
+            train: TrainOptions::from_config(train),
+            topk: train.top_k,
+            alone_prefix,
+            refresh_every: rollout.refresh_every,
+            max_lag: rollout.max_lag,
+            reuse: rollout.reuse,
+            filter: config.filter.clone(),
+            pack: config.pack.clone(),
+            queue_capacity: rollout.queue_capacity,
+            pool_size: rollout.batch_size,
+            gen_threads: threads(rollout.threads, 1),
+            train_threads: threads(train.threads, cores),
+            pad_id,
+        }
+    }
 }
 
 /// Everything the methods share.
@@ -951,6 +1001,41 @@ mod tests {
             err.contains("eos_token_id") && err.contains("45892"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn settings_follow_the_run_configuration() {
+        let mut c = RunConfig::default();
+        c.train.steps = 120;
+        c.train.rows_per_step = 48;
+        c.train.top_k = 5;
+        c.rollout.refresh_every = 7;
+        c.rollout.max_lag = 3;
+        c.rollout.reuse = 2;
+        c.rollout.batch_size = 32;
+        c.sampling.top_k = 0;
+        c.sampling.temperature = 0.7;
+        c.filter.upper_percentile = 0.8;
+        c.pack.capacity = 256;
+        let s = Settings::from_config(&c, vec![2], vec![1, 9], 0);
+        assert_eq!((s.steps, s.samples_per_step, s.eval_every), (120, 48, 20));
+        assert_eq!((s.topk, s.refresh_every, s.max_lag, s.reuse), (5, 7, 3, 2));
+        assert_eq!((s.pool_size, s.pack.capacity), (32, 256));
+        assert_eq!(s.filter.upper_percentile, 0.8);
+        assert_eq!(s.sampling.top_k, None);
+        assert_eq!(s.sampling.temperature, 0.7);
+        assert_eq!(s.sampling.stop_ids, vec![2]);
+        assert_eq!(s.alone_prefix, vec![1, 9]);
+        assert_eq!(s.train.total_steps, 120);
+        // 0 threads: every core for training, one for generation.
+        assert_eq!(s.gen_threads, 1);
+        assert_eq!(s.train_threads, tch::get_num_threads().max(1));
+        c.train.threads = 3;
+        c.rollout.threads = 2;
+        c.sampling.top_k = 20;
+        let s = Settings::from_config(&c, vec![2], vec![1], 0);
+        assert_eq!((s.train_threads, s.gen_threads), (3, 2));
+        assert_eq!(s.sampling.top_k, Some(20));
     }
 
     #[test]
