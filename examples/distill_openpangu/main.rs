@@ -273,24 +273,23 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         inputs::folders(&config)?
     };
 
-    let mut harness = Harness {
-        teacher: &inputs.teacher,
-        student: inputs.student.clone(),
-        warm_start: &inputs.warm_start,
-        train: &inputs.train,
-        eval: &inputs.eval,
-        warm_start_accuracy: inputs.warm_start_accuracy,
-        answer: &*inputs.answer,
-        settings: Settings::from_config(
-            &config,
-            inputs.stop_ids.clone(),
-            inputs.alone_prefix.clone(),
-            inputs.pad_id,
-        ),
-        checkpoints: None,
-        rejected: &inputs.rejected,
-        student_config_json: inputs.student_config_json.as_deref(),
-    };
+    let settings = Settings::from_config(
+        &config,
+        inputs.stop_ids.clone(),
+        inputs.alone_prefix.clone(),
+        inputs.pad_id,
+    );
+    let harness = Harness::new(
+        &inputs.teacher,
+        inputs.student.clone(),
+        &inputs.warm_start,
+        (&inputs.train, &inputs.eval),
+        &*inputs.answer,
+        settings,
+    )
+    .with_warm_start_accuracy(inputs.warm_start_accuracy)
+    .with_rejected(&inputs.rejected)
+    .with_student_config_json(inputs.student_config_json.as_deref());
 
     harness.check().map_err(|e| e.to_string())?;
     // The folder is claimed only once the inputs passed their checks.
@@ -305,7 +304,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
     let mut checkpoints =
         Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
     checkpoints.stop = Arc::clone(&signals.stop);
-    harness.checkpoints = Some(checkpoints.clone());
+    let harness = harness.with_checkpoints(checkpoints.clone());
     let mut metrics = run_dir.metrics(&checkpoints, args.resume)?;
     let mut outcomes = Vec::new();
     signals.in_run.store(true, Ordering::SeqCst);

@@ -542,6 +542,60 @@ fn padded_rows(samples: Vec<TrainSample>, pad_id: TokenId) -> Result<Vec<PackedR
     Ok(rows)
 }
 
+impl<'a> Harness<'a> {
+    /// A harness with what every run needs; the optional parts (a measured
+    /// warm-start accuracy, checkpoints, rejected records, the student's
+    /// own `config.json`) start empty and are set with the `with_*`
+    /// methods.
+    pub fn new(
+        teacher: &'a Llama,
+        student: ModelConfig,
+        warm_start: &'a Weights,
+        data: (&'a [Example], &'a [Example]),
+        answer: &'a AnswerFn<'a>,
+        settings: Settings,
+    ) -> Self {
+        let (train, eval) = data;
+        Self {
+            teacher,
+            student,
+            warm_start,
+            train,
+            eval,
+            warm_start_accuracy: None,
+            answer,
+            settings,
+            checkpoints: None,
+            rejected: &[],
+            student_config_json: None,
+        }
+    }
+
+    /// The warm start's held-out accuracy, already measured on `eval`.
+    pub fn with_warm_start_accuracy(mut self, accuracy: Option<f64>) -> Self {
+        self.warm_start_accuracy = accuracy;
+        self
+    }
+
+    /// Checkpoints and resuming.
+    pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
+    }
+
+    /// Dataset records rejected before the run (NPD's ledger counts them).
+    pub fn with_rejected(mut self, rejected: &'a [(PromptId, String)]) -> Self {
+        self.rejected = rejected;
+        self
+    }
+
+    /// The student's own `config.json`, written into its checkpoints.
+    pub fn with_student_config_json(mut self, json: Option<&'a str>) -> Self {
+        self.student_config_json = json;
+        self
+    }
+}
+
 impl Harness<'_> {
     fn student(&self) -> Result<Llama> {
         let mut m = Llama::new(self.student.clone(), self.teacher.device());
