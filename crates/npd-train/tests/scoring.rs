@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use npd_core::TokenId;
-use npd_core::traits::{ScoreOptions, ScoreRequest, Scorer};
+use npd_core::traits::{ScoreOptions, ScoreRequest, Scorer, SequenceScores};
 use npd_train::Llama;
 use npd_train::score::ModelScorer;
 use npd_train::tch::{Device, Kind, Tensor};
@@ -67,41 +67,39 @@ fn logprobs_and_topk_match_reference_log_softmax() {
     }
 }
 
+/// Scores `ids` (prompt of 5 tokens) with a response-alone pass after
+/// `prefix`.
+fn score_alone(
+    scorer: &mut ModelScorer<'_>,
+    ids: &[TokenId],
+    prefix: Vec<TokenId>,
+) -> npd_core::Result<Vec<SequenceScores>> {
+    scorer.score(
+        &[ScoreRequest {
+            tokens: ids,
+            prompt_len: 5,
+        }],
+        &ScoreOptions {
+            topk: None,
+            alone_prefix: Some(prefix),
+        },
+    )
+}
+
 #[test]
 fn alone_pass_scores_the_response_after_the_prefix() {
     let model = Llama::load(&fixture(), Device::Cpu, Kind::Float).unwrap();
     let refs = reference();
     let (ids, _) = &refs[2];
     let mut scorer = ModelScorer::new(&model);
-    let out = scorer
-        .score(
-            &[ScoreRequest {
-                tokens: ids,
-                prompt_len: 5,
-            }],
-            &ScoreOptions {
-                topk: None,
-                alone_prefix: Some(vec![1, 7]),
-            },
-        )
-        .unwrap();
+    let out = score_alone(&mut scorer, ids, vec![1, 7]).unwrap();
     let mut alone_seq = vec![1, 7];
     alone_seq.extend_from_slice(&ids[5..]);
     let direct = scorer.response_scores(&[(&alone_seq, 2)], None).unwrap();
     assert_eq!(out[0].logprobs.alone, direct[0].0);
     assert_eq!(out[0].logprobs.conditioned.len(), ids.len() - 5);
     assert_ne!(out[0].logprobs.alone, out[0].logprobs.conditioned);
-    let err = scorer
-        .score(
-            &[ScoreRequest {
-                tokens: ids,
-                prompt_len: 5,
-            }],
-            &ScoreOptions {
-                topk: None,
-                alone_prefix: Some(vec![]),
-            },
-        )
+    let err = score_alone(&mut scorer, ids, vec![])
         .unwrap_err()
         .to_string();
     assert!(err.contains("alone_prefix"), "{err}");
