@@ -11,7 +11,7 @@ use npd_train::embedded::prepare::{Setup, answer_fn, prepare};
 use npd_train::embedded::{self as emb};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
-use npd_train::pipeline::data::{Example, read_records, seeded_permutation, tokenize};
+use npd_train::pipeline::data::{Example, read_records, seeded_shuffle, tokenize};
 use npd_train::pipeline::drivers::check_compatible;
 use npd_train::pipeline::eval::accuracy;
 use npd_train::pipeline::folder::{ModelFolder, check_same_tokenizer, final_answer};
@@ -231,17 +231,9 @@ pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
 
 /// A seeded split: `fraction` of the examples (at least one when there are
 /// two or more) held out.
-fn split(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+fn split(mut examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    seeded_shuffle(&mut examples, seed);
     let n = examples.len();
-    let mut slots: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
-    let mut examples: Vec<Example> = seeded_permutation(n, seed)
-        .into_iter()
-        .map(|i| {
-            slots[i]
-                .take()
-                .expect("a permutation visits each index once")
-        })
-        .collect();
     let held = if n >= 2 {
         ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
     } else {

@@ -109,18 +109,24 @@ pub fn write_records(path: &Path, records: &[PromptRecord]) -> Result<()> {
     crate::weights::write_atomic(path, text.as_bytes())
 }
 
-/// A seeded permutation of `0..n` (Fisher-Yates over xorshift64): the
-/// order in which prompts are visited, and the train/eval split.
+/// A seeded permutation of `0..n` (see [`seeded_shuffle`]): the order in
+/// which prompts are visited.
 pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
+    seeded_shuffle(&mut order, seed);
+    order
+}
+
+/// Shuffles `items` in place with a seed (Fisher-Yates over xorshift64):
+/// prompt orders and the train/eval split of a prompts file.
+pub fn seeded_shuffle<T>(items: &mut [T], seed: u64) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in (1..n).rev() {
+    for i in (1..items.len()).rev() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
+        items.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    order
 }
 
 /// Prompts rejected before training, with the reason.
