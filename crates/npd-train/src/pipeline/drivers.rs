@@ -15,6 +15,7 @@
 //! packing are NPD's own.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -207,6 +208,10 @@ pub struct Harness<'a> {
     /// they keep its architecture name and keys (`None`: a transformers
     /// Llama config).
     pub student_config_json: Option<&'a str>,
+    /// SFT's teacher-written responses, one per training prompt. They are
+    /// greedy, hence the same for every seed: the first SFT run writes
+    /// them and later ones reuse them.
+    sft_responses: OnceLock<Vec<Vec<TokenId>>>,
 }
 
 /// One point of the accuracy curve.
@@ -238,6 +243,10 @@ pub struct Outcome {
     pub stages: BTreeMap<String, f64>,
     /// One-time preparation outside the timed run (SFT's teacher responses).
     pub prep_s: f64,
+    /// The preparation was done by an earlier run of the same method and
+    /// reused (SFT's greedy teacher responses do not depend on the seed).
+    #[serde(default)]
+    pub prep_reused: bool,
     /// Tokens trained on (padding excluded), over all steps.
     pub trained_tokens: usize,
     /// Fraction of computed token slots that were not padding.
@@ -457,6 +466,7 @@ impl Run {
             stages: self.clock.stages,
             curve: self.curve,
             prep_s: 0.0,
+            prep_reused: false,
             trained_tokens: self.tokens,
             token_efficiency: self.tokens as f64 / self.slots.max(1) as f64,
             skipped_steps: trainer.skipped_steps(),
@@ -568,6 +578,7 @@ impl<'a> Harness<'a> {
             checkpoints: None,
             rejected: &[],
             student_config_json: None,
+            sft_responses: OnceLock::new(),
         }
     }
 
@@ -693,18 +704,25 @@ impl Harness<'_> {
 
     fn run_sft(&self, seed: u64, metrics: &mut dyn FnMut(serde_json::Value)) -> Result<Outcome> {
         let s = &self.settings;
-        // Teacher-written responses for every training prompt, once.
+        // Teacher-written responses for every training prompt, once for
+        // all seeds.
         let prep = Instant::now();
-        let greedy = SamplingParams {
-            temperature: 0.0,
-            seed,
-            ..s.sampling.clone()
-        };
-        let mut responses = Vec::with_capacity(self.train.len());
-        for chunk in self.train.chunks(256) {
-            let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
-            responses.extend(generate(self.teacher, &prompts, &greedy, Decoding::Cached)?);
+        let reused = self.sft_responses.get().is_some();
+        if !reused {
+            let greedy = SamplingParams {
+                temperature: 0.0,
+                seed,
+                ..s.sampling.clone()
+            };
+            let mut responses = Vec::with_capacity(self.train.len());
+            for chunk in self.train.chunks(256) {
+                let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
+                let written = generate(self.teacher, &prompts, &greedy, Decoding::Cached)?;
+                responses.extend(written.into_iter().map(|g| g.tokens));
+            }
+            let _ = self.sft_responses.set(responses);
         }
+        let responses = self.sft_responses.get().expect("written above");
         let prep_s = prep.elapsed().as_secs_f64();
         // SFT trains on the teacher's text with cross-entropy, whatever the
         // distillation loss.
@@ -721,13 +739,14 @@ impl Harness<'_> {
                 .map(|j| {
                     let r = step * s.samples_per_step as u64 + j;
                     let i = order(r);
-                    sample(r, &self.train[i].prompt, &responses[i].tokens, None)
+                    sample(r, &self.train[i].prompt, &responses[i], None)
                 })
                 .collect();
             run.padded_step(self, &mut trainer, samples, step + 1, metrics)?;
         }
         let mut out = run.finish(&trainer);
-        out.prep_s = prep_s;
+        out.prep_s = if reused { 0.0 } else { prep_s };
+        out.prep_reused = reused;
         Ok(out)
     }
 
@@ -1090,6 +1109,39 @@ mod tests {
         let s = Settings::from_config(&c, vec![2], vec![1], 0);
         assert_eq!((s.train_threads, s.gen_threads), (3, 2));
         assert_eq!(s.sampling.top_k, Some(20));
+    }
+
+    #[test]
+    fn sft_writes_the_teacher_data_once_for_all_seeds() {
+        let mut teacher = Llama::new(model_config(32, 1, 2, 1), tch::Device::Cpu);
+        teacher.init_random(0, 0.02);
+        let mut student = Llama::new(model_config(16, 1, 2, 1), tch::Device::Cpu);
+        student.init_random(1, 0.02);
+        let warm = student.named_parameters();
+        let prompts = |ids: std::ops::Range<u64>| -> Vec<Example> {
+            ids.map(|i| Example {
+                id: PromptId(i),
+                prompt: vec![1, 3 + (i % 10) as TokenId, 4],
+                answer: Some("00".into()),
+            })
+            .collect()
+        };
+        let (train, eval) = (prompts(0..8), prompts(8..10));
+        let answer = |_: &[TokenId]| None;
+        let mut c = RunConfig::default();
+        c.train.steps = 2;
+        c.train.rows_per_step = 4;
+        c.sampling.max_new_tokens = 3;
+        let settings = Settings::from_config(&c, vec![2], vec![1], 0);
+        let config = student.config().clone();
+        let h = Harness::new(&teacher, config, &warm, (&train, &eval), &answer, settings);
+        let first = h.run(Method::Sft, 0, &mut |_| {}).unwrap();
+        let written = h.sft_responses.get().unwrap().clone();
+        assert_eq!(written.len(), train.len());
+        assert!(!first.prep_reused && first.prep_s > 0.0);
+        let second = h.run(Method::Sft, 1, &mut |_| {}).unwrap();
+        assert!(second.prep_reused && second.prep_s == 0.0);
+        assert_eq!(h.sft_responses.get().unwrap(), &written);
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl Report {
                 o.seed,
                 100.0 * o.accuracy,
                 o.wall_s,
-                if o.prep_s > 0.0 {
+                if o.prep_reused {
+                    " (teacher data reused)".to_string()
+                } else if o.prep_s > 0.0 {
                     format!(" (+{:.1}s teacher data)", o.prep_s)
                 } else {
                     String::new()
