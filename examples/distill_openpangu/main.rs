@@ -377,8 +377,8 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
                 "libtorch threads: {threads} for SFT and on-policy; NPD {threads} training + {gen_threads} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
                 std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
                 started.elapsed().as_secs_f64(),
-                threads = harness.settings.train_threads,
-                gen_threads = harness.settings.gen_threads,
+                threads = harness.settings().train_threads,
+                gen_threads = harness.settings().gen_threads,
             ),
             ],
         ]

@@ -179,35 +179,36 @@ impl Settings {
     }
 }
 
-/// Everything the methods share.
+/// Everything the methods share: built with [`Harness::new`] and the
+/// `with_*` setters, then [`Harness::run`] once per method and seed.
 pub struct Harness<'a> {
     /// The teacher.
-    pub teacher: &'a Llama,
+    teacher: &'a Llama,
     /// The student's architecture.
-    pub student: ModelConfig,
+    student: ModelConfig,
     /// The student's starting weights (the warm start).
-    pub warm_start: &'a Weights,
+    warm_start: &'a Weights,
     /// Training prompts.
-    pub train: &'a [Example],
+    train: &'a [Example],
     /// Held-out prompts with answers.
-    pub eval: &'a [Example],
+    eval: &'a [Example],
     /// The warm start's held-out accuracy on `eval`, when already measured
     /// (every run then starts its curve with it instead of evaluating the
     /// same weights again).
-    pub warm_start_accuracy: Option<f64>,
+    warm_start_accuracy: Option<f64>,
     /// Final-answer extraction.
-    pub answer: &'a AnswerFn<'a>,
+    answer: &'a AnswerFn<'a>,
     /// Settings.
-    pub settings: Settings,
+    settings: Settings,
     /// Checkpoints and resuming; `None` runs without them.
-    pub checkpoints: Option<Checkpoints>,
+    checkpoints: Option<Checkpoints>,
     /// Dataset records rejected before the run, with the reason (NPD's
     /// ledger records them).
-    pub rejected: &'a [(PromptId, String)],
+    rejected: &'a [(PromptId, String)],
     /// The student's own `config.json`, written into its checkpoints so
     /// they keep its architecture name and keys (`None`: a transformers
     /// Llama config).
-    pub student_config_json: Option<&'a str>,
+    student_config_json: Option<&'a str>,
     /// SFT's teacher-written responses, one per training prompt. They are
     /// greedy, hence the same for every seed: the first SFT run writes
     /// them and later ones reuse them.
@@ -604,6 +605,11 @@ impl<'a> Harness<'a> {
     pub fn with_student_config_json(mut self, json: Option<&'a str>) -> Self {
         self.student_config_json = json;
         self
+    }
+
+    /// The settings every run uses.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 }
 

@@ -68,9 +68,12 @@ impl Report {
         t.push_str("| method | seed | held-out accuracy | wall-clock | vs on-policy | tokens/s | token efficiency | Δ-IFD keep rate | time per stage |\n");
         t.push_str("|---|---|---|---|---|---|---|---|---|\n");
         for o in &self.outcomes {
+            // Stages that round to 0.0 s (NPD's filter, packing and
+            // publishing) would only crowd the column.
             let stages: Vec<String> = o
                 .stages
                 .iter()
+                .filter(|&(_, &v)| v >= 0.05)
                 .map(|(k, v)| format!("{k} {v:.1}s"))
                 .collect();
             let _ = writeln!(
@@ -260,5 +263,69 @@ impl Report {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
+        Outcome {
+            method,
+            seed,
+            accuracy,
+            curve: Vec::new(),
+            wall_s,
+            stages: BTreeMap::from([("train".to_string(), wall_s), ("pack".to_string(), 0.01)]),
+            prep_s: 0.0,
+            prep_reused: false,
+            trained_tokens: 1000,
+            token_efficiency: 0.9,
+            skipped_steps: 0,
+            filter: None,
+            staleness: BTreeMap::new(),
+            ledger: None,
+            resumed_at: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_each_run_and_the_targets_follow_the_means() {
+        let mut sft = [
+            outcome(Method::Sft, 0, 0.8, 10.0),
+            outcome(Method::Sft, 1, 0.8, 10.0),
+        ];
+        sft[0].prep_s = 4.25;
+        sft[1].prep_reused = true;
+        let report = Report {
+            setup: Vec::new(),
+            teacher_accuracy: 0.97,
+            warm_start_accuracy: 0.6,
+            outcomes: [
+                sft.to_vec(),
+                vec![
+                    outcome(Method::OnPolicy, 0, 0.70, 60.0),
+                    outcome(Method::OnPolicy, 1, 0.72, 66.0),
+                    outcome(Method::NearPolicy, 0, 0.69, 20.0),
+                    outcome(Method::NearPolicy, 1, 0.70, 21.0),
+                ],
+            ]
+            .concat(),
+        };
+        let table = report.table();
+        assert!(table.contains("10.0s (+4.2s teacher data)"), "{table}");
+        assert!(table.contains("10.0s (teacher data reused)"), "{table}");
+        // Stages that round to 0.0 s are left out.
+        assert!(
+            table.contains("| train 60.0s |") && !table.contains("pack"),
+            "{table}"
+        );
+        let (close, fast, gap, speedup) = report.targets().unwrap();
+        assert!(close && fast);
+        assert!((gap - 1.5).abs() < 1e-9 && (speedup - 63.0 / 20.5).abs() < 1e-9);
+        let mut slow = report.clone();
+        slow.outcomes[5].wall_s = 100.0;
+        assert!(!slow.targets().unwrap().1);
     }
 }
