@@ -47,8 +47,28 @@ fn quick_run_writes_the_report() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let steps = metrics.lines().filter(|l| l.contains("\"step\"")).count();
     assert_eq!(steps, 3 * 20, "one metrics line per step and method");
-    // The second run reuses the cached teacher.
+    // The first run trained the teacher and warm start and says so; a
+    // second run on the same cache loads them.
+    assert!(
+        md.contains("trained in this run") && md.contains("student warm start 20 steps in"),
+        "{md}"
+    );
     assert!(cache.join("v3-quick/meta.json").exists());
+    let again = out.join("again");
+    let run = Command::new(example())
+        .args(["--quick", "--methods", "sft", "--out"])
+        .arg(&again)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(again.join("report.md")).unwrap();
+    assert!(md.contains("loaded from the cache"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -84,6 +84,19 @@ pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
         prepared.dir.display()
     );
     let tokenizer = prepared.tokenizer.clone();
+    let trained = if prepared.trained.is_empty() {
+        "teacher and warm start loaded from the cache".to_string()
+    } else {
+        let parts: Vec<String> = prepared
+            .trained
+            .iter()
+            .map(|(stage, steps, s)| format!("{stage} {steps} steps in {s:.0}s"))
+            .collect();
+        format!(
+            "trained in this run (evaluation and saving included): {}",
+            parts.join(", ")
+        )
+    };
     Ok(Inputs {
         setup: vec![
             format!(
@@ -92,7 +105,7 @@ pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
                 prepared.eval.len()
             ),
             format!(
-                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout; teacher and warm start cached in {}",
+                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout; teacher and warm start cached in {}; {trained}",
                 setup.teacher,
                 setup.student,
                 prepared.dir.display()

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -98,6 +99,10 @@ pub struct Prepared {
     pub train: Vec<Example>,
     /// Held-out prompts.
     pub eval: Vec<Example>,
+    /// What this call trained: `(stage, steps, seconds)` for the teacher
+    /// and the warm start, each only when it was not loaded from the cache.
+    /// Seconds include saving and the held-out evaluation.
+    pub trained: Vec<(&'static str, u64, f64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -306,6 +311,8 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
         // new meta.json is written.
         let _ = std::fs::remove_file(&meta_path);
     }
+    let mut trained = Vec::new();
+    let clock = Instant::now();
     let (teacher, teacher_accuracy, teacher_steps) = match (&old, same_teacher) {
         (Some(m), true) => (
             Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
@@ -357,9 +364,11 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
             tok.save(&dir.join("teacher").join("tokenizer.json"))?;
             let a = acc(&teacher)?;
+            trained.push(("teacher", steps, clock.elapsed().as_secs_f64()));
             (teacher, a, steps)
         }
     };
+    let clock = Instant::now();
     let (warm, warm_start_accuracy) = match (&old, same_warm) {
         (Some(m), true) => (
             Llama::load(&dir.join("student-warm-start"), Device::Cpu, Kind::Float)?,
@@ -387,6 +396,8 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             save_pretrained(&warm, &dir.join("student-warm-start"), None, usize::MAX)?;
             tok.save(&dir.join("student-warm-start").join("tokenizer.json"))?;
             let a = acc(&warm)?;
+            let seconds = clock.elapsed().as_secs_f64();
+            trained.push(("student warm start", setup.warm_start_steps, seconds));
             (warm, a)
         }
     };
@@ -418,5 +429,6 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
         warm_start_accuracy: meta.warm_start_accuracy,
         train,
         eval,
+        trained,
     })
 }
