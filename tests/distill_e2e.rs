@@ -95,3 +95,22 @@ fn bad_configuration_fails_with_the_key() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method"));
 }
+
+#[test]
+fn a_wrong_resume_is_refused_before_any_training() {
+    let out = scratch("nothing-to-resume");
+    let cache = scratch("untouched-cache");
+    let run = Command::new(example())
+        .args(["--quick", "--resume", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("no run to resume"), "{err}");
+    // Refused before the teacher was prepared: the cache was never made.
+    assert!(!cache.exists());
+    assert!(!out.exists());
+}

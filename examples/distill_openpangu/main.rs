@@ -261,6 +261,15 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let out = config.output.dir.clone();
+    // A wrong --out or --resume is refused before any training.
+    let run_dir = run_dir::RunDir::check(
+        &out,
+        &config.to_toml(),
+        &methods,
+        seeds,
+        args.quick,
+        args.resume,
+    )?;
     // The teacher, the warm start and the prompts.
     let started = Instant::now();
     let inputs = if embedded {
@@ -293,14 +302,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
 
     harness.check().map_err(|e| e.to_string())?;
     // The folder is claimed only once the inputs passed their checks.
-    let run_dir = run_dir::RunDir::open(
-        &out,
-        &config.to_toml(),
-        &methods,
-        seeds,
-        args.quick,
-        args.resume,
-    )?;
+    let run_dir = run_dir.claim(args.resume)?;
     let mut checkpoints =
         Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
     checkpoints.stop = Arc::clone(&signals.stop);

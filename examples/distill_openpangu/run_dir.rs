@@ -34,10 +34,12 @@ fn read_json(path: &Path) -> Result<Option<Value>, String> {
 }
 
 impl RunDir {
-    /// Opens `dir` for a run identified by `config_toml` and the flags that
-    /// shape it. A fresh run refuses a folder holding an unfinished run; a
-    /// resumed one requires one started the same way.
-    pub fn open(
+    /// Checks, without writing anything, that `dir` can take a run
+    /// identified by `config_toml` and the flags that shape it: a fresh run
+    /// refuses a folder holding an unfinished run; a resumed one requires
+    /// one started the same way. Run before the teacher is prepared, so a
+    /// mistake in `--out` or `--resume` costs nothing.
+    pub fn check(
         dir: &Path,
         config_toml: &str,
         methods: &[Method],
@@ -45,7 +47,6 @@ impl RunDir {
         quick: bool,
         resume: bool,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let identity = json!({
             "config": config_toml,
             "methods": methods.iter().map(|m| m.slug()).collect::<Vec<_>>(),
@@ -84,22 +85,29 @@ impl RunDir {
                     ));
                 }
             }
-        } else {
-            if previous.is_some() && !finished {
-                return Err(format!(
-                    "{} holds an unfinished run: continue it with --resume, or choose \
-                     another --out (or delete the folder)",
-                    dir.display()
-                ));
-            }
-            // A finished run's checkpoints are replaced by the new run's.
-            let root = run.checkpoint_root();
+        } else if previous.is_some() && !finished {
+            return Err(format!(
+                "{} holds an unfinished run: continue it with --resume, or choose \
+                 another --out (or delete the folder)",
+                dir.display()
+            ));
+        }
+        Ok(run)
+    }
+
+    /// Claims the checked folder: creates it, and for a fresh run replaces
+    /// a finished run's checkpoints; records the run as unfinished.
+    pub fn claim(self, resume: bool) -> Result<Self, String> {
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !resume {
+            let root = self.checkpoint_root();
             if root.exists() {
                 std::fs::remove_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
             }
         }
-        run.record(false)?;
-        Ok(run)
+        self.record(false)?;
+        Ok(self)
     }
 
     /// Where checkpoints go.
