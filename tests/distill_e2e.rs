@@ -94,6 +94,12 @@ fn bad_configuration_fails_with_the_key() {
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method"));
+    let run = Command::new(example())
+        .args(["--seeds", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--seeds"));
 }
 
 #[test]

@@ -65,8 +65,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "sft,on-policy,npd")]
     methods: Vec<String>,
 
-    /// Seeds per method.
-    #[arg(long, default_value_t = 2)]
+    /// Seeds per method (at least 1).
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     seeds: u64,
 
     /// Optimizer steps per method (overrides train.steps).
@@ -140,6 +140,14 @@ fn embedded_defaults(c: &mut RunConfig) {
     c.filter.lower_percentile = 0.05;
     c.filter.upper_percentile = 0.9;
     c.output.checkpoint_every = 50;
+}
+
+/// A count of at least one, for clap.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected an integer >= 1, got {text:?}")),
+    }
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
@@ -229,7 +237,7 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
         config.output.checkpoint_every = n;
     }
     let mut setup = Setup::default();
-    let mut seeds = args.seeds.max(1);
+    let mut seeds = args.seeds;
     if args.quick {
         if args.steps.is_none() {
             config.train.steps = config.train.steps.min(20);
