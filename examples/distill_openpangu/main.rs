@@ -310,12 +310,12 @@ fn run(args: Args, signals: &Signals) -> Result<(), Failure> {
 
     harness.check().map_err(|e| e.to_string())?;
     // The folder is claimed only once the inputs passed their checks.
-    let run_dir = run_dir.claim(args.resume)?;
+    let run_dir = run_dir.claim()?;
     let mut checkpoints =
         Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
     checkpoints.stop = Arc::clone(&signals.stop);
     let harness = harness.with_checkpoints(checkpoints.clone());
-    let mut metrics = run_dir.metrics(&checkpoints, args.resume)?;
+    let mut metrics = run_dir.metrics(&checkpoints)?;
     let mut outcomes = Vec::new();
     signals.in_run.store(true, Ordering::SeqCst);
     for &method in &methods {

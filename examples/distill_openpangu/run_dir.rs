@@ -16,6 +16,8 @@ pub struct RunDir {
     pub dir: PathBuf,
     /// What identifies the run: configuration and flags.
     identity: Value,
+    /// The run continues one in the folder (`--resume`).
+    resume: bool,
 }
 
 /// Writes `text` to `path` atomically.
@@ -56,6 +58,7 @@ impl RunDir {
         let run = Self {
             dir: dir.to_path_buf(),
             identity,
+            resume,
         };
         let previous = read_json(&dir.join(RUN_FILE))?;
         let finished = previous
@@ -97,10 +100,10 @@ impl RunDir {
 
     /// Claims the checked folder: creates it, and for a fresh run replaces
     /// a finished run's checkpoints; records the run as unfinished.
-    pub fn claim(self, resume: bool) -> Result<Self, String> {
+    pub fn claim(self) -> Result<Self, String> {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        if !resume {
+        if !self.resume {
             let root = self.checkpoint_root();
             if root.exists() {
                 std::fs::remove_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
@@ -129,13 +132,9 @@ impl RunDir {
     /// the lines the checkpoints account for: every line of a finished
     /// method run, and the lines up to the newest checkpoint of an
     /// unfinished one (a line cut short by a kill is dropped).
-    pub fn metrics(
-        &self,
-        checkpoints: &Checkpoints,
-        resume: bool,
-    ) -> Result<std::fs::File, String> {
+    pub fn metrics(&self, checkpoints: &Checkpoints) -> Result<std::fs::File, String> {
         let path = self.dir.join("metrics.jsonl");
-        if resume {
+        if self.resume {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let mut kept = String::new();
             let mut limits = std::collections::BTreeMap::new();
@@ -169,7 +168,7 @@ impl RunDir {
             write(&path, &kept)?;
         }
         let mut open = std::fs::OpenOptions::new();
-        if resume {
+        if self.resume {
             open.append(true).create(true);
         } else {
             open.write(true).create(true).truncate(true);
