@@ -7,7 +7,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use npd::synthetic::logprob_pool;
+use npd_benches::logprob_pool;
 use npd_core::config::{DeltaForm, IfdConvention};
 use npd_filter::DeltaScore;
 

@@ -7,7 +7,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use npd::synthetic::{lognormal_lengths, train_samples};
+use npd_benches::{lognormal_lengths, train_samples};
 use npd_core::traits::Packer;
 use npd_pack::plan::best_fit_decreasing;
 use npd_pack::stats::{PackStats, padded_efficiency};

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use npd::synthetic::{lognormal_lengths, train_samples};
+use npd_benches::{lognormal_lengths, train_samples};
 use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::Learner;
 use npd_core::{PackedRow, SamplingParams, TokenId, TrainSample};

@@ -1,6 +1,4 @@
-//! Examples and benchmarks of the npd workspace.
+//! The npd workspace's root package: the examples (`examples/`) and the
+//! end-to-end tests (`tests/`) that run them as real processes.
 //!
-//! The library parts of npd live in the `npd-*` crates; this package holds
-//! what the examples and benchmarks share.
-
-pub mod synthetic;
+//! The library parts of npd live in the `npd-*` crates under `crates/`.

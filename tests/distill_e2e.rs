@@ -45,8 +45,18 @@ fn quick_run_writes_the_report() {
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 3);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let steps = metrics.lines().filter(|l| l.contains("\"step\"")).count();
-    assert_eq!(steps, 3 * 20, "one metrics line per step and method");
+    let events: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(count("step"), 3 * 20, "one step event per step and method");
+    // Evaluations at the start, every 3 steps (20 / 6) and at the end; the
+    // starting accuracy of the embedded default was measured beforehand.
+    assert_eq!(count("eval"), 3 * 7, "{metrics}");
+    // NPD refreshes every 10 steps and accounts for its prompts at the end.
+    assert_eq!(count("refresh"), 2);
+    assert_eq!(count("ledger"), 1);
     // The first run trained the teacher and warm start and says so; a
     // second run on the same cache loads them.
     assert!(
@@ -93,7 +103,11 @@ fn bad_configuration_fails_with_the_key() {
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method"));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("invalid value 'rl'") && err.contains("sft, on-policy, npd"),
+        "{err}"
+    );
     let run = Command::new(example())
         .args(["--seeds", "0"])
         .output()

@@ -32,11 +32,13 @@ fn command(out: &Path, cache: &Path, resume: bool) -> Command {
     c
 }
 
+/// The step events of `metrics.jsonl`.
 fn metrics(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "step")
         .collect()
 }
 
@@ -94,8 +96,8 @@ fn killed_and_interrupted_runs_resume_without_losing_or_repeating_work() {
     let _ = child.wait();
     let (killed_at, ckpt) = latest_checkpoint(&out);
     let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
-    let in_flight: BTreeSet<u64> = state["run"]["npd"]["open_prompts"]
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("run.json")).unwrap()).unwrap();
+    let in_flight: BTreeSet<u64> = state["npd"]["open_prompts"]
         .as_array()
         .unwrap()
         .iter()

@@ -103,8 +103,11 @@ pub struct RolloutConfig {
     /// Sparse refresh: generators swap to new student weights every this many
     /// optimizer steps.
     pub refresh_every: u64,
-    /// Staleness bound: a rollout is not started if it would land more than
-    /// this many policy versions behind the trainer.
+    /// Staleness bound, in refreshes: a rollout is not started if it would
+    /// be trained on more than this many refreshes after the snapshot that
+    /// writes it was replaced, so no trained sample is more than
+    /// `max_lag * refresh_every` optimizer steps old (the unit the report's
+    /// staleness histogram uses). At least 1.
     pub max_lag: u64,
     /// Finished rollouts buffered ahead of scoring; generators wait when full.
     pub queue_capacity: usize,
@@ -447,6 +450,7 @@ impl RunConfig {
 
         let r = &self.rollout;
         c.at_least("rollout.refresh_every", r.refresh_every, 1)?;
+        c.at_least("rollout.max_lag", r.max_lag, 1)?;
         c.at_least("rollout.queue_capacity", r.queue_capacity, 1)?;
         c.at_least("rollout.batch_size", r.batch_size, 1)?;
         c.at_least("rollout.reuse", r.reuse, 1)?;

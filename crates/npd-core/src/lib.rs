@@ -17,15 +17,22 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod float;
+pub mod fs;
 pub mod ids;
+pub mod method;
 pub mod sample;
 pub mod select;
+pub mod shuffle;
 pub mod traits;
 
 pub use batch::{PAD_SEGMENT, PackedRow, RowTopK, Segment};
 pub use config::RunConfig;
 pub use error::{ConfigError, Error, Result};
+pub use events::{Event, Observer};
 pub use ids::{PolicyVersion, PromptId, SampleId, TokenId};
+pub use method::Method;
 pub use sample::{
     FinishReason, Prompt, ResponseLogProbs, Rollout, SamplingParams, TopKTargets, TrainSample,
 };

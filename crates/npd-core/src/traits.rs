@@ -6,9 +6,19 @@
 //!               └──────────────── weights, every K optimizer steps ───────────────┘
 //! ```
 //!
+//! Around the loop: an [`Evaluator`] measures the student on held-out
+//! prompts, [`Persist`] saves and restores a stage's state for resume, an
+//! [`Interrupt`] asks the loop to stop, and an
+//! [`Observer`](crate::events::Observer) receives its events.
+//!
 //! Model-backed implementations live in `npd-train`; the pure-Rust ones in
-//! `npd-filter` and `npd-pack`. Each trait is small so that a test double, a
-//! remote backend or another model family can stand in for any stage.
+//! `npd-filter` and `npd-pack`; the loops that drive them in
+//! `npd-pipeline`. Each trait is small so that a test double, a remote
+//! backend or another model family can stand in for any stage.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -145,4 +155,55 @@ pub trait Learner {
 
     /// A copy of the current weights for generators.
     fn publish(&self) -> Result<Self::Weights>;
+}
+
+/// Measures a learner on held-out prompts (higher is better), for the
+/// accuracy curves of a run. Generic over the learner so that an
+/// implementation can read its weights in place, without a copy.
+pub trait Evaluator<L: ?Sized> {
+    /// The held-out score of the learner's current weights.
+    fn evaluate(&mut self, learner: &L) -> Result<f64>;
+}
+
+/// A stage whose state a checkpoint carries: a learner's weights and
+/// optimizer moments, a generator's sampling state, and so on.
+pub trait Persist {
+    /// Writes the state into `dir`, an existing empty folder that the
+    /// caller moves into place atomically once every stage wrote its part.
+    fn save_state(&self, dir: &Path) -> Result<()>;
+
+    /// Restores the state [`Persist::save_state`] wrote into `dir`; a
+    /// mismatch (another architecture, a missing file) is an error naming
+    /// the file and the tensor or field.
+    fn restore_state(&mut self, dir: &Path) -> Result<()>;
+}
+
+/// Asks a running loop to stop. The loop polls it after every optimizer
+/// step; a stop finishes the step, writes a checkpoint when checkpoints are
+/// on, and ends the run as stopped (an outcome, not an error).
+pub trait Interrupt: Sync {
+    /// Whether a stop was asked for.
+    fn requested(&self) -> bool;
+}
+
+impl Interrupt for AtomicBool {
+    fn requested(&self) -> bool {
+        self.load(Ordering::SeqCst)
+    }
+}
+
+impl<I: Interrupt + Send + ?Sized> Interrupt for Arc<I> {
+    fn requested(&self) -> bool {
+        (**self).requested()
+    }
+}
+
+/// An [`Interrupt`] that never asks to stop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Never;
+
+impl Interrupt for Never {
+    fn requested(&self) -> bool {
+        false
+    }
 }

@@ -61,7 +61,8 @@ pub struct FilterReport {
     /// Samples dropped, per reason.
     pub dropped: BTreeMap<DropReason, usize>,
     /// Lowest and highest score kept by the last pool's thresholds, when the
-    /// policy has thresholds.
+    /// policy has thresholds (infinite where a side is open).
+    #[serde(default, with = "npd_core::float::pair")]
     pub thresholds: Option<(f64, f64)>,
     /// Histogram of the well-formed scores of the last pool.
     pub histogram: Option<Histogram>,

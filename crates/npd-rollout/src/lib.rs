@@ -13,4 +13,4 @@ pub mod engine;
 pub mod ledger;
 
 pub use engine::{Delivery, EngineConfig, EngineStats, RolloutEngine};
-pub use ledger::{Ledger, LedgerCounts, PromptState};
+pub use ledger::{Ledger, LedgerCounts, LedgerError, PromptState};

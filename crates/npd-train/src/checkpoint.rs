@@ -1,12 +1,14 @@
 //! Saving a model in the Hugging Face layout, and training checkpoints
-//! (model, optimizer state and the run's own state) that a killed run
+//! (model and optimizer state, through [`Persist`]) that a killed run
 //! resumes from; every folder appears atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 use tch::Tensor;
 
+use npd_core::fs::{partial_dir, replace_dir};
+use npd_core::traits::Persist;
 use npd_core::{Error, Result};
 
 use crate::model::Llama;
@@ -35,7 +37,7 @@ pub fn save_pretrained(
     config_json: Option<&str>,
     shard_bytes: usize,
 ) -> Result<()> {
-    let tmp = sibling_tmp(dir)?;
+    let tmp = partial_dir(dir)?;
     write_model_files(model, &tmp, config_json, shard_bytes)?;
     replace_dir(&tmp, dir)
 }
@@ -97,27 +99,6 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Creates an empty temporary folder beside `dir` (and `dir`'s parent),
-/// to be renamed over it once complete.
-fn sibling_tmp(dir: &Path) -> Result<PathBuf> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-        path: parent.to_path_buf(),
-        source,
-    })?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    Ok(tmp)
-}
-
 fn bytes(t: &Tensor) -> usize {
     t.numel() * t.kind().elt_size_in_bytes()
 }
@@ -139,157 +120,66 @@ fn split(tensors: Vec<(String, Tensor)>, limit: usize) -> Vec<Vec<(String, Tenso
     shards
 }
 
-/// Renames the finished folder `tmp` to `dir`, moving an existing `dir`
-/// aside first and deleting it only after the rename.
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
-    let io = |path: &Path| {
-        let path: PathBuf = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    let old = tmp.with_extension("old");
-    let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(tmp, dir).map_err(io(dir))?;
-    if let Some(parent) = dir.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    if had_old {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
-}
-
 /// Sub-folder of a training checkpoint holding the student in the Hugging
 /// Face layout (loadable by transformers and by [`Llama::load`]).
 pub const MODEL_DIR: &str = "model";
 /// File of a training checkpoint holding the AdamW moments, named
 /// `exp_avg.<parameter>` and `exp_avg_sq.<parameter>`.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// File of a training checkpoint holding the step counters and the run's
-/// own state (JSON).
-pub const STATE_FILE: &str = "state.json";
 
-/// Writes a training checkpoint into folder `dir`, atomically (a sibling
-/// temporary folder, synced, renamed): the student under [`MODEL_DIR`], the
-/// optimizer moments in [`OPTIMIZER_FILE`], and in [`STATE_FILE`] the
-/// optimizer step, the skipped-step count and `run_state`, whatever the
-/// caller needs to continue (its step, RNG seeds, queues, ledger).
-pub fn save_training(
-    trainer: &Trainer,
-    dir: &Path,
-    config_json: Option<&str>,
-    run_state: &Value,
-) -> Result<()> {
-    let tmp = sibling_tmp(dir)?;
-    let model_dir = tmp.join(MODEL_DIR);
-    std::fs::create_dir_all(&model_dir).map_err(|source| Error::Io {
-        path: model_dir.clone(),
-        source,
-    })?;
-    write_model_files(
-        trainer.model(),
-        &model_dir,
-        config_json,
-        DEFAULT_SHARD_BYTES,
-    )?;
-    write_safetensors(&tmp.join(OPTIMIZER_FILE), &trainer.optimizer_state())?;
-    let state = serde_json::json!({
-        "optimizer_steps": trainer.optimizer().steps(),
-        "skipped_steps": trainer.skipped_steps(),
-        "run": run_state,
-    });
-    write_json(&tmp.join(STATE_FILE), &state)?;
-    replace_dir(&tmp, dir)
-}
+/// File of a training checkpoint holding the trainer's step counters.
+pub const TRAINER_FILE: &str = "trainer.json";
 
-/// Restores a checkpoint written by [`save_training`] into `trainer` (same
-/// architecture: every tensor is checked by name and shape) and returns the
-/// run state it was saved with.
-pub fn load_training(trainer: &mut Trainer, dir: &Path) -> Result<Value> {
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io {
-        path: state_path.clone(),
-        source,
-    })?;
-    let state: Value = serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(
-            state_path.display().to_string(),
-            format!("not valid JSON: {e}"),
-        )
-    })?;
-    let counter = |key: &str| {
-        state.get(key).and_then(Value::as_u64).ok_or_else(|| {
-            Error::invalid(
-                state_path.display().to_string(),
-                format!("`{key}` missing or not a non-negative integer"),
-            )
-        })
-    };
-    let (steps, skipped) = (counter("optimizer_steps")?, counter("skipped_steps")?);
-    let mut weights = TensorStore::open(&dir.join(MODEL_DIR))?;
-    let mut moments = TensorStore::open_file(&dir.join(OPTIMIZER_FILE))?;
-    trainer.restore(&mut weights, &mut moments, steps, skipped)?;
-    Ok(state.get("run").cloned().unwrap_or(Value::Null))
-}
-
-/// Name of the checkpoint folder of `step`.
-pub fn checkpoint_name(step: u64) -> String {
-    format!("step-{step:08}")
-}
-
-/// The complete checkpoints under `root` (folders named by
-/// [`checkpoint_name`] holding a [`STATE_FILE`]), oldest first. Partial
-/// folders left by a killed writer are not listed.
-pub fn list_checkpoints(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Io {
-                path: root.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(step) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if entry.path().join(STATE_FILE).is_file() {
-            found.push((step, entry.path()));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Deletes all but the newest `keep` checkpoints under `root`, and partial
-/// folders left by killed writers.
-pub fn prune_checkpoints(root: &Path, keep: usize) -> Result<()> {
-    let all = list_checkpoints(root)?;
-    let drop = all.len().saturating_sub(keep.max(1));
-    for (_, dir) in &all[..drop] {
-        std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.clone(),
+/// A trainer's checkpoint: the student in the Hugging Face layout under
+/// [`MODEL_DIR`] (with the trainer's `config.json`, see
+/// [`Trainer::with_config_json`]), the AdamW moments in [`OPTIMIZER_FILE`],
+/// and the optimizer step and skipped-step counts in [`TRAINER_FILE`].
+impl Persist for Trainer {
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        let model_dir = dir.join(MODEL_DIR);
+        std::fs::create_dir_all(&model_dir).map_err(|source| Error::Io {
+            path: model_dir.clone(),
             source,
         })?;
+        write_model_files(
+            self.model(),
+            &model_dir,
+            self.config_json(),
+            DEFAULT_SHARD_BYTES,
+        )?;
+        write_safetensors(&dir.join(OPTIMIZER_FILE), &self.optimizer_state())?;
+        let state = serde_json::json!({
+            "optimizer_steps": self.optimizer().steps(),
+            "skipped_steps": self.skipped_steps(),
+        });
+        write_json(&dir.join(TRAINER_FILE), &state)
     }
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".partial.") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+
+    /// Every tensor is checked by name and shape: a checkpoint of another
+    /// architecture is refused with the tensor named.
+    fn restore_state(&mut self, dir: &Path) -> Result<()> {
+        let state_path = dir.join(TRAINER_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io {
+            path: state_path.clone(),
+            source,
+        })?;
+        let state: Value = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(
+                state_path.display().to_string(),
+                format!("not valid JSON: {e}"),
+            )
+        })?;
+        let counter = |key: &str| {
+            state.get(key).and_then(Value::as_u64).ok_or_else(|| {
+                Error::invalid(
+                    state_path.display().to_string(),
+                    format!("`{key}` missing or not a non-negative integer"),
+                )
+            })
+        };
+        let (steps, skipped) = (counter("optimizer_steps")?, counter("skipped_steps")?);
+        let mut weights = TensorStore::open(&dir.join(MODEL_DIR))?;
+        let mut moments = TensorStore::open_file(&dir.join(OPTIMIZER_FILE))?;
+        self.restore(&mut weights, &mut moments, steps, skipped)
     }
-    Ok(())
 }

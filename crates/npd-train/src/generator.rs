@@ -115,7 +115,7 @@ impl Generator for ModelGenerator {
             seed: batch_seed(params.seed, prompts.first().map_or(0, |p| p.id.0)),
             ..params.clone()
         };
-        let out = generate(&self.model, &tokens, &params, Decoding::Cached)?;
+        let out = tch::no_grad(|| generate(&self.model, &tokens, &params, Decoding::Cached))?;
         let alone: Vec<Vec<f32>> = match &self.alone_prefix {
             None => vec![Vec::new(); out.len()],
             Some(prefix) => {
@@ -128,9 +128,10 @@ impl Generator for ModelGenerator {
                     .filter(|s| s.len() > prefix.len())
                     .map(|s| (s.as_slice(), prefix.len()))
                     .collect();
-                let mut scored = ModelScorer::new(&self.model)
-                    .response_scores(&nonempty, None)?
-                    .into_iter();
+                let mut scored = tch::no_grad(|| {
+                    ModelScorer::new(&self.model).response_scores(&nonempty, None)
+                })?
+                .into_iter();
                 seqs.iter()
                     .map(|s| {
                         if s.len() > prefix.len() {

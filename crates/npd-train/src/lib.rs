@@ -6,24 +6,33 @@
 //!   written atomically.
 //! - [`model`]: the decoder, with a packed training forward and a cached
 //!   decoding forward.
+//! - [`generator`], [`score`], [`train`], [`eval`]: the stage traits of
+//!   `npd-core` implemented on it (generation, scoring, training with
+//!   [`npd_core::traits::Persist`] checkpoints, held-out evaluation).
+//! - [`stages`]: all of them as the backend of an
+//!   [`npd_pipeline::Comparison`].
+//! - [`data`], [`folder`]: prompt files and model folders.
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod device;
-pub mod embedded;
+pub mod eval;
+pub mod folder;
 pub mod generate;
 pub mod generator;
 pub mod loss;
 pub mod model;
 pub mod optim;
-pub mod pipeline;
 pub mod score;
+pub mod stages;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
 pub use config::ModelConfig;
 pub use model::{KvCache, Llama};
+pub use stages::TchStages;
 pub use tch;
 
 /// What this process's libtorch can do: whether CUDA is usable and how many

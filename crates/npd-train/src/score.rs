@@ -173,6 +173,16 @@ impl Scorer for ModelScorer<'_> {
         requests: &[ScoreRequest<'_>],
         options: &ScoreOptions,
     ) -> Result<Vec<SequenceScores>> {
+        tch::no_grad(|| self.score_no_grad(requests, options))
+    }
+}
+
+impl ModelScorer<'_> {
+    fn score_no_grad(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        options: &ScoreOptions,
+    ) -> Result<Vec<SequenceScores>> {
         let seqs: Vec<(&[TokenId], usize)> =
             requests.iter().map(|r| (r.tokens, r.prompt_len)).collect();
         let conditioned = self.response_scores(&seqs, options.topk)?;

@@ -89,6 +89,8 @@ pub struct Trainer {
     options: TrainOptions,
     nonfinite_run: u32,
     skipped: u64,
+    /// `config.json` written with the model in checkpoints.
+    config_json: Option<String>,
 }
 
 /// Tensors of one micro-batch's loss targets.
@@ -122,7 +124,22 @@ impl Trainer {
             options,
             nonfinite_run: 0,
             skipped: 0,
+            config_json: None,
         }
+    }
+
+    /// The `config.json` text written beside the model in checkpoints (for
+    /// example the student folder's own, so an openPangu student keeps its
+    /// architecture name and keys); without it a transformers Llama config
+    /// is written.
+    pub fn with_config_json(mut self, json: Option<String>) -> Self {
+        self.config_json = json;
+        self
+    }
+
+    /// See [`Trainer::with_config_json`].
+    pub fn config_json(&self) -> Option<&str> {
+        self.config_json.as_deref()
     }
 
     /// The model being trained.

@@ -1,13 +1,13 @@
 //! Reading and writing safetensors checkpoints in the Hugging Face layout.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
+pub use npd_core::fs::write_atomic;
 use npd_core::{Error, Result};
 
 /// Name of a single-file checkpoint.
@@ -221,24 +221,4 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, and
-/// an fsync of the folder so the rename survives a crash.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }

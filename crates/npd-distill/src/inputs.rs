@@ -3,19 +3,21 @@
 
 use std::path::Path;
 
-use indicatif::ProgressBar;
+use anyhow::{Context, Result, bail};
 use npd_core::{PromptId, RunConfig, TokenId};
 use npd_train::ModelConfig;
+use npd_train::data::{Example, read_records, seeded_shuffle, tokenize};
 use npd_train::device::{kind_of, parse_device};
-use npd_train::embedded::prepare::{Setup, answer_fn, prepare};
-use npd_train::embedded::{self as emb};
+use npd_train::eval::accuracy;
+use npd_train::folder::{ModelFolder, check_same_tokenizer, final_answer};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
-use npd_train::pipeline::data::{Example, read_records, seeded_shuffle, tokenize};
-use npd_train::pipeline::drivers::check_compatible;
-use npd_train::pipeline::eval::accuracy;
-use npd_train::pipeline::folder::{ModelFolder, check_same_tokenizer, final_answer};
+use npd_train::stages::check_compatible;
 use npd_train::tokenizer::Tokenizer;
+
+use crate::embedded::prepare::{Setup, answer_fn, prepare};
+use crate::embedded::{self as emb};
+use crate::progress::{Progress, Spinner};
 
 /// Final-answer extraction, owning what it needs.
 pub type Answer = Box<dyn Fn(&[TokenId]) -> Option<String> + Sync>;
@@ -54,24 +56,24 @@ pub struct Inputs {
 
 /// The embedded default: the teacher and warm start prepared (or loaded
 /// from `cache`) with progress bars.
-pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
-    let mut current: Option<(String, ProgressBar)> = None;
+pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs> {
+    let mut current: Option<(String, Progress)> = None;
     let prepared = prepare(cache, setup, &mut |stage, done, total| {
         if current.as_ref().is_none_or(|(s, _)| s != stage) {
             if let Some((_, b)) = current.take() {
                 b.finish();
             }
-            current = Some((stage.to_string(), crate::bar(total, stage)));
+            current = Some((stage.to_string(), Progress::new(stage, total, "steps")));
         }
-        if let Some((_, b)) = &current {
-            b.set_position(done);
+        if let Some((_, b)) = &mut current {
+            b.set(done);
         }
     })
-    .map_err(|e| e.to_string())?;
+    .with_context(|| format!("preparing the embedded default in {}", cache.display()))?;
     if let Some((_, b)) = current.take() {
         b.finish();
     }
-    println!(
+    tracing::info!(
         "teacher {:.1}% held-out ({} parameters), warm-start student {:.1}% ({} parameters); cache {}",
         100.0 * prepared.teacher_accuracy,
         prepared.teacher.num_parameters(),
@@ -131,35 +133,26 @@ pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs, String> {
 /// `[data]`: checked for one vocabulary before any work, prompts split
 /// into training and held-out sets, over-long prompts rejected with a
 /// reason, the teacher evaluated on the held-out set.
-pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
+pub fn folders(config: &RunConfig) -> Result<Inputs> {
     let m = &config.model;
     if m.student.as_os_str().is_empty() {
-        return Err("model.student: empty; name the student folder beside model.teacher".into());
+        bail!("model.student: empty; name the student folder beside model.teacher");
     }
     if config.data.prompts.as_os_str().is_empty() {
-        return Err(
-            "data.prompts: empty; real models need a prompts JSONL file (see docs/pipeline.md)"
-                .into(),
-        );
+        bail!("data.prompts: empty; real models need a prompts JSONL file (see docs/pipeline.md)");
     }
-    let device = parse_device(&m.device).map_err(|e| e.to_string())?;
+    let device = parse_device(&m.device)?;
     let kind = kind_of(m.dtype);
-    let spinner = |what: &str| {
-        let pb = ProgressBar::new_spinner();
-        pb.set_message(what.to_string());
-        pb.enable_steady_tick(std::time::Duration::from_millis(200));
-        pb
-    };
-    let pb = spinner(&format!("loading teacher {}", m.teacher.display()));
-    let teacher = ModelFolder::load(&m.teacher, device, kind).map_err(|e| e.to_string())?;
-    pb.finish_and_clear();
-    let pb = spinner(&format!("loading student {}", m.student.display()));
-    let student = ModelFolder::load(&m.student, device, kind).map_err(|e| e.to_string())?;
-    pb.finish_and_clear();
-    check_compatible(teacher.model.config(), student.model.config()).map_err(|e| e.to_string())?;
-    check_same_tokenizer(&teacher, &student).map_err(|e| e.to_string())?;
+    let pb = Spinner::start(&format!("loading teacher {}", m.teacher.display()));
+    let teacher = ModelFolder::load(&m.teacher, device, kind)?;
+    pb.done();
+    let pb = Spinner::start(&format!("loading student {}", m.student.display()));
+    let student = ModelFolder::load(&m.student, device, kind)?;
+    pb.done();
+    check_compatible(teacher.model.config(), student.model.config())?;
+    check_same_tokenizer(&teacher, &student)?;
 
-    let records = read_records(&config.data.prompts).map_err(|e| e.to_string())?;
+    let records = read_records(&config.data.prompts)?;
     let (examples, rejected) = tokenize(
         &records,
         &student.tokenizer,
@@ -167,33 +160,32 @@ pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
         student.bos(),
         config.data.max_prompt_tokens,
     )
-    .map_err(|e| format!("{}: {e}", config.data.prompts.display()))?;
+    .with_context(|| config.data.prompts.display().to_string())?;
     let (train, eval) = split(examples, config.data.eval_fraction, config.data.seed);
     if train.is_empty() {
-        return Err(format!(
+        bail!(
             "{}: no training prompts left ({} records, {} rejected, {} held out)",
             config.data.prompts.display(),
             records.len(),
             rejected.len(),
             eval.len()
-        ));
+        );
     }
     if !eval.iter().any(|e| e.answer.is_some()) {
-        return Err(format!(
+        bail!(
             "{}: none of the {} held-out records has an `answer`; evaluation compares final answers",
             config.data.prompts.display(),
             eval.len()
-        ));
+        );
     }
     let tokenizer: Tokenizer = student.tokenizer.clone();
     let answer: Answer =
         Box::new(move |ids: &[TokenId]| final_answer(&tokenizer.decode(ids, true).ok()?));
     let stop_ids = student.stop_ids();
     let max_new = config.sampling.max_new_tokens;
-    let pb = spinner("evaluating the teacher on the held-out prompts");
-    let teacher_accuracy =
-        accuracy(&teacher.model, &eval, &*answer, max_new, &stop_ids).map_err(|e| e.to_string())?;
-    pb.finish_and_clear();
+    let pb = Spinner::start("evaluating the teacher on the held-out prompts");
+    let teacher_accuracy = accuracy(&teacher.model, &eval, &*answer, max_new, &stop_ids)?;
+    pb.done();
     let warm_start: Weights = npd_train::tch::no_grad(|| {
         student
             .model
@@ -226,7 +218,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs, String> {
             format!("student: {}", describe(&student)),
             format!("device {}, dtype {:?}", m.device, m.dtype),
         ],
-        alone_prefix: student.alone_prefix().map_err(|e| e.to_string())?,
+        alone_prefix: student.alone_prefix()?,
         pad_id: student.pad_id(),
         student: student.model.config().clone(),
         student_config_json: Some(student.config_json.clone()),

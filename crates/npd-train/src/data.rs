@@ -106,28 +106,10 @@ pub fn write_records(path: &Path, records: &[PromptRecord]) -> Result<()> {
         text.push_str(&serde_json::to_string(r).expect("records serialise"));
         text.push('\n');
     }
-    crate::weights::write_atomic(path, text.as_bytes())
+    npd_core::fs::write_atomic(path, text.as_bytes())
 }
 
-/// A seeded permutation of `0..n` (see [`seeded_shuffle`]): the order in
-/// which prompts are visited.
-pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    seeded_shuffle(&mut order, seed);
-    order
-}
-
-/// Shuffles `items` in place with a seed (Fisher-Yates over xorshift64):
-/// prompt orders and the train/eval split of a prompts file.
-pub fn seeded_shuffle<T>(items: &mut [T], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in (1..items.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        items.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-}
+pub use npd_core::shuffle::{seeded_permutation, seeded_shuffle};
 
 /// Prompts rejected before training, with the reason.
 pub type Rejected = Vec<(PromptId, String)>;
@@ -218,7 +200,21 @@ mod tests {
 
     #[test]
     fn long_prompts_are_rejected_with_a_reason() {
-        let tok = crate::embedded::tokenizer().unwrap();
+        // One token per character of the alphabet, after the three specials.
+        let vocab: serde_json::Map<String, serde_json::Value> = ["<unk>", "<s>", "</s>"]
+            .into_iter()
+            .map(String::from)
+            .chain("0123456789+=".chars().map(String::from))
+            .enumerate()
+            .map(|(i, t)| (t, i.into()))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."},
+                              "behavior": "Isolated", "invert": false},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        });
+        let tok = Tokenizer::from_json_str(&json.to_string(), Path::new("test")).unwrap();
         let p = write(
             "ok.jsonl",
             "{\"prompt\": \"12+3=\"}\n{\"prompt\": \"12+3+4+5+6+7=\"}\n",

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use npd_core::Result;
 
-use crate::config::ModelConfig;
-use crate::tokenizer::Tokenizer;
+use npd_train::config::ModelConfig;
+use npd_train::tokenizer::Tokenizer;
 
 /// Characters of the task, in id order after the three special tokens.
 pub const ALPHABET: &str = "0123456789+-*=,#! ";

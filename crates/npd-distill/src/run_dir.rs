@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use npd_train::pipeline::{Checkpoints, Method};
+use anyhow::{Context, Result, bail};
+use npd_pipeline::{Checkpoints, Method};
 use serde_json::{Value, json};
 
 /// File recording what a run was started with.
@@ -21,17 +22,17 @@ pub struct RunDir {
 }
 
 /// Writes `text` to `path` atomically.
-pub fn write(path: &Path, text: &str) -> Result<(), String> {
-    npd_train::weights::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
+pub fn write(path: &Path, text: &str) -> Result<()> {
+    Ok(npd_core::fs::write_atomic(path, text.as_bytes())?)
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>, String> {
+fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read_to_string(path) {
         Ok(t) => serde_json::from_str(&t)
             .map(Some)
-            .map_err(|e| format!("{}: not valid JSON: {e}", path.display())),
+            .with_context(|| format!("{}: not valid JSON", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
     }
 }
 
@@ -48,7 +49,7 @@ impl RunDir {
         seeds: u64,
         quick: bool,
         resume: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let identity = json!({
             "config": config_toml,
             "methods": methods.iter().map(|m| m.slug()).collect::<Vec<_>>(),
@@ -68,14 +69,14 @@ impl RunDir {
             .unwrap_or(false);
         if resume {
             let Some(previous) = previous else {
-                return Err(format!(
+                bail!(
                     "--resume: {} holds no run to resume (no {RUN_FILE})",
                     dir.display()
-                ));
+                );
             };
             for key in ["config", "methods", "seeds", "quick"] {
                 if previous.get(key) != run.identity.get(key) {
-                    return Err(format!(
+                    bail!(
                         "--resume: the run in {} was started with other {}; rerun with the \
                          configuration and flags it started with (see {})",
                         dir.display(),
@@ -85,28 +86,28 @@ impl RunDir {
                             format!("--{key}")
                         },
                         dir.join(RUN_FILE).display()
-                    ));
+                    );
                 }
             }
         } else if previous.is_some() && !finished {
-            return Err(format!(
+            bail!(
                 "{} holds an unfinished run: continue it with --resume, or choose \
                  another --out (or delete the folder)",
                 dir.display()
-            ));
+            );
         }
         Ok(run)
     }
 
     /// Claims the checked folder: creates it, and for a fresh run replaces
     /// a finished run's checkpoints; records the run as unfinished.
-    pub fn claim(self) -> Result<Self, String> {
+    pub fn claim(self) -> Result<Self> {
         let dir = &self.dir;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         if !self.resume {
             let root = self.checkpoint_root();
             if root.exists() {
-                std::fs::remove_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+                std::fs::remove_dir_all(&root).with_context(|| root.display().to_string())?;
             }
         }
         self.record(false)?;
@@ -119,7 +120,7 @@ impl RunDir {
     }
 
     /// Records the run and whether it finished.
-    pub fn record(&self, finished: bool) -> Result<(), String> {
+    pub fn record(&self, finished: bool) -> Result<()> {
         let mut v = self.identity.clone();
         v["finished"] = finished.into();
         write(
@@ -132,7 +133,7 @@ impl RunDir {
     /// the lines the checkpoints account for: every line of a finished
     /// method run, and the lines up to the newest checkpoint of an
     /// unfinished one (a line cut short by a kill is dropped).
-    pub fn metrics(&self, checkpoints: &Checkpoints) -> Result<std::fs::File, String> {
+    pub fn metrics(&self, checkpoints: &Checkpoints) -> Result<std::fs::File> {
         let path = self.dir.join("metrics.jsonl");
         if self.resume {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -173,23 +174,15 @@ impl RunDir {
         } else {
             open.write(true).create(true).truncate(true);
         }
-        open.open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        open.open(&path).with_context(|| path.display().to_string())
     }
 }
 
 /// The last step of a method run that its checkpoints account for: all of
 /// them once it finished, else its newest checkpoint's (0 without one).
-fn accounted_steps(checkpoints: &Checkpoints, method: Method, seed: u64) -> Result<u64, String> {
-    if checkpoints
-        .finished(method, seed)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+fn accounted_steps(checkpoints: &Checkpoints, method: Method, seed: u64) -> Result<u64> {
+    if checkpoints.finished(method, seed)?.is_some() {
         return Ok(u64::MAX);
     }
-    Ok(checkpoints
-        .latest(method, seed)
-        .map_err(|e| e.to_string())?
-        .map_or(0, |(s, _)| s))
+    Ok(checkpoints.latest(method, seed)?.map_or(0, |(s, _)| s))
 }

@@ -5,26 +5,26 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use npd_train::tch::{Device, Kind};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
 
 use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::Learner;
 use npd_core::{PromptId, Result, SampleId, TokenId, TrainSample};
 use npd_pack::{PackOptions, pack_pool};
 
-use crate::checkpoint::save_pretrained;
-use crate::config::ModelConfig;
 use crate::embedded::task::{self, Problem};
 use crate::embedded::{self as emb};
-use crate::generator::Weights;
-use crate::model::Llama;
-use crate::pipeline::data::{Example, PromptRecord, write_records};
-use crate::pipeline::eval::accuracy;
-use crate::tokenizer::Tokenizer;
-use crate::train::{TrainOptions, Trainer};
+use npd_train::checkpoint::save_pretrained;
+use npd_train::config::ModelConfig;
+use npd_train::data::{Example, PromptRecord, write_records};
+use npd_train::eval::accuracy;
+use npd_train::generator::Weights;
+use npd_train::model::Llama;
+use npd_train::tokenizer::Tokenizer;
+use npd_train::train::{TrainOptions, Trainer};
 
 /// Sizes and budgets of the embedded default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -409,7 +409,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     };
     if !same_warm {
         // Written last: it marks the folder's contents complete.
-        crate::weights::write_atomic(
+        npd_core::fs::write_atomic(
             &meta_path,
             serde_json::to_string_pretty(&meta)
                 .expect("serialisable")

@@ -6,7 +6,9 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::drivers::{Method, Outcome};
+use npd_core::Method;
+
+use crate::outcome::Outcome;
 
 /// Everything a run reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]

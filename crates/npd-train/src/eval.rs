@@ -1,10 +1,12 @@
 //! Held-out evaluation: greedy decoding and exact match of the final answer.
 
+use npd_core::traits::Evaluator;
 use npd_core::{Result, SamplingParams, TokenId};
 
+use crate::data::Example;
 use crate::generate::{Decoding, generate};
 use crate::model::Llama;
-use crate::pipeline::data::Example;
+use crate::train::Trainer;
 
 /// Extracts the final answer from a response's token ids.
 pub type AnswerFn<'a> = dyn Fn(&[TokenId]) -> Option<String> + Sync + 'a;
@@ -33,7 +35,7 @@ pub fn accuracy(
     let mut correct = 0;
     for chunk in scored.chunks(256) {
         let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
-        let out = generate(model, &prompts, &params, Decoding::Cached)?;
+        let out = tch::no_grad(|| generate(model, &prompts, &params, Decoding::Cached))?;
         for (g, e) in out.iter().zip(chunk) {
             if answer(&g.tokens).as_ref() == e.answer.as_ref() {
                 correct += 1;
@@ -41,4 +43,42 @@ pub fn accuracy(
         }
     }
     Ok(correct as f64 / scored.len() as f64)
+}
+
+/// Held-out accuracy of a [`Trainer`]'s model, read in place: greedy
+/// responses to `examples`, compared by final answer.
+pub struct HeldOut<'a> {
+    examples: &'a [Example],
+    answer: &'a AnswerFn<'a>,
+    max_new_tokens: usize,
+    stop_ids: Vec<TokenId>,
+}
+
+impl<'a> HeldOut<'a> {
+    /// Evaluation on `examples` with answers extracted by `answer`.
+    pub fn new(
+        examples: &'a [Example],
+        answer: &'a AnswerFn<'a>,
+        max_new_tokens: usize,
+        stop_ids: Vec<TokenId>,
+    ) -> Self {
+        Self {
+            examples,
+            answer,
+            max_new_tokens,
+            stop_ids,
+        }
+    }
+}
+
+impl Evaluator<Trainer> for HeldOut<'_> {
+    fn evaluate(&mut self, learner: &Trainer) -> Result<f64> {
+        accuracy(
+            learner.model(),
+            self.examples,
+            self.answer,
+            self.max_new_tokens,
+            &self.stop_ids,
+        )
+    }
 }

@@ -1,0 +1,378 @@
+//! The `distill_openpangu` application as a library call: Near-Policy
+//! Distillation of a teacher into a student, side by side with SFT and
+//! synchronous on-policy distillation, from the same warm start, on the
+//! same prompts and budget, with `report.md`, `report.json`,
+//! `metrics.jsonl` and `accuracy.svg` in the output folder.
+//!
+//! - [`embedded`]: the embedded default (a seeded arithmetic task, its
+//!   tokenizer, a teacher of the openPangu architecture trained and cached
+//!   on first use, a warm-started student);
+//! - [`inputs`]: the embedded default or the model folders and prompts
+//!   file of a configuration;
+//! - [`run_dir`]: the output folder (what a run started with, resume);
+//! - [`progress`]: bars on a terminal, log lines elsewhere.
+//!
+//! [`distill`] runs it; the example's `main.rs` only parses the command
+//! line and handles signals.
+
+pub mod embedded;
+pub mod inputs;
+pub mod progress;
+pub mod run_dir;
+pub mod signals;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use npd_core::RunConfig;
+use npd_core::config::LossKind;
+use npd_core::events::Event;
+use npd_pipeline::{Checkpoints, Comparison, Method, Report, RunEnd, Settings};
+use npd_train::TchStages;
+
+use crate::embedded::prepare::Setup;
+use crate::progress::Progress;
+
+/// What to run: the command line's choices over the configuration file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Run configuration (TOML); `None` runs the embedded default.
+    pub config: Option<PathBuf>,
+    /// Output folder (overrides `output.dir`).
+    pub out: Option<PathBuf>,
+    /// Methods to run, in order.
+    pub methods: Vec<Method>,
+    /// Seeds per method.
+    pub seeds: u64,
+    /// Optimizer steps per method (overrides `train.steps`).
+    pub steps: Option<u64>,
+    /// Turn the Δ-IFD filter off.
+    pub no_filter: bool,
+    /// NPD refresh interval (overrides `rollout.refresh_every`).
+    pub refresh_every: Option<u64>,
+    /// Training divergence (overrides `train.loss`).
+    pub loss: Option<LossKind>,
+    /// A small budget for smoke tests.
+    pub quick: bool,
+    /// Folder caching the embedded teacher and warm start.
+    pub cache: Option<PathBuf>,
+    /// Continue the run in the output folder.
+    pub resume: bool,
+    /// Steps between checkpoints (overrides `output.checkpoint_every`).
+    pub checkpoint_every: Option<u64>,
+}
+
+/// Ctrl-C as the application sees it: `stop` asks the running method to
+/// finish its step and checkpoint; `in_run` tells the signal handler
+/// whether a method is running (outside one a signal exits at once).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set by the signal handler.
+    pub stop: AtomicBool,
+    /// Set while methods run.
+    pub in_run: AtomicBool,
+}
+
+/// How [`distill`] ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Every method and seed finished; the report is written.
+    Finished {
+        /// The results table.
+        table: String,
+        /// The targets line, when NPD and on-policy both ran.
+        targets: Option<String>,
+        /// `report.md`.
+        report: PathBuf,
+    },
+    /// Stopped by [`Control::stop`] after a checkpoint.
+    Stopped {
+        /// The method that stopped.
+        method: Method,
+        /// Its seed.
+        seed: u64,
+        /// Steps it completed.
+        step: u64,
+        /// Its checkpoint.
+        checkpoint: Option<PathBuf>,
+    },
+    /// `--print-config` or `--check`: nothing ran.
+    Checked(String),
+}
+
+/// The embedded default's run configuration: the `[train]`, `[rollout]` and
+/// `[sampling]` values that fit its tiny models.
+pub fn embedded_defaults(c: &mut RunConfig) {
+    c.train.steps = 200;
+    c.train.lr = 3e-4;
+    c.train.min_lr = 3e-5;
+    c.train.warmup_steps = 20;
+    c.train.weight_decay = 0.0;
+    c.train.micro_batch_rows = 64;
+    c.train.rows_per_step = 64;
+    c.train.top_k = 8;
+    c.rollout.refresh_every = 10;
+    c.rollout.max_lag = 2;
+    c.rollout.batch_size = 64;
+    c.rollout.reuse = 1;
+    c.sampling.max_new_tokens = 48;
+    c.sampling.temperature = 1.0;
+    c.pack.capacity = 512;
+    c.pack.min_fill = 0.95;
+    c.pack.max_open_rows = 8;
+    c.rollout.queue_capacity = 128;
+    c.filter.lower_percentile = 0.05;
+    c.filter.upper_percentile = 0.9;
+    c.output.checkpoint_every = 50;
+}
+
+/// The effective configuration, the embedded setup and the seed count:
+/// the embedded default's values, then the file's, then the options'.
+pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
+    let mut config = RunConfig::default();
+    embedded_defaults(&mut config);
+    if let Some(path) = &o.config {
+        // The file's keys override the embedded default's; a file naming
+        // model folders starts from the general defaults instead.
+        let over = RunConfig::from_file_over(path, &config)?;
+        config = if over.model.teacher.as_os_str().is_empty() {
+            over
+        } else {
+            RunConfig::from_file(path)?
+        };
+    }
+    if let Some(s) = o.steps {
+        config.train.steps = s;
+    }
+    if let Some(k) = o.refresh_every {
+        config.rollout.refresh_every = k;
+    }
+    if o.no_filter {
+        config.filter.enabled = false;
+    }
+    if let Some(l) = o.loss {
+        config.train.loss = l;
+    }
+    if let Some(out) = &o.out {
+        config.output.dir = out.clone();
+    }
+    if let Some(n) = o.checkpoint_every {
+        config.output.checkpoint_every = n;
+    }
+    let mut setup = Setup::default();
+    let mut seeds = o.seeds;
+    if o.quick {
+        if o.steps.is_none() {
+            config.train.steps = config.train.steps.min(20);
+        }
+        setup.teacher_steps = 60;
+        setup.warm_start_steps = 20;
+        setup.train_prompts = 400;
+        setup.eval_prompts = 64;
+        setup.teacher = (64, 2, 4, 2);
+        setup.student = (32, 1, 2, 1);
+        seeds = seeds.min(1);
+    }
+    config.validate("flags")?;
+    Ok((config, setup, seeds))
+}
+
+/// The embedded default's cache: `$NPD_CACHE`, `$XDG_CACHE_HOME/npd` or
+/// `~/.cache/npd`, under `embedded/`.
+pub fn default_cache() -> PathBuf {
+    let base = std::env::var_os("NPD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("npd")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/npd")))
+        .unwrap_or_else(|| PathBuf::from(".npd-cache"));
+    base.join("embedded")
+}
+
+/// Runs the comparison the options describe (or only checks it, see
+/// `print_config` and `check`), writing the report into the output folder.
+pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) -> Result<Ended> {
+    let (config, setup, seeds) = configure(o)?;
+    if print_config {
+        return Ok(Ended::Checked(config.to_toml()));
+    }
+    if check {
+        return Ok(Ended::Checked("configuration valid\n".into()));
+    }
+    let embedded = config.model.teacher.as_os_str().is_empty();
+    let out = config.output.dir.clone();
+    // A wrong --out or --resume is refused before any training.
+    let run_dir = run_dir::RunDir::check(
+        &out,
+        &config.to_toml(),
+        &o.methods,
+        seeds,
+        o.quick,
+        o.resume,
+    )?;
+    let started = Instant::now();
+    let inputs = if embedded {
+        let cache = o
+            .cache
+            .clone()
+            .unwrap_or_else(default_cache)
+            .join(format!("v3-{}", if o.quick { "quick" } else { "default" }));
+        inputs::embedded(&cache, &setup)?
+    } else {
+        inputs::folders(&config)?
+    };
+    let settings = Settings::from_config(
+        &config,
+        inputs.stop_ids.clone(),
+        inputs.alone_prefix.clone(),
+        inputs.pad_id,
+    );
+    let stages = TchStages::new(
+        &inputs.teacher,
+        (inputs.student.clone(), &inputs.warm_start),
+        (&inputs.eval, &*inputs.answer),
+        &config,
+        inputs.stop_ids.clone(),
+    )?
+    .with_alone_prefix(config.filter.enabled.then(|| inputs.alone_prefix.clone()))
+    .with_student_config_json(inputs.student_config_json.clone());
+    let prompts: Vec<npd_core::Prompt> = inputs
+        .train
+        .iter()
+        .map(|e| npd_core::Prompt {
+            id: e.id,
+            tokens: e.prompt.clone(),
+        })
+        .collect();
+    // The folder is claimed only once the inputs passed their checks.
+    let run_dir = run_dir.claim()?;
+    let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
+    let comparison = Comparison::new(&stages, &settings, &prompts)
+        .with_checkpoints(&checkpoints)
+        .with_rejected(&inputs.rejected)
+        .with_start_score(inputs.warm_start_accuracy);
+    let mut metrics = run_dir.metrics(&checkpoints)?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut outcomes = Vec::new();
+    control.in_run.store(true, Ordering::SeqCst);
+    for &method in &o.methods {
+        for seed in 0..seeds {
+            let mut progress = Progress::new(
+                &format!("{} seed {seed}", method.name()),
+                config.train.steps,
+                "steps",
+            );
+            if let Some((step, _)) = checkpoints.latest(method, seed)? {
+                progress.set(step);
+            }
+            let mut written = Ok(());
+            let mut observer = |e: &Event| {
+                if let Event::Step(s) = e {
+                    progress.set(s.step);
+                }
+                if written.is_ok() {
+                    let line = serde_json::to_string(e).expect("events serialise");
+                    written = writeln!(metrics, "{line}").and_then(|()| metrics.flush());
+                }
+            };
+            let end = comparison
+                .run(method, seed, &mut observer, &control.stop)
+                .with_context(|| format!("{} seed {seed}", method.name()))?;
+            written.with_context(|| format!("writing {}", metrics_path.display()))?;
+            progress.finish();
+            match end {
+                RunEnd::Finished(o) => outcomes.push(*o),
+                RunEnd::Stopped {
+                    method,
+                    seed,
+                    step,
+                    checkpoint,
+                } => {
+                    return Ok(Ended::Stopped {
+                        method,
+                        seed,
+                        step,
+                        checkpoint,
+                    });
+                }
+            }
+        }
+    }
+    control.in_run.store(false, Ordering::SeqCst);
+    let threads = stages.threads();
+    let report = Report {
+        setup: [
+            inputs.setup.clone(),
+            vec![
+                budget_line(&config),
+                format!(
+                    "trained students, Hugging Face layout: {}",
+                    checkpoints
+                        .root
+                        .join(format!(
+                            "<method>-seed<k>/{}/model",
+                            npd_pipeline::checkpoints::checkpoint_name(config.train.steps)
+                        ))
+                        .display()
+                ),
+                format!(
+                    "libtorch threads: {t} for SFT and on-policy; NPD {t} training + {g} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
+                    std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
+                    started.elapsed().as_secs_f64(),
+                    t = threads.train,
+                    g = threads.generate,
+                ),
+            ],
+        ]
+        .concat(),
+        teacher_accuracy: inputs.teacher_accuracy,
+        warm_start_accuracy: outcomes
+            .first()
+            .and_then(|o| o.curve.first())
+            .map_or(f64::NAN, |c| c.accuracy),
+        outcomes,
+    };
+    run_dir::write(&out.join("report.md"), &report.markdown())?;
+    run_dir::write(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&report).context("report.json")?,
+    )?;
+    run_dir::write(&out.join("accuracy.svg"), &report.svg())?;
+    let targets = report.targets().map(|(acc_ok, speed_ok, gap, speedup)| {
+        format!(
+            "targets: accuracy within 2 points of on-policy: {} ({gap:+.1}); >= 3x less wall-clock: {} ({speedup:.2}x)",
+            if acc_ok { "met" } else { "NOT met" },
+            if speed_ok { "met" } else { "NOT met" }
+        )
+    });
+    run_dir.record(true)?;
+    Ok(Ended::Finished {
+        table: report.table(),
+        targets,
+        report: out.join("report.md"),
+    })
+}
+
+/// The report's budget line.
+fn budget_line(config: &RunConfig) -> String {
+    format!(
+        "budget: {} steps x {} samples per method and seed; loss {:?}, top-k {}; NPD K = {}, max lag {}, reuse {}, Δ-IFD {}",
+        config.train.steps,
+        config.train.rows_per_step,
+        config.train.loss,
+        config.train.top_k,
+        config.rollout.refresh_every,
+        config.rollout.max_lag,
+        config.rollout.reuse,
+        if config.filter.enabled {
+            format!(
+                "band [{}, {}]",
+                config.filter.lower_percentile, config.filter.upper_percentile
+            )
+        } else {
+            "off".to_string()
+        }
+    )
+}

@@ -1,0 +1,53 @@
+//! How the process meets the operating system: Ctrl-C and libgomp's wait
+//! policy.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::Control;
+
+/// libtorch's OpenMP runtime (libgomp) spin-waits idle threads by default;
+/// when NPD's generating and training threads share a few cores, the
+/// spinning steals their time. libgomp reads `OMP_WAIT_POLICY` only when
+/// it loads, so unless the user chose a policy this restarts the process
+/// once, at the start, with `OMP_WAIT_POLICY=PASSIVE` (call it first thing
+/// in `main`; it returns only when no restart was needed or it failed).
+#[cfg(unix)]
+pub fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY=PASSIVE: {err}");
+}
+
+/// On other systems the policy is left as it is.
+#[cfg(not(unix))]
+pub fn passive_openmp() {}
+
+/// Ctrl-C (or SIGTERM): during the method runs the first one asks the
+/// running method to finish its step and write a checkpoint; outside them,
+/// or a second time, the process exits at once (status 130).
+pub fn install(control: &Arc<Control>) {
+    let c = Arc::clone(control);
+    let installed = ctrlc::set_handler(move || {
+        if !c.in_run.load(Ordering::SeqCst) || c.stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping: finishing the current step and writing a checkpoint \
+             (Ctrl-C again to quit at once)"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not write a checkpoint: {e}");
+    }
+}

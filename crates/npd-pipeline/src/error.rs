@@ -1,0 +1,36 @@
+//! The pipeline's errors: a stage's own error, kept with its source, or a
+//! fault of the loop itself.
+
+use npd_rollout::LedgerError;
+
+/// Result with the pipeline [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A stage (generator, scorer, filter, packer, learner, evaluator) or a
+    /// file failed.
+    #[error(transparent)]
+    Stage(#[from] npd_core::Error),
+    /// The prompt ledger refused a transition: a prompt would be finished
+    /// twice, or finished without being started.
+    #[error("prompt ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The rollout engine stopped delivering rollouts while the loop still
+    /// needed some (its generator thread ended).
+    #[error("rollout engine: stopped delivering rollouts after step {step}")]
+    EngineStopped {
+        /// Steps completed.
+        step: u64,
+    },
+    /// A saved file of the run (an outcome, a checkpoint's run state) could
+    /// not be read back.
+    #[error("{path}: {message}")]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+}

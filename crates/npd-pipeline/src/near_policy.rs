@@ -1,0 +1,450 @@
+//! Near-Policy Distillation: a student snapshot generates on its own thread
+//! (refreshed every K optimizer steps, staleness bounded by admission
+//! control), the teacher scores pools of rollouts, Δ-IFD filters them, and
+//! the kept samples are reused and packed into rows.
+//!
+//! One step of the loop, in named parts: [`Npd::fill_pool`] (take finished
+//! rollouts from the engine), [`Npd::score_and_filter`] (teacher targets,
+//! Δ-IFD), [`Npd::pack`] (rows of kept samples), [`Npd::take_step`] (a
+//! step's worth of rows), training, [`Npd::settle`] (the ledger) and
+//! [`Npd::publish`] (sparse refresh).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use npd_core::events::{Event, LedgerEvent, RefreshEvent};
+use npd_core::traits::{
+    Evaluator, FilterInput, Generator, Learner, Packer, Persist, SampleFilter, ScoreOptions,
+    ScoreRequest, Scorer,
+};
+use npd_core::{
+    DropReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs, Rollout,
+    SampleId, SamplingParams, TrainSample, Verdict,
+};
+use npd_filter::{DeltaIfdFilter, FilterReport};
+use npd_pack::StreamingPacker;
+use npd_rollout::{Delivery, EngineConfig, Ledger, PromptState, RolloutEngine};
+
+use crate::checkpoints::SavedNpd;
+use crate::clock::Clock;
+use crate::context::Loop;
+use crate::error::{Error, Result};
+use crate::outcome::RunEnd;
+use crate::run::{Next, Run, StepExtra, sample, visit};
+use crate::settings::Settings;
+
+/// NPD over a learner, a generator that runs on its own thread, and a
+/// teacher.
+pub struct NearPolicy<'s, L, G, T, E: ?Sized> {
+    learner: &'s mut L,
+    generator: G,
+    teacher: &'s mut T,
+    evaluator: &'s mut E,
+}
+
+impl<'s, L, G, T, E> NearPolicy<'s, L, G, T, E>
+where
+    L: Learner + Persist,
+    L::Weights: Send + 'static,
+    G: Generator<Weights = L::Weights> + Send + 'static,
+    T: Scorer,
+    E: Evaluator<L> + ?Sized,
+{
+    /// NPD of `learner`; `generator` writes rollouts on the engine's thread
+    /// and is loaded with the learner's weights every K steps. When the
+    /// Δ-IFD filter is on, the generator must fill each rollout's
+    /// `response_alone_logprobs` (the student's IFD denominator, after the
+    /// settings' `alone_prefix`).
+    pub fn new(learner: &'s mut L, generator: G, teacher: &'s mut T, evaluator: &'s mut E) -> Self {
+        Self {
+            learner,
+            generator,
+            teacher,
+            evaluator,
+        }
+    }
+
+    /// Runs the method with `seed` (or continues it from its checkpoint).
+    pub fn run(self, cx: &mut Loop<'_>, seed: u64) -> Result<RunEnd> {
+        let Self {
+            learner,
+            mut generator,
+            teacher,
+            evaluator,
+        } = self;
+        let (mut run, saved) = Run::start(cx, Method::NearPolicy, seed, learner, evaluator)?;
+        // The generating snapshot starts from the learner's weights (the
+        // warm start, or the checkpoint of a resumed run).
+        generator.load(learner.publish()?, learner.version())?;
+        let mut npd = Npd::start(cx, seed, generator, learner.version(), saved)?;
+        let s = cx.settings;
+        let mut step = run.first_step;
+        while step < s.steps {
+            while npd.samples_ready() < s.samples_per_step {
+                let rollouts = npd.fill_pool(&mut run.clock, step)?;
+                let kept = npd.score_and_filter(&mut run.clock, teacher, rollouts)?;
+                npd.pack(&mut run.clock, kept)?;
+            }
+            let (batch, samples) = npd.take_step();
+            let stats = run.clock.time("train", || learner.step(&batch))?;
+            step += 1;
+            let trained = npd.settle(&batch, learner.version())?;
+            if step % s.refresh_every == 0 {
+                let weights = run.clock.time("publish", || learner.publish())?;
+                npd.publish(weights, learner.version());
+                cx.emit(Event::Refresh(RefreshEvent {
+                    method: Method::NearPolicy,
+                    seed,
+                    step,
+                    version: learner.version(),
+                }));
+            }
+            let extra = StepExtra {
+                samples: Some(samples),
+                keep_rate: Some(npd.filter.total_report().keep_rate()),
+                prompts_trained: Some(trained),
+                prompts_filtered: Some(std::mem::take(&mut npd.filtered_ids)),
+                prompts_failed: Some(std::mem::take(&mut npd.failed_ids)),
+            };
+            let next = run.after_step(cx, learner, evaluator, step, &stats, &batch, extra, || {
+                Some(npd.saved())
+            });
+            match next {
+                Ok(Next::Continue) => {}
+                Ok(Next::Stop(end)) => {
+                    drop(npd);
+                    return Ok(end);
+                }
+                Err(e) => {
+                    drop(npd);
+                    return Err(e);
+                }
+            }
+        }
+        let (ledger, filter, staleness) = npd.finish()?;
+        let counts = ledger.counts();
+        cx.emit(Event::Ledger(LedgerEvent {
+            method: Method::NearPolicy,
+            seed,
+            step,
+            total: counts.total,
+            trained: counts.trained,
+            filtered: counts.filtered.values().sum(),
+            failed: counts.failed.values().sum(),
+            open: counts.open,
+        }));
+        let mut out = run.finish();
+        out.filter = filter;
+        out.staleness = staleness;
+        out.ledger = Some(counts);
+        Ok(RunEnd::Finished(Box::new(out)))
+    }
+}
+
+/// NPD's state between steps.
+struct Npd<'c, W> {
+    settings: &'c Settings,
+    prompts: &'c [Prompt],
+    order: Vec<usize>,
+    engine: RolloutEngine<W>,
+    filter: DeltaIfdFilter,
+    ledger: Ledger,
+    packer: StreamingPacker,
+    next_request: u64,
+    staleness: BTreeMap<u64, usize>,
+    rows: VecDeque<PackedRow>,
+    /// Samples kept from the previous pool, waiting for their next use.
+    reused: Vec<TrainSample>,
+    /// The version that wrote each kept sample not yet trained on.
+    versions: BTreeMap<u64, PolicyVersion>,
+    /// Prompts closed without training since the last step's event.
+    filtered_ids: Vec<u64>,
+    failed_ids: Vec<u64>,
+}
+
+impl<'c, W: Send + 'static> Npd<'c, W> {
+    fn start<G>(
+        cx: &Loop<'c>,
+        seed: u64,
+        generator: G,
+        version: PolicyVersion,
+        saved: Option<SavedNpd>,
+    ) -> Result<Self>
+    where
+        G: Generator<Weights = W> + Send + 'static,
+    {
+        let s = cx.settings;
+        let reuse = s.reuse.max(1);
+        let per_version = s.refresh_every as usize * s.samples_per_step / reuse;
+        let engine = RolloutEngine::spawn(
+            generator,
+            version,
+            EngineConfig {
+                batch_size: s.pool_size.min(s.samples_per_step).max(1),
+                queue_capacity: s.queue_capacity.max(1),
+                max_ahead: (s.max_lag.max(1) as usize * per_version).max(s.pool_size),
+                sampling: SamplingParams {
+                    seed,
+                    ..s.sampling.clone()
+                },
+            },
+        );
+        // No sample waits in an open row for more than a step's worth of
+        // samples: its weights keep ageing while it waits.
+        let packer = StreamingPacker::from_config(&s.pack, s.pad_id)?
+            .with_max_wait(s.samples_per_step as u64);
+        let mut npd = Self {
+            settings: s,
+            prompts: cx.prompts,
+            order: npd_core::shuffle::seeded_permutation(cx.prompts.len(), seed),
+            engine,
+            filter: DeltaIfdFilter::from_config(&s.filter),
+            ledger: Ledger::new(),
+            packer,
+            next_request: 0,
+            staleness: BTreeMap::new(),
+            rows: VecDeque::new(),
+            reused: Vec::new(),
+            versions: BTreeMap::new(),
+            filtered_ids: Vec::new(),
+            failed_ids: Vec::new(),
+        };
+        for (id, reason) in cx.rejected {
+            npd.ledger.reject(*id, reason.clone());
+        }
+        if let Some(saved) = saved {
+            // Work in flight at the checkpoint goes first.
+            npd.ledger = saved.ledger;
+            npd.next_request = saved.next_request;
+            npd.staleness = saved.staleness;
+            npd.filter.resume_from(saved.filter);
+            let open = npd.ledger.open_prompts();
+            if !open.is_empty() {
+                let prompts: Vec<Prompt> = open.into_iter().map(|id| npd.prompt(id)).collect();
+                npd.engine.submit(prompts);
+            }
+        }
+        npd.submit(s.pool_size * 4)?;
+        Ok(npd)
+    }
+
+    fn prompt(&self, id: PromptId) -> Prompt {
+        visit(self.prompts, &self.order, id.0)
+    }
+
+    /// Opens `n` new prompts in the ledger and hands them to the engine.
+    fn submit(&mut self, n: usize) -> Result<()> {
+        let mut batch = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = PromptId(self.next_request);
+            self.next_request += 1;
+            self.ledger.open(id)?;
+            batch.push(self.prompt(id));
+        }
+        self.engine.submit(batch);
+        Ok(())
+    }
+
+    /// Samples in rows ready for training.
+    fn samples_ready(&self) -> usize {
+        self.rows.iter().map(|r| r.segments.len()).sum()
+    }
+
+    /// Takes a pool of finished rollouts from the engine (keeping it fed
+    /// with prompts); empty responses and failures are closed in the
+    /// ledger here.
+    fn fill_pool(&mut self, clock: &mut Clock, step: u64) -> Result<Vec<Rollout>> {
+        let s = self.settings;
+        if self.engine.pending() < s.pool_size * 2 {
+            self.submit(s.pool_size * 2)?;
+        }
+        let mut pool = Vec::with_capacity(s.pool_size);
+        clock.time("wait for rollouts", || {
+            while pool.len() < s.pool_size {
+                match self.engine.recv() {
+                    Some(d) => pool.push(d),
+                    None => break,
+                }
+            }
+        });
+        let mut rollouts = Vec::new();
+        for d in pool {
+            match d {
+                Delivery::Rollout(r) if !r.response.is_empty() => rollouts.push(r),
+                Delivery::Rollout(r) => {
+                    let state = PromptState::Filtered(DropReason::EmptyResponse);
+                    self.ledger.close(r.prompt_id, state)?;
+                    self.filtered_ids.push(r.prompt_id.0);
+                }
+                Delivery::Failed { prompt, reason } => {
+                    self.ledger.close(prompt, PromptState::Failed(reason))?;
+                    self.failed_ids.push(prompt.0);
+                }
+            }
+        }
+        if rollouts.is_empty() {
+            return Err(Error::EngineStopped { step });
+        }
+        Ok(rollouts)
+    }
+
+    /// Teacher targets for the pool and the Δ-IFD decisions; returns the
+    /// kept samples and closes the dropped prompts in the ledger.
+    fn score_and_filter<T: Scorer + ?Sized>(
+        &mut self,
+        clock: &mut Clock,
+        teacher: &mut T,
+        rollouts: Vec<Rollout>,
+    ) -> Result<Vec<TrainSample>> {
+        let s = self.settings;
+        let seqs: Vec<Vec<u32>> = rollouts
+            .iter()
+            .map(|r| [r.prompt.as_slice(), &r.response].concat())
+            .collect();
+        let requests: Vec<ScoreRequest<'_>> = seqs
+            .iter()
+            .zip(&rollouts)
+            .map(|(t, r)| ScoreRequest {
+                tokens: t,
+                prompt_len: r.prompt.len(),
+            })
+            .collect();
+        let options = ScoreOptions {
+            topk: Some(s.topk),
+            alone_prefix: s.filter.enabled.then(|| s.alone_prefix.clone()),
+        };
+        let scores = clock.time("teacher", || teacher.score(&requests, &options))?;
+        let keep: Vec<bool> = if s.filter.enabled {
+            let inputs: Vec<FilterInput> = rollouts
+                .iter()
+                .zip(&scores)
+                .map(|(r, t)| FilterInput {
+                    id: SampleId(r.prompt_id.0),
+                    teacher: t.logprobs.clone(),
+                    student: ResponseLogProbs {
+                        conditioned: r.response_logprobs.clone(),
+                        alone: r.response_alone_logprobs.clone(),
+                    },
+                    snapshot: None,
+                })
+                .collect();
+            let decisions = clock.time("filter", || self.filter.select(&inputs))?;
+            let mut keep = Vec::with_capacity(decisions.len());
+            for (d, r) in decisions.iter().zip(&rollouts) {
+                if let Verdict::Drop(reason) = d.verdict {
+                    self.ledger
+                        .close(r.prompt_id, PromptState::Filtered(reason))?;
+                    self.filtered_ids.push(r.prompt_id.0);
+                }
+                keep.push(d.verdict.is_keep());
+            }
+            keep
+        } else {
+            vec![true; rollouts.len()]
+        };
+        let mut kept = Vec::new();
+        for ((r, t), k) in rollouts.iter().zip(scores).zip(keep) {
+            if k {
+                self.versions.insert(r.prompt_id.0, r.policy_version);
+                kept.push(sample(r.prompt_id.0, &r.prompt, &r.response, t.topk));
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Packs the kept samples (and the previous pool's, for their next
+    /// use) into rows; flushes open rows when nothing else will fill them.
+    fn pack(&mut self, clock: &mut Clock, fresh: Vec<TrainSample>) -> Result<()> {
+        let reuse = self.settings.reuse.max(1);
+        clock.time("pack", || -> Result<()> {
+            for smp in std::mem::take(&mut self.reused)
+                .into_iter()
+                .chain(fresh.iter().cloned())
+            {
+                self.rows.extend(self.packer.push(smp)?);
+            }
+            if reuse > 1 {
+                self.reused = fresh;
+            }
+            Ok(())
+        })?;
+        if self.rows.is_empty() && self.packer.open_rows() > 0 && self.engine.pending() == 0 {
+            self.rows.extend(self.packer.flush());
+        }
+        Ok(())
+    }
+
+    /// Rows holding at least a step's worth of samples, and their sample
+    /// count.
+    fn take_step(&mut self) -> (Vec<PackedRow>, usize) {
+        let mut batch = Vec::new();
+        let mut n = 0;
+        while n < self.settings.samples_per_step {
+            let Some(row) = self.rows.pop_front() else {
+                break;
+            };
+            n += row.segments.len();
+            batch.push(row);
+        }
+        (batch, n)
+    }
+
+    /// Closes the prompts first trained on in `batch` (the learner now at
+    /// `version`) and records their staleness; returns their ids.
+    fn settle(&mut self, batch: &[PackedRow], version: PolicyVersion) -> Result<Vec<u64>> {
+        let mut first_use = Vec::new();
+        for row in batch {
+            for seg in &row.segments {
+                let id = seg.sample_id.0;
+                if let Some(v) = self.versions.remove(&id) {
+                    *self
+                        .staleness
+                        .entry(version.saturating_sub(v + 1))
+                        .or_default() += 1;
+                    self.ledger.close(PromptId(id), PromptState::Trained)?;
+                    first_use.push(id);
+                }
+            }
+        }
+        Ok(first_use)
+    }
+
+    /// Hands new weights to the generator (it swaps between batches).
+    fn publish(&mut self, weights: W, version: PolicyVersion) {
+        self.engine.publish(weights, version);
+    }
+
+    /// The state a checkpoint carries.
+    fn saved(&self) -> SavedNpd {
+        SavedNpd {
+            next_request: self.next_request,
+            open_prompts: self.ledger.open_prompts(),
+            ledger: self.ledger.clone(),
+            staleness: self.staleness.clone(),
+            filter: self.filter.total_report().clone(),
+        }
+    }
+
+    /// Stops the engine and closes the prompts it failed on; returns the
+    /// ledger, the filter's account and the staleness histogram.
+    fn finish(self) -> Result<(Ledger, Option<FilterReport>, BTreeMap<u64, usize>)> {
+        let Self {
+            settings,
+            engine,
+            mut ledger,
+            filter,
+            staleness,
+            ..
+        } = self;
+        let (_unfinished, failures) = engine.shutdown();
+        for f in failures {
+            if let Delivery::Failed { prompt, reason } = f {
+                ledger.close(prompt, PromptState::Failed(reason))?;
+            }
+        }
+        let report = settings
+            .filter
+            .enabled
+            .then(|| filter.total_report().clone());
+        Ok((ledger, report, staleness))
+    }
+}

@@ -1,0 +1,277 @@
+//! Bookkeeping of one method run, the same for every method: the clock, the
+//! accuracy curve, token counts, evaluation, events and checkpoints.
+
+use std::collections::BTreeMap;
+
+use npd_core::events::{EvalEvent, Event, StepEvent};
+use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
+use npd_core::{Method, PackedRow, Prompt, PromptId, TokenId};
+
+use crate::checkpoints::{SavedNpd, SavedRun};
+use crate::clock::Clock;
+use crate::context::Loop;
+use crate::error::Result;
+use crate::outcome::{CurvePoint, Outcome, RunEnd};
+
+/// What a driver reports with a finished step.
+#[derive(Debug, Default)]
+pub(crate) struct StepExtra {
+    pub samples: Option<usize>,
+    pub keep_rate: Option<f64>,
+    pub prompts_trained: Option<Vec<u64>>,
+    pub prompts_filtered: Option<Vec<u64>>,
+    pub prompts_failed: Option<Vec<u64>>,
+}
+
+/// Whether the loop goes on after a step.
+pub(crate) enum Next {
+    Continue,
+    Stop(RunEnd),
+}
+
+/// One method run's bookkeeping.
+pub(crate) struct Run {
+    pub method: Method,
+    pub seed: u64,
+    pub clock: Clock,
+    curve: Vec<CurvePoint>,
+    tokens: usize,
+    slots: usize,
+    skipped: u64,
+    /// Steps completed when this process took the run over.
+    pub first_step: u64,
+    resumed_at: Vec<u64>,
+}
+
+impl Run {
+    /// Starts the clock and evaluates the starting weights, or, when the
+    /// run has a checkpoint, restores the learner and the bookkeeping from
+    /// it and returns NPD's saved state.
+    pub fn start<L, E>(
+        cx: &mut Loop<'_>,
+        method: Method,
+        seed: u64,
+        learner: &mut L,
+        evaluator: &mut E,
+    ) -> Result<(Self, Option<SavedNpd>)>
+    where
+        L: Persist,
+        E: Evaluator<L> + ?Sized,
+    {
+        if let Some(c) = cx.checkpoints {
+            if let Some((_, dir)) = c.latest(method, seed)? {
+                let saved = c.load(learner, &dir, method, seed)?;
+                let mut resumed_at = saved.resumed_at;
+                resumed_at.push(saved.step);
+                let run = Self {
+                    method,
+                    seed,
+                    clock: Clock::resumed(saved.wall_s, saved.stages),
+                    curve: saved.curve,
+                    tokens: saved.tokens,
+                    slots: saved.slots,
+                    skipped: saved.skipped,
+                    first_step: saved.step,
+                    resumed_at,
+                };
+                return Ok((run, saved.npd));
+            }
+        }
+        let mut run = Self {
+            method,
+            seed,
+            clock: Clock::default(),
+            curve: Vec::new(),
+            tokens: 0,
+            slots: 0,
+            skipped: 0,
+            first_step: 0,
+            resumed_at: Vec::new(),
+        };
+        match cx.start_score {
+            Some(accuracy) => run.curve.push(CurvePoint {
+                step: 0,
+                wall_s: 0.0,
+                accuracy,
+            }),
+            None => run.evaluate(cx, learner, evaluator, 0)?,
+        }
+        Ok((run, None))
+    }
+
+    fn evaluate<L, E>(
+        &mut self,
+        cx: &mut Loop<'_>,
+        learner: &L,
+        evaluator: &mut E,
+        step: u64,
+    ) -> Result<()>
+    where
+        E: Evaluator<L> + ?Sized,
+    {
+        let wall_s = self.clock.wall();
+        let accuracy = self.clock.pause(|| evaluator.evaluate(learner))?;
+        self.curve.push(CurvePoint {
+            step,
+            wall_s,
+            accuracy,
+        });
+        cx.emit(Event::Eval(EvalEvent {
+            method: self.method,
+            seed: self.seed,
+            step,
+            wall_s,
+            accuracy,
+        }));
+        Ok(())
+    }
+
+    /// Records step `step` (this one included), reports it, evaluates when
+    /// due, and writes a checkpoint when due or asked to stop. `npd` gives
+    /// NPD's state for the checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    pub fn after_step<L, E>(
+        &mut self,
+        cx: &mut Loop<'_>,
+        learner: &L,
+        evaluator: &mut E,
+        step: u64,
+        stats: &StepStats,
+        rows: &[PackedRow],
+        extra: StepExtra,
+        npd: impl FnOnce() -> Option<SavedNpd>,
+    ) -> Result<Next>
+    where
+        L: Learner + Persist,
+        E: Evaluator<L> + ?Sized,
+    {
+        self.tokens += stats.tokens;
+        self.slots += rows.iter().map(PackedRow::capacity).sum::<usize>();
+        self.skipped += u64::from(stats.skipped);
+        cx.emit(Event::Step(StepEvent {
+            method: self.method,
+            seed: self.seed,
+            step,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tokens: stats.tokens,
+            skipped: stats.skipped,
+            wall_s: self.clock.wall(),
+            samples: extra.samples,
+            keep_rate: extra.keep_rate,
+            prompts_trained: extra.prompts_trained,
+            prompts_filtered: extra.prompts_filtered,
+            prompts_failed: extra.prompts_failed,
+        }));
+        let last = step == cx.settings.steps;
+        if step % cx.settings.eval_every.max(1) == 0 || last {
+            self.evaluate(cx, learner, evaluator, step)?;
+        }
+        let stop = cx.interrupt.requested() && !last;
+        let Some(c) = cx.checkpoints else {
+            return Ok(if stop {
+                Next::Stop(self.stopped(step, None))
+            } else {
+                Next::Continue
+            });
+        };
+        if !(stop || c.due(step, last)) {
+            return Ok(Next::Continue);
+        }
+        let saved = SavedRun {
+            method: self.method,
+            seed: self.seed,
+            step,
+            wall_s: self.clock.wall(),
+            stages: self.clock.stages().clone(),
+            curve: self.curve.clone(),
+            tokens: self.tokens,
+            slots: self.slots,
+            skipped: self.skipped,
+            resumed_at: self.resumed_at.clone(),
+            npd: npd(),
+        };
+        let dir = self.clock.pause(|| c.save(learner, &saved))?;
+        Ok(if stop {
+            Next::Stop(self.stopped(step, Some(dir)))
+        } else {
+            Next::Continue
+        })
+    }
+
+    fn stopped(&self, step: u64, checkpoint: Option<std::path::PathBuf>) -> RunEnd {
+        RunEnd::Stopped {
+            method: self.method,
+            seed: self.seed,
+            step,
+            checkpoint,
+        }
+    }
+
+    /// The outcome of the finished run.
+    pub fn finish(self) -> Outcome {
+        Outcome {
+            method: self.method,
+            seed: self.seed,
+            accuracy: self.curve.last().map_or(0.0, |c| c.accuracy),
+            wall_s: self.clock.wall(),
+            stages: self.clock.stages().clone(),
+            curve: self.curve,
+            prep_s: 0.0,
+            prep_reused: false,
+            trained_tokens: self.tokens,
+            token_efficiency: self.tokens as f64 / self.slots.max(1) as f64,
+            skipped_steps: self.skipped,
+            filter: None,
+            staleness: BTreeMap::new(),
+            ledger: None,
+            resumed_at: self.resumed_at,
+        }
+    }
+}
+
+/// Visit `r` of a seeded order over `prompts`, repeated: the prompt with id
+/// `r` (ids of a run's prompts count visits).
+pub(crate) fn visit(prompts: &[Prompt], order: &[usize], r: u64) -> Prompt {
+    Prompt {
+        id: PromptId(r),
+        tokens: prompts[order[(r % prompts.len() as u64) as usize]]
+            .tokens
+            .clone(),
+    }
+}
+
+/// `prompt ++ response` as a training sample with id `id`.
+pub(crate) fn sample(
+    id: u64,
+    prompt: &[TokenId],
+    response: &[TokenId],
+    topk: Option<npd_core::TopKTargets>,
+) -> npd_core::TrainSample {
+    let mut tokens = prompt.to_vec();
+    tokens.extend_from_slice(response);
+    npd_core::TrainSample {
+        id: npd_core::SampleId(id),
+        tokens,
+        prompt_len: prompt.len(),
+        weights: None,
+        topk,
+    }
+}
+
+/// One sample per row, each row as wide as the longest sample of the step:
+/// the padded batch of the baselines.
+pub(crate) fn padded_rows(
+    samples: Vec<npd_core::TrainSample>,
+    pad_id: TokenId,
+) -> Result<Vec<PackedRow>> {
+    let width = samples.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
+    let mut options = npd_pack::PackOptions::new(width);
+    options.pad_id = pad_id;
+    let mut rows = Vec::with_capacity(samples.len());
+    for s in samples {
+        rows.extend(npd_pack::pack_pool(vec![s], &options)?);
+    }
+    Ok(rows)
+}

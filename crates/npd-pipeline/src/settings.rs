@@ -1,0 +1,116 @@
+//! What every method of a run shares: the step budget, sampling, the
+//! teacher's targets, and NPD's own knobs.
+
+use npd_core::config::{FilterConfig, PackConfig, RunConfig};
+use npd_core::{SamplingParams, TokenId};
+
+/// Settings of the loops. Backend concerns (threads, devices, the
+/// optimizer) belong to the stages, not here.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Samples per optimizer step.
+    pub samples_per_step: usize,
+    /// Evaluate every this many steps (and at the start and end).
+    pub eval_every: u64,
+    /// Student sampling (temperature, top-k/p, max new tokens, stop ids).
+    pub sampling: SamplingParams,
+    /// Teacher top-k entries per position.
+    pub topk: usize,
+    /// Tokens before a response in the response-alone pass (BOS and the
+    /// assistant-turn header).
+    pub alone_prefix: Vec<TokenId>,
+    /// NPD: refresh the generating snapshot every this many optimizer steps
+    /// (K).
+    pub refresh_every: u64,
+    /// NPD: staleness bound, in refreshes: no rollout is trained on more
+    /// than `max_lag` refreshes after the snapshot that wrote it was
+    /// replaced. At least 1 (the configuration rejects 0).
+    pub max_lag: u64,
+    /// NPD: times each kept sample is trained on.
+    pub reuse: usize,
+    /// NPD: Δ-IFD filter.
+    pub filter: FilterConfig,
+    /// NPD: packing (row capacity, oversize policy, the streaming packer's
+    /// fill threshold and open rows).
+    pub pack: PackConfig,
+    /// NPD: finished rollouts buffered ahead of scoring.
+    pub queue_capacity: usize,
+    /// NPD: rollouts scored together.
+    pub pool_size: usize,
+    /// Padding id.
+    pub pad_id: TokenId,
+}
+
+impl Settings {
+    /// The settings a run configuration describes, with the tokens that
+    /// come from the tokenizer: the ids that end a response, the tokens
+    /// before a response in the response-alone pass, and the padding id.
+    /// Held-out accuracy is measured six times along a run (and at its
+    /// start).
+    pub fn from_config(
+        config: &RunConfig,
+        stop_ids: Vec<TokenId>,
+        alone_prefix: Vec<TokenId>,
+        pad_id: TokenId,
+    ) -> Self {
+        let (train, rollout, sampling) = (&config.train, &config.rollout, &config.sampling);
+        Self {
+            steps: train.steps,
+            samples_per_step: train.rows_per_step,
+            eval_every: (train.steps / 6).max(1),
+            sampling: SamplingParams {
+                temperature: sampling.temperature as f32,
+                top_k: (sampling.top_k > 0).then_some(sampling.top_k),
+                top_p: sampling.top_p as f32,
+                max_new_tokens: sampling.max_new_tokens,
+                stop_ids,
+                seed: sampling.seed,
+            },
+            topk: train.top_k,
+            alone_prefix,
+            refresh_every: rollout.refresh_every,
+            max_lag: rollout.max_lag,
+            reuse: rollout.reuse,
+            filter: config.filter.clone(),
+            pack: config.pack.clone(),
+            queue_capacity: rollout.queue_capacity,
+            pool_size: rollout.batch_size,
+            pad_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_follow_the_run_configuration() {
+        let mut c = RunConfig::default();
+        c.train.steps = 120;
+        c.train.rows_per_step = 48;
+        c.train.top_k = 5;
+        c.rollout.refresh_every = 7;
+        c.rollout.max_lag = 3;
+        c.rollout.reuse = 2;
+        c.rollout.batch_size = 32;
+        c.sampling.top_k = 0;
+        c.sampling.temperature = 0.7;
+        c.filter.upper_percentile = 0.8;
+        c.pack.capacity = 256;
+        let s = Settings::from_config(&c, vec![2], vec![1, 9], 0);
+        assert_eq!((s.steps, s.samples_per_step, s.eval_every), (120, 48, 20));
+        assert_eq!((s.topk, s.refresh_every, s.max_lag, s.reuse), (5, 7, 3, 2));
+        assert_eq!((s.pool_size, s.pack.capacity), (32, 256));
+        assert_eq!(s.filter.upper_percentile, 0.8);
+        assert_eq!(s.sampling.top_k, None);
+        assert_eq!(s.sampling.temperature, 0.7);
+        assert_eq!(s.sampling.stop_ids, vec![2]);
+        assert_eq!(s.alone_prefix, vec![1, 9]);
+        c.sampling.top_k = 20;
+        let s = Settings::from_config(&c, vec![2], vec![1], 0);
+        assert_eq!(s.sampling.top_k, Some(20));
+    }
+}

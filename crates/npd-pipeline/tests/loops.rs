@@ -1,0 +1,292 @@
+//! The three loops end to end on test doubles for every stage: the ledger
+//! accounts for every prompt, staleness stays within its bound, NPD
+//! refreshes every K steps, and a stopped run resumes where it stopped.
+
+mod doubles;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use doubles::{EchoGenerator, FixedTeacher, HashLearner, StepsEval, prompts};
+use npd_core::config::RunConfig;
+use npd_core::events::Event;
+use npd_core::{Method, Prompt};
+use npd_pipeline::{
+    Checkpoints, Comparison, Loop, NearPolicy, OnPolicy, RunEnd, Settings, Sft, Stages,
+};
+
+const STEPS: u64 = 12;
+
+fn settings(filter: bool) -> Settings {
+    let mut c = RunConfig::default();
+    c.train.steps = STEPS;
+    c.train.rows_per_step = 6;
+    c.train.top_k = 2;
+    c.rollout.refresh_every = 3;
+    c.rollout.max_lag = 2;
+    c.rollout.batch_size = 4;
+    c.rollout.queue_capacity = 8;
+    c.pack.capacity = 32;
+    c.pack.max_open_rows = 2;
+    c.filter.enabled = filter;
+    c.filter.upper_percentile = 0.8;
+    Settings::from_config(&c, vec![2], vec![1, 9], 0)
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("npd-pipeline-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Events of a run, and a flag the observer raises after step `stop_at`.
+struct Recorder<'a> {
+    events: Vec<Event>,
+    stop_at: Option<u64>,
+    stop: &'a AtomicBool,
+}
+
+impl Recorder<'_> {
+    fn steps(&self) -> Vec<u64> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step(s) => Some(s.step),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl npd_core::events::Observer for Recorder<'_> {
+    fn on_event(&mut self, event: &Event) {
+        if let (Event::Step(s), Some(at)) = (event, self.stop_at) {
+            if s.step == at {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.events.push(event.clone());
+    }
+}
+
+#[test]
+fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() {
+    for filter in [false, true] {
+        let s = settings(filter);
+        let data = prompts(40);
+        let stop = AtomicBool::new(false);
+        let mut rec = Recorder {
+            events: Vec::new(),
+            stop_at: None,
+            stop: &stop,
+        };
+        let mut learner = HashLearner::default();
+        let mut cx = Loop::new(&s, &data).with_observer(&mut rec);
+        let end = NearPolicy::new(
+            &mut learner,
+            EchoGenerator::default(),
+            &mut FixedTeacher::default(),
+            &mut StepsEval,
+        )
+        .run(&mut cx, 7)
+        .unwrap();
+        let out = end.finished().expect("finished");
+        assert_eq!(learner.steps, STEPS);
+        // Every step trained at least a step's worth of samples.
+        assert!(
+            learner
+                .log
+                .iter()
+                .all(|ids| ids.len() >= s.samples_per_step)
+        );
+        let ledger = out.ledger.clone().unwrap();
+        assert!(ledger.adds_up(), "{ledger:?}");
+        // Every prompt a step reported as trained is counted once.
+        let trained: Vec<u64> = rec
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step(st) => st.prompts_trained.clone(),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut unique = trained.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), trained.len(), "a prompt trained twice");
+        assert_eq!(ledger.trained, trained.len());
+        if filter {
+            let f = out.filter.as_ref().unwrap();
+            assert!(f.kept < f.total, "the filter dropped nothing: {f:?}");
+        }
+        // Staleness in optimizer steps stays within max_lag * K.
+        let bound = s.max_lag * s.refresh_every;
+        let worst = out.staleness.keys().max().copied().unwrap_or(0);
+        assert!(worst <= bound, "staleness {worst} over {bound}");
+        assert_eq!(out.staleness.values().sum::<usize>(), ledger.trained);
+        // A refresh after every K-th step, with the learner's version.
+        let refreshes: Vec<(u64, u64)> = rec
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Refresh(r) => Some((r.step, r.version)),
+                _ => None,
+            })
+            .collect();
+        let k = s.refresh_every;
+        assert_eq!(
+            refreshes,
+            (1..=STEPS / k).map(|i| (i * k, i * k)).collect::<Vec<_>>()
+        );
+        assert_eq!(rec.steps(), (1..=STEPS).collect::<Vec<_>>());
+        assert!(matches!(rec.events.last(), Some(Event::Ledger(_))));
+    }
+}
+
+/// Runs `method` through a comparison of the doubles, stopping after step
+/// `stop_at` when given; returns the end, the events and the learner's
+/// sample log as seen through the generator-free learner log.
+struct Doubles;
+
+impl Stages for Doubles {
+    type Weights = (u64, u64);
+    type Learner = HashLearner;
+    type Generator = EchoGenerator;
+    type Teacher = FixedTeacher;
+    type Writer = EchoGenerator;
+    type Evaluator = StepsEval;
+
+    fn learner(&self, _: Method, _: u64) -> npd_pipeline::Result<HashLearner> {
+        Ok(HashLearner::default())
+    }
+    fn generator(&self, _: Method) -> npd_pipeline::Result<EchoGenerator> {
+        Ok(EchoGenerator::default())
+    }
+    fn teacher(&self) -> npd_pipeline::Result<FixedTeacher> {
+        Ok(FixedTeacher::default())
+    }
+    fn writer(&self) -> npd_pipeline::Result<EchoGenerator> {
+        Ok(EchoGenerator::default())
+    }
+    fn evaluator(&self) -> npd_pipeline::Result<StepsEval> {
+        Ok(StepsEval)
+    }
+}
+
+fn run_with_stop(
+    c: &Comparison<'_, Doubles>,
+    method: Method,
+    stop_at: Option<u64>,
+) -> (RunEnd, Vec<Event>) {
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder {
+        events: Vec::new(),
+        stop_at,
+        stop: &stop,
+    };
+    let end = c.run(method, 3, &mut rec, &stop).unwrap();
+    (end, rec.events)
+}
+
+fn step_losses(events: &[Event]) -> Vec<(u64, usize)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some((s.step, s.tokens)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopped_run_resumes_where_it_stopped_for_every_method() {
+    let s = settings(true);
+    let data: Vec<Prompt> = prompts(30);
+    for method in Method::ALL {
+        let root = scratch(method.slug());
+        let checkpoints = Checkpoints::new(&root, 5);
+        let c = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints);
+        // Uninterrupted reference, in a folder of its own.
+        let ref_root = scratch(&format!("{}-ref", method.slug()));
+        let ref_ckpt = Checkpoints::new(&ref_root, 0);
+        let reference = Comparison::new(&Doubles, &s, &data).with_checkpoints(&ref_ckpt);
+        let (ref_end, ref_events) = run_with_stop(&reference, method, None);
+        let ref_out = ref_end.finished().unwrap();
+
+        let (end, first) = run_with_stop(&c, method, Some(7));
+        let RunEnd::Stopped {
+            step, checkpoint, ..
+        } = end
+        else {
+            panic!("{method}: not stopped");
+        };
+        assert_eq!(step, 7, "{method}");
+        let checkpoint = checkpoint.expect("a checkpoint on stop");
+        assert!(checkpoint.ends_with("step-00000007"), "{checkpoint:?}");
+        assert_eq!(step_losses(&first).last().unwrap().0, 7);
+
+        let (end, second) = run_with_stop(&c, method, None);
+        let out = end.finished().expect("finished after resume");
+        assert_eq!(out.resumed_at, vec![7], "{method}");
+        // The resumed run takes steps 8.. and never repeats one.
+        let steps: Vec<u64> = step_losses(&second).iter().map(|s| s.0).collect();
+        assert_eq!(steps, (8..=STEPS).collect::<Vec<_>>(), "{method}");
+        if method != Method::NearPolicy {
+            // The synchronous methods resume exactly: the same work per step
+            // as the uninterrupted run.
+            let all: Vec<(u64, usize)> = [step_losses(&first), step_losses(&second)].concat();
+            assert_eq!(all, step_losses(&ref_events), "{method}");
+            assert_eq!(out.trained_tokens, ref_out.trained_tokens, "{method}");
+        } else {
+            let ledger = out.ledger.unwrap();
+            assert!(ledger.adds_up(), "{ledger:?}");
+        }
+        // A finished run is not run again: its outcome is read back.
+        let (again, events) = run_with_stop(&c, method, None);
+        assert!(events.is_empty());
+        assert_eq!(again.finished().unwrap().accuracy, out.accuracy);
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(&ref_root);
+    }
+}
+
+#[test]
+fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
+    let s = settings(false);
+    let data = prompts(20);
+    let mut learner = HashLearner::default();
+    let mut generator = EchoGenerator::default();
+    let mut teacher = FixedTeacher::default();
+    let end = OnPolicy::new(&mut learner, &mut generator, &mut teacher, &mut StepsEval)
+        .run(&mut Loop::new(&s, &data), 0)
+        .unwrap();
+    assert!(end.finished().is_some());
+    // Loaded before every step, each time with the learner's new version.
+    assert_eq!(generator.loads, (0..STEPS).collect::<Vec<_>>());
+    assert_eq!(teacher.calls as u64, STEPS);
+    assert!(
+        learner
+            .log
+            .iter()
+            .all(|ids| ids.len() == s.samples_per_step)
+    );
+
+    let responses =
+        npd_pipeline::write_responses(&mut EchoGenerator::default(), &data, &s.sampling).unwrap();
+    let mut learner = HashLearner::default();
+    let wrong = Sft::new(&mut learner, &mut StepsEval, &responses[1..])
+        .run(&mut Loop::new(&s, &data), 0)
+        .unwrap_err();
+    assert!(
+        wrong.to_string().contains("19 responses for 20 prompts"),
+        "{wrong}"
+    );
+    let out = Sft::new(&mut learner, &mut StepsEval, &responses)
+        .run(&mut Loop::new(&s, &data), 0)
+        .unwrap()
+        .finished()
+        .unwrap();
+    assert_eq!(out.curve.first().unwrap().step, 0);
+    assert_eq!(out.curve.last().unwrap().step, STEPS);
+    assert!(out.token_efficiency > 0.0);
+}

@@ -1,0 +1,308 @@
+//! The libtorch backend of a comparison: [`TchStages`] builds each method
+//! run's learner, generator, teacher and evaluator from one teacher, one
+//! warm-started student and the held-out prompts, for
+//! [`npd_pipeline::Comparison`].
+
+use npd_core::config::{LossKind, RunConfig};
+use npd_core::traits::Generator;
+use npd_core::{Error, Method, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
+use npd_pipeline::Stages;
+
+use crate::config::ModelConfig;
+use crate::data::Example;
+use crate::eval::{AnswerFn, HeldOut};
+use crate::generate::{Decoding, generate};
+use crate::generator::{ModelGenerator, Weights, load_weights};
+use crate::model::Llama;
+use crate::score::ModelScorer;
+use crate::train::{Layout, TrainOptions, Trainer};
+
+/// libtorch intra-op threads per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// The training thread (also SFT's and on-policy's generation and
+    /// scoring, which run on it).
+    pub train: i32,
+    /// NPD's generating thread.
+    pub generate: i32,
+}
+
+impl Threads {
+    /// From `train.threads` (0: every core libtorch sees) and
+    /// `rollout.threads` (0: one thread, since NPD's generation overlaps
+    /// training).
+    pub fn from_config(config: &RunConfig) -> Self {
+        let cores = tch::get_num_threads().max(1);
+        let threads = |n: usize, zero: i32| match n {
+            0 => zero,
+            n => i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        Self {
+            train: threads(config.train.threads, cores),
+            generate: threads(config.rollout.threads, 1),
+        }
+    }
+}
+
+/// Teacher and student must agree on the vocabulary size and the BOS, EOS
+/// and padding ids; the error names the field and both values.
+pub fn check_compatible(teacher: &ModelConfig, student: &ModelConfig) -> Result<()> {
+    let fields = [
+        (
+            "vocab_size",
+            format!("{}", teacher.vocab_size),
+            format!("{}", student.vocab_size),
+        ),
+        (
+            "bos_token_id",
+            format!("{:?}", teacher.bos_token_id),
+            format!("{:?}", student.bos_token_id),
+        ),
+        (
+            "eos_token_id",
+            format!("{:?}", teacher.eos_token_ids),
+            format!("{:?}", student.eos_token_ids),
+        ),
+        (
+            "pad_token_id",
+            format!("{:?}", teacher.pad_token_id),
+            format!("{:?}", student.pad_token_id),
+        ),
+    ];
+    for (field, t, st) in fields {
+        if t != st {
+            return Err(Error::invalid(
+                "teacher and student",
+                format!(
+                    "`{field}` differs: teacher {t}, student {st}; token-level distillation needs one vocabulary"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The teacher writing responses greedily (SFT's data).
+pub struct TeacherWriter<'a> {
+    model: &'a Llama,
+}
+
+impl Generator for TeacherWriter<'_> {
+    type Weights = ();
+
+    fn version(&self) -> PolicyVersion {
+        0
+    }
+
+    fn load(&mut self, _: (), _: PolicyVersion) -> Result<()> {
+        Err(Error::invalid("teacher", "its weights are fixed"))
+    }
+
+    fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
+        let tokens: Vec<Vec<TokenId>> = prompts.iter().map(|p| p.tokens.clone()).collect();
+        let out = tch::no_grad(|| generate(self.model, &tokens, params, Decoding::Cached))?;
+        Ok(prompts
+            .iter()
+            .zip(out)
+            .map(|(p, g)| Rollout {
+                prompt_id: p.id,
+                prompt: p.tokens.clone(),
+                response: g.tokens,
+                response_logprobs: g.logprobs,
+                response_alone_logprobs: Vec::new(),
+                policy_version: 0,
+                finish: g.finish,
+            })
+            .collect())
+    }
+}
+
+/// A teacher, a warm-started student and held-out prompts as the stages of
+/// a comparison.
+pub struct TchStages<'a> {
+    teacher: &'a Llama,
+    student: ModelConfig,
+    warm_start: &'a Weights,
+    eval: &'a [Example],
+    answer: &'a AnswerFn<'a>,
+    train: TrainOptions,
+    threads: Threads,
+    eval_tokens: usize,
+    stop_ids: Vec<TokenId>,
+    alone_prefix: Option<Vec<TokenId>>,
+    student_config_json: Option<String>,
+}
+
+impl<'a> TchStages<'a> {
+    /// Stages from `teacher` and a student of architecture `student` at
+    /// `warm_start`, evaluated on `eval` with `answer`; the optimizer,
+    /// threads and generation lengths come from `config`, the tokens that
+    /// end a response are `stop_ids`. Teacher and student must share the
+    /// vocabulary and special tokens, and `eval` must not be empty.
+    pub fn new(
+        teacher: &'a Llama,
+        (student, warm_start): (ModelConfig, &'a Weights),
+        (eval, answer): (&'a [Example], &'a AnswerFn<'a>),
+        config: &RunConfig,
+        stop_ids: Vec<TokenId>,
+    ) -> Result<Self> {
+        check_compatible(teacher.config(), &student)?;
+        if eval.is_empty() {
+            return Err(Error::invalid("dataset", "no evaluation prompts"));
+        }
+        Ok(Self {
+            teacher,
+            student,
+            warm_start,
+            eval,
+            answer,
+            train: TrainOptions::from_config(&config.train),
+            threads: Threads::from_config(config),
+            eval_tokens: config.sampling.max_new_tokens,
+            stop_ids,
+            alone_prefix: None,
+            student_config_json: None,
+        })
+    }
+
+    /// NPD's generator also scores each response alone after `prefix`
+    /// (the student's Δ-IFD terms); set it when the filter is on.
+    pub fn with_alone_prefix(mut self, prefix: Option<Vec<TokenId>>) -> Self {
+        self.alone_prefix = prefix;
+        self
+    }
+
+    /// The student's own `config.json`, written into its checkpoints.
+    pub fn with_student_config_json(mut self, json: Option<String>) -> Self {
+        self.student_config_json = json;
+        self
+    }
+
+    /// The thread budget of each role.
+    pub fn threads(&self) -> Threads {
+        self.threads
+    }
+
+    fn student(&self) -> Result<Llama> {
+        let mut m = Llama::new(self.student.clone(), self.teacher.device());
+        load_weights(&mut m, self.warm_start)?;
+        Ok(m)
+    }
+}
+
+impl<'a> Stages for TchStages<'a> {
+    type Weights = Weights;
+    type Learner = Trainer;
+    type Generator = ModelGenerator;
+    type Teacher = ModelScorer<'a>;
+    type Writer = TeacherWriter<'a>;
+    type Evaluator = HeldOut<'a>;
+
+    /// Sets the training thread's libtorch threads and seed, then builds a
+    /// trainer at the warm start: padded rows for the baselines, packed rows
+    /// for NPD; SFT trains with cross-entropy whatever the distillation
+    /// loss.
+    fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<Trainer> {
+        tch::set_num_threads(self.threads.train);
+        tch::manual_seed(seed as i64);
+        let mut options = self.train.clone();
+        options.layout = match method {
+            Method::NearPolicy => Layout::Packed,
+            Method::Sft | Method::OnPolicy => Layout::Padded,
+        };
+        if method == Method::Sft {
+            options.loss = LossKind::Ce;
+            options.ce_weight = 0.0;
+        }
+        Ok(Trainer::new(self.student()?, options)
+            .with_config_json(self.student_config_json.clone()))
+    }
+
+    fn generator(&self, method: Method) -> npd_pipeline::Result<ModelGenerator> {
+        let model = Llama::new(self.student.clone(), self.teacher.device());
+        let generator = ModelGenerator::new(model, 0);
+        Ok(match method {
+            Method::NearPolicy => {
+                let g = generator.with_threads(self.threads.generate);
+                match &self.alone_prefix {
+                    Some(prefix) => g.with_alone_prefix(prefix.clone()),
+                    None => g,
+                }
+            }
+            Method::Sft | Method::OnPolicy => generator,
+        })
+    }
+
+    fn teacher(&self) -> npd_pipeline::Result<ModelScorer<'a>> {
+        Ok(ModelScorer::new(self.teacher))
+    }
+
+    fn writer(&self) -> npd_pipeline::Result<TeacherWriter<'a>> {
+        Ok(TeacherWriter {
+            model: self.teacher,
+        })
+    }
+
+    fn evaluator(&self) -> npd_pipeline::Result<HeldOut<'a>> {
+        Ok(HeldOut::new(
+            self.eval,
+            self.answer,
+            self.eval_tokens,
+            self.stop_ids.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_config(hidden: usize, layers: usize, heads: usize, kv: usize) -> ModelConfig {
+        let json = format!(
+            r#"{{"model_type": "PanguEmbedded", "vocab_size": 32, "hidden_size": {hidden},
+            "intermediate_size": {}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+            "num_key_value_heads": {kv}, "bias": true, "tie_word_embeddings": true,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}}"#,
+            hidden * 4
+        );
+        ModelConfig::from_json(&json, "test").unwrap()
+    }
+
+    #[test]
+    fn mismatched_vocabularies_are_refused_by_name() {
+        let teacher = model_config(64, 2, 4, 2);
+        let student = model_config(32, 1, 2, 1);
+        check_compatible(&teacher, &student).unwrap();
+        let mut other = student.clone();
+        other.vocab_size += 1;
+        let err = check_compatible(&teacher, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("vocab_size") && err.contains("teacher 32") && err.contains("student 33"),
+            "{err}"
+        );
+        let mut other = student.clone();
+        other.eos_token_ids = vec![45892];
+        let err = check_compatible(&teacher, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("eos_token_id") && err.contains("45892"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn threads_follow_the_configuration() {
+        let mut c = RunConfig::default();
+        let t = Threads::from_config(&c);
+        assert_eq!(t.generate, 1);
+        assert_eq!(t.train, tch::get_num_threads().max(1));
+        c.train.threads = 3;
+        c.rollout.threads = 2;
+        assert_eq!(
+            Threads::from_config(&c),
+            Threads {
+                train: 3,
+                generate: 2
+            }
+        );
+    }
+}
