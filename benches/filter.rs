@@ -8,8 +8,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use npd_benches::logprob_pool;
-use npd_core::config::{DeltaForm, IfdConvention};
 use npd_filter::DeltaScore;
+use npd_filter::{DeltaForm, IfdConvention};
 
 const TOKENS: usize = 256;
 

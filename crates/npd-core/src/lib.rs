@@ -28,7 +28,6 @@ pub mod shuffle;
 pub mod traits;
 
 pub use batch::{PAD_SEGMENT, PackedRow, RowTopK, Segment};
-pub use config::RunConfig;
 pub use error::{ConfigError, Error, Result};
 pub use events::{Event, Observer};
 pub use ids::{PolicyVersion, PromptId, SampleId, TokenId};

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use npd_core::{PromptId, RunConfig, TokenId};
+use npd_core::{PromptId, TokenId};
 use npd_train::ModelConfig;
 use npd_train::data::{Example, read_records, seeded_shuffle, tokenize};
 use npd_train::device::{kind_of, parse_device};
@@ -15,6 +15,7 @@ use npd_train::model::Llama;
 use npd_train::stages::check_compatible;
 use npd_train::tokenizer::Tokenizer;
 
+use crate::RunConfig;
 use crate::embedded::prepare::{Setup, answer_fn, prepare};
 use crate::embedded::{self as emb};
 use crate::progress::{Progress, Spinner};

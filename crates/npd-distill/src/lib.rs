@@ -15,6 +15,7 @@
 //! [`distill`] runs it; the example's `main.rs` only parses the command
 //! line and handles signals.
 
+pub mod config;
 pub mod embedded;
 pub mod inputs;
 pub mod progress;
@@ -27,12 +28,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use npd_core::RunConfig;
 use npd_core::config::LossKind;
 use npd_core::events::Event;
 use npd_pipeline::{Checkpoints, Comparison, Method, Report, RunEnd, Settings};
 use npd_train::TchStages;
+use npd_train::stages::Threads;
 
+pub use crate::config::RunConfig;
 use crate::embedded::prepare::Setup;
 use crate::progress::Progress;
 
@@ -223,8 +225,14 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     } else {
         inputs::folders(&config)?
     };
-    let settings = Settings::from_config(
-        &config,
+    let settings = Settings::new(
+        &config.train,
+        &config.rollout,
+        &config.sampling,
+        &config.filter,
+        &config.pack,
+    )
+    .with_tokens(
         inputs.stop_ids.clone(),
         inputs.alone_prefix.clone(),
         inputs.pad_id,
@@ -233,9 +241,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         &inputs.teacher,
         (inputs.student.clone(), &inputs.warm_start),
         (&inputs.eval, &*inputs.answer),
-        &config,
-        inputs.stop_ids.clone(),
+        &config.train,
+        (config.sampling.max_new_tokens, inputs.stop_ids.clone()),
     )?
+    .with_threads(Threads::new(config.train.threads, config.rollout.threads))
     .with_alone_prefix(config.filter.enabled.then(|| inputs.alone_prefix.clone()))
     .with_student_config_json(inputs.student_config_json.clone());
     let prompts: Vec<npd_core::Prompt> = inputs

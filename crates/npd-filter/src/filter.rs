@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use npd_core::config::FilterConfig;
+use crate::config::FilterConfig;
 use npd_core::traits::{Decision, FilterInput, SampleFilter};
 use npd_core::{DropReason, Error, Result};
 

@@ -1,7 +1,7 @@
 //! Instruction-following difficulty (IFD) of one response under one model.
 
+use crate::config::IfdConvention;
 use npd_core::DropReason;
-use npd_core::config::IfdConvention;
 
 /// Mean negative log-likelihood of a response, given the prompt and alone.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -17,6 +17,7 @@
 //! log-probs or scores) are dropped with a counted reason, never passed
 //! through and never a panic.
 
+pub mod config;
 pub mod filter;
 pub mod ifd;
 pub mod policy;
@@ -24,6 +25,7 @@ pub mod report;
 pub mod running;
 pub mod score;
 
+pub use config::{DeltaForm, FilterConfig, IfdConvention};
 pub use filter::DeltaIfdFilter;
 pub use ifd::{IfdTerms, ifd};
 pub use policy::Policy;

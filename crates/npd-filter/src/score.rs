@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use npd_core::config::{DeltaForm, IfdConvention};
+use crate::config::{DeltaForm, IfdConvention};
 use npd_core::traits::FilterInput;
 use npd_core::{DropReason, Error, ResponseLogProbs, Result, SampleId};
 

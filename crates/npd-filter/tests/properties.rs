@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use npd_core::config::{DeltaForm, FilterConfig, IfdConvention};
 use npd_core::traits::{FilterInput, SampleFilter};
 use npd_core::{DropReason, ResponseLogProbs, SampleId, Verdict};
+use npd_filter::{DeltaForm, FilterConfig, IfdConvention};
 use npd_filter::{DeltaIfdFilter, DeltaScore, LogProbColumns, Policy, RunningBand};
 use proptest::prelude::*;
 

@@ -29,12 +29,14 @@
 //! assert_eq!(rows[0].used() + rows[1].used(), 16);
 //! ```
 
+pub mod config;
 pub mod pack;
 pub mod plan;
 pub mod row;
 pub mod stats;
 pub mod stream;
 
+pub use config::{OversizePolicy, PackConfig};
 pub use npd_core::PackedRow;
 pub use pack::{PackOptions, pack_pool, prepare};
 pub use stats::PackStats;

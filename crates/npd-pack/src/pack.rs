@@ -1,6 +1,6 @@
 //! Packing a whole pool of samples at once.
 
-use npd_core::config::OversizePolicy;
+use crate::config::OversizePolicy;
 use npd_core::{Error, PackedRow, Result, TokenId, TrainSample};
 
 use crate::plan::best_fit_decreasing;
@@ -28,7 +28,7 @@ impl PackOptions {
     }
 
     /// From the `[pack]` section of a run configuration.
-    pub fn from_config(config: &npd_core::config::PackConfig, pad_id: TokenId) -> Self {
+    pub fn from_config(config: &crate::config::PackConfig, pad_id: TokenId) -> Self {
         Self {
             capacity: config.capacity,
             pad_id,

@@ -70,7 +70,7 @@ impl StreamingPacker {
     }
 
     /// From the `[pack]` section of a run configuration.
-    pub fn from_config(config: &npd_core::config::PackConfig, pad_id: u32) -> Result<Self> {
+    pub fn from_config(config: &crate::config::PackConfig, pad_id: u32) -> Result<Self> {
         Self::new(
             PackOptions::from_config(config, pad_id),
             config.min_fill,

@@ -1,9 +1,9 @@
 //! Property tests of packing: nothing lost, nothing overlaps, everything
 //! aligned, and row counts within the known bounds of best-fit decreasing.
 
-use npd_core::config::OversizePolicy;
 use npd_core::traits::Packer;
 use npd_core::{PAD_SEGMENT, PackedRow, SampleId, TopKTargets, TrainSample};
+use npd_pack::OversizePolicy;
 use npd_pack::plan::{best_fit_decreasing, first_fit};
 use npd_pack::{PackOptions, StreamingPacker, pack_pool};
 use proptest::prelude::*;

@@ -27,7 +27,7 @@
 //!
 //! ```
 //! use std::path::Path;
-//! use npd_core::config::RunConfig;
+//! use npd_core::config::{SamplingConfig, TrainConfig};
 //! use npd_core::traits::{Evaluator, Generator, Learner, Persist, ScoreOptions, ScoreRequest,
 //!     Scorer, SequenceScores, StepStats};
 //! use npd_core::{FinishReason, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs,
@@ -97,13 +97,16 @@
 //!     fn evaluate(&mut self, l: &MyLearner) -> Result<f64> { Ok(l.steps as f64 / 100.0) }
 //! }
 //!
-//! let mut config = RunConfig::default();
-//! config.train.steps = 4;
-//! config.train.rows_per_step = 8;
-//! config.rollout.refresh_every = 2;
-//! config.rollout.batch_size = 8;
-//! config.pack.capacity = 64;
-//! let settings = Settings::from_config(&config, vec![2], vec![1], 0);
+//! let train = TrainConfig { steps: 4, rows_per_step: 8, ..TrainConfig::default() };
+//! let rollout = npd_rollout::RolloutConfig {
+//!     refresh_every: 2,
+//!     batch_size: 8,
+//!     ..Default::default()
+//! };
+//! let pack = npd_pack::PackConfig { capacity: 64, ..Default::default() };
+//! let filter = npd_filter::FilterConfig::default();
+//! let settings = Settings::new(&train, &rollout, &SamplingConfig::default(), &filter, &pack)
+//!     .with_tokens(vec![2], vec![1], 0);
 //! let prompts: Vec<Prompt> =
 //!     (0..20).map(|i| Prompt { id: PromptId(i), tokens: vec![1, 3 + i as u32 % 7] }).collect();
 //! let mut learner = MyLearner { steps: 0 };
@@ -123,6 +126,7 @@ pub mod error;
 pub mod near_policy;
 pub mod on_policy;
 pub mod outcome;
+pub mod output;
 pub mod report;
 mod run;
 pub mod settings;
@@ -136,6 +140,7 @@ pub use near_policy::NearPolicy;
 pub use npd_core::Method;
 pub use on_policy::OnPolicy;
 pub use outcome::{CurvePoint, Outcome, RunEnd};
+pub use output::OutputConfig;
 pub use report::Report;
 pub use settings::Settings;
 pub use sft::{Sft, write_responses};

@@ -1,8 +1,11 @@
 //! What every method of a run shares: the step budget, sampling, the
 //! teacher's targets, and NPD's own knobs.
 
-use npd_core::config::{FilterConfig, PackConfig, RunConfig};
+use npd_core::config::{SamplingConfig, TrainConfig};
 use npd_core::{SamplingParams, TokenId};
+use npd_filter::FilterConfig;
+use npd_pack::PackConfig;
+use npd_rollout::RolloutConfig;
 
 /// Settings of the loops. Backend concerns (threads, devices, the
 /// optimizer) belong to the stages, not here.
@@ -44,18 +47,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings a run configuration describes, with the tokens that
-    /// come from the tokenizer: the ids that end a response, the tokens
-    /// before a response in the response-alone pass, and the padding id.
-    /// Held-out accuracy is measured six times along a run (and at its
-    /// start).
-    pub fn from_config(
-        config: &RunConfig,
-        stop_ids: Vec<TokenId>,
-        alone_prefix: Vec<TokenId>,
-        pad_id: TokenId,
+    /// The settings the configuration sections describe. The tokens that
+    /// come from the tokenizer start empty (padding id 0): set them with
+    /// [`Settings::with_tokens`]. Held-out accuracy is measured six times
+    /// along a run (and at its start).
+    pub fn new(
+        train: &TrainConfig,
+        rollout: &RolloutConfig,
+        sampling: &SamplingConfig,
+        filter: &FilterConfig,
+        pack: &PackConfig,
     ) -> Self {
-        let (train, rollout, sampling) = (&config.train, &config.rollout, &config.sampling);
         Self {
             steps: train.steps,
             samples_per_step: train.rows_per_step,
@@ -65,20 +67,41 @@ impl Settings {
                 top_k: (sampling.top_k > 0).then_some(sampling.top_k),
                 top_p: sampling.top_p as f32,
                 max_new_tokens: sampling.max_new_tokens,
-                stop_ids,
+                stop_ids: Vec::new(),
                 seed: sampling.seed,
             },
             topk: train.top_k,
-            alone_prefix,
+            alone_prefix: Vec::new(),
             refresh_every: rollout.refresh_every,
             max_lag: rollout.max_lag,
             reuse: rollout.reuse,
-            filter: config.filter.clone(),
-            pack: config.pack.clone(),
+            filter: filter.clone(),
+            pack: pack.clone(),
             queue_capacity: rollout.queue_capacity,
             pool_size: rollout.batch_size,
-            pad_id,
+            pad_id: 0,
         }
+    }
+
+    /// The tokenizer's part: the ids that end a response, the tokens before
+    /// a response in the response-alone pass (BOS and the assistant-turn
+    /// header), and the padding id.
+    pub fn with_tokens(
+        mut self,
+        stop_ids: Vec<TokenId>,
+        alone_prefix: Vec<TokenId>,
+        pad_id: TokenId,
+    ) -> Self {
+        self.sampling.stop_ids = stop_ids;
+        self.alone_prefix = alone_prefix;
+        self.pad_id = pad_id;
+        self
+    }
+
+    /// The staleness bound in optimizer steps: `max_lag` refreshes of
+    /// `refresh_every` steps each.
+    pub fn staleness_bound(&self) -> u64 {
+        self.max_lag * self.refresh_every
     }
 }
 
@@ -88,19 +111,37 @@ mod tests {
 
     #[test]
     fn settings_follow_the_run_configuration() {
-        let mut c = RunConfig::default();
-        c.train.steps = 120;
-        c.train.rows_per_step = 48;
-        c.train.top_k = 5;
-        c.rollout.refresh_every = 7;
-        c.rollout.max_lag = 3;
-        c.rollout.reuse = 2;
-        c.rollout.batch_size = 32;
-        c.sampling.top_k = 0;
-        c.sampling.temperature = 0.7;
-        c.filter.upper_percentile = 0.8;
-        c.pack.capacity = 256;
-        let s = Settings::from_config(&c, vec![2], vec![1, 9], 0);
+        let train = TrainConfig {
+            steps: 120,
+            rows_per_step: 48,
+            top_k: 5,
+            ..TrainConfig::default()
+        };
+        let rollout = RolloutConfig {
+            refresh_every: 7,
+            max_lag: 3,
+            reuse: 2,
+            batch_size: 32,
+            ..RolloutConfig::default()
+        };
+        let mut sampling = SamplingConfig {
+            top_k: 0,
+            temperature: 0.7,
+            ..SamplingConfig::default()
+        };
+        let filter = FilterConfig {
+            upper_percentile: 0.8,
+            ..FilterConfig::default()
+        };
+        let pack = PackConfig {
+            capacity: 256,
+            ..PackConfig::default()
+        };
+        let s = Settings::new(&train, &rollout, &sampling, &filter, &pack).with_tokens(
+            vec![2],
+            vec![1, 9],
+            0,
+        );
         assert_eq!((s.steps, s.samples_per_step, s.eval_every), (120, 48, 20));
         assert_eq!((s.topk, s.refresh_every, s.max_lag, s.reuse), (5, 7, 3, 2));
         assert_eq!((s.pool_size, s.pack.capacity), (32, 256));
@@ -109,8 +150,9 @@ mod tests {
         assert_eq!(s.sampling.temperature, 0.7);
         assert_eq!(s.sampling.stop_ids, vec![2]);
         assert_eq!(s.alone_prefix, vec![1, 9]);
-        c.sampling.top_k = 20;
-        let s = Settings::from_config(&c, vec![2], vec![1], 0);
+        assert_eq!(s.staleness_bound(), 21);
+        sampling.top_k = 20;
+        let s = Settings::new(&train, &rollout, &sampling, &filter, &pack);
         assert_eq!(s.sampling.top_k, Some(20));
     }
 }

@@ -7,29 +7,47 @@ mod doubles;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use doubles::{EchoGenerator, FixedTeacher, HashLearner, StepsEval, prompts};
-use npd_core::config::RunConfig;
+use npd_core::config::{SamplingConfig, TrainConfig};
 use npd_core::events::Event;
 use npd_core::{Method, Prompt};
+use npd_filter::FilterConfig;
+use npd_pack::PackConfig;
 use npd_pipeline::{
     Checkpoints, Comparison, Loop, NearPolicy, OnPolicy, RunEnd, Settings, Sft, Stages,
 };
+use npd_rollout::RolloutConfig;
 
 const STEPS: u64 = 12;
 
 fn settings(filter: bool) -> Settings {
-    let mut c = RunConfig::default();
-    c.train.steps = STEPS;
-    c.train.rows_per_step = 6;
-    c.train.top_k = 2;
-    c.rollout.refresh_every = 3;
-    c.rollout.max_lag = 2;
-    c.rollout.batch_size = 4;
-    c.rollout.queue_capacity = 8;
-    c.pack.capacity = 32;
-    c.pack.max_open_rows = 2;
-    c.filter.enabled = filter;
-    c.filter.upper_percentile = 0.8;
-    Settings::from_config(&c, vec![2], vec![1, 9], 0)
+    let train = TrainConfig {
+        steps: STEPS,
+        rows_per_step: 6,
+        top_k: 2,
+        ..TrainConfig::default()
+    };
+    let rollout = RolloutConfig {
+        refresh_every: 3,
+        max_lag: 2,
+        batch_size: 4,
+        queue_capacity: 8,
+        ..RolloutConfig::default()
+    };
+    let pack = PackConfig {
+        capacity: 32,
+        max_open_rows: 2,
+        ..PackConfig::default()
+    };
+    let filter = FilterConfig {
+        enabled: filter,
+        upper_percentile: 0.8,
+        ..FilterConfig::default()
+    };
+    Settings::new(&train, &rollout, &SamplingConfig::default(), &filter, &pack).with_tokens(
+        vec![2],
+        vec![1, 9],
+        0,
+    )
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -120,7 +138,7 @@ fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() 
             assert!(f.kept < f.total, "the filter dropped nothing: {f:?}");
         }
         // Staleness in optimizer steps stays within max_lag * K.
-        let bound = s.max_lag * s.refresh_every;
+        let bound = s.staleness_bound();
         let worst = out.staleness.keys().max().copied().unwrap_or(0);
         assert!(worst <= bound, "staleness {worst} over {bound}");
         assert_eq!(out.staleness.values().sum::<usize>(), ledger.trained);

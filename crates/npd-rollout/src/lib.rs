@@ -9,8 +9,10 @@
 //!   filtered with the reason, failed with the reason), refuses to close a
 //!   prompt twice, and is saved with checkpoints.
 
+pub mod config;
 pub mod engine;
 pub mod ledger;
 
+pub use config::RolloutConfig;
 pub use engine::{Delivery, EngineConfig, EngineStats, RolloutEngine};
 pub use ledger::{Ledger, LedgerCounts, LedgerError, PromptState};

@@ -2,7 +2,7 @@
 
 use tch::{Cuda, Device, Kind};
 
-use npd_core::config::Dtype;
+use crate::models_config::Dtype;
 use npd_core::{Error, Result};
 
 /// Parses `cpu`, `cuda` or `cuda:N` (the `model.device` key), checking that

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod generator;
 pub mod loss;
 pub mod model;
+pub mod models_config;
 pub mod optim;
 pub mod score;
 pub mod stages;

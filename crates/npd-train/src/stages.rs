@@ -3,7 +3,7 @@
 //! warm-started student and the held-out prompts, for
 //! [`npd_pipeline::Comparison`].
 
-use npd_core::config::{LossKind, RunConfig};
+use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::Generator;
 use npd_core::{Error, Method, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
 use npd_pipeline::Stages;
@@ -31,15 +31,15 @@ impl Threads {
     /// From `train.threads` (0: every core libtorch sees) and
     /// `rollout.threads` (0: one thread, since NPD's generation overlaps
     /// training).
-    pub fn from_config(config: &RunConfig) -> Self {
+    pub fn new(train: usize, generate: usize) -> Self {
         let cores = tch::get_num_threads().max(1);
         let threads = |n: usize, zero: i32| match n {
             0 => zero,
             n => i32::try_from(n).unwrap_or(i32::MAX),
         };
         Self {
-            train: threads(config.train.threads, cores),
-            generate: threads(config.rollout.threads, 1),
+            train: threads(train, cores),
+            generate: threads(generate, 1),
         }
     }
 }
@@ -135,16 +135,17 @@ pub struct TchStages<'a> {
 
 impl<'a> TchStages<'a> {
     /// Stages from `teacher` and a student of architecture `student` at
-    /// `warm_start`, evaluated on `eval` with `answer`; the optimizer,
-    /// threads and generation lengths come from `config`, the tokens that
-    /// end a response are `stop_ids`. Teacher and student must share the
-    /// vocabulary and special tokens, and `eval` must not be empty.
+    /// `warm_start`, trained as `train` says, evaluated on `eval` with
+    /// `answer` (greedy responses of at most `eval_tokens` tokens, ended by
+    /// `stop_ids`). Teacher and student must share the vocabulary and
+    /// special tokens, and `eval` must not be empty. Threads default to
+    /// [`Threads::new`]`(0, 0)`.
     pub fn new(
         teacher: &'a Llama,
         (student, warm_start): (ModelConfig, &'a Weights),
         (eval, answer): (&'a [Example], &'a AnswerFn<'a>),
-        config: &RunConfig,
-        stop_ids: Vec<TokenId>,
+        train: &TrainConfig,
+        (eval_tokens, stop_ids): (usize, Vec<TokenId>),
     ) -> Result<Self> {
         check_compatible(teacher.config(), &student)?;
         if eval.is_empty() {
@@ -156,9 +157,9 @@ impl<'a> TchStages<'a> {
             warm_start,
             eval,
             answer,
-            train: TrainOptions::from_config(&config.train),
-            threads: Threads::from_config(config),
-            eval_tokens: config.sampling.max_new_tokens,
+            train: TrainOptions::from_config(train),
+            threads: Threads::new(0, 0),
+            eval_tokens,
             stop_ids,
             alone_prefix: None,
             student_config_json: None,
@@ -179,6 +180,12 @@ impl<'a> TchStages<'a> {
     }
 
     /// The thread budget of each role.
+    pub fn with_threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// See [`TchStages::with_threads`].
     pub fn threads(&self) -> Threads {
         self.threads
     }
@@ -291,14 +298,11 @@ mod tests {
 
     #[test]
     fn threads_follow_the_configuration() {
-        let mut c = RunConfig::default();
-        let t = Threads::from_config(&c);
+        let t = Threads::new(0, 0);
         assert_eq!(t.generate, 1);
         assert_eq!(t.train, tch::get_num_threads().max(1));
-        c.train.threads = 3;
-        c.rollout.threads = 2;
         assert_eq!(
-            Threads::from_config(&c),
+            Threads::new(3, 2),
             Threads {
                 train: 3,
                 generate: 2

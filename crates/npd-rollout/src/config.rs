@@ -1,0 +1,55 @@
+//! The `[rollout]` section: the asynchronous rollout engine.
+
+use serde::{Deserialize, Serialize};
+
+use npd_core::ConfigError;
+use npd_core::config::{Check, Section};
+
+/// The asynchronous rollout engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Sparse refresh: generators swap to new student weights every this many
+    /// optimizer steps.
+    pub refresh_every: u64,
+    /// Staleness bound, in refreshes: a rollout is not started if it would
+    /// be trained on more than this many refreshes after the snapshot that
+    /// writes it was replaced, so no trained sample is more than
+    /// `max_lag * refresh_every` optimizer steps old (the unit the report's
+    /// staleness histogram uses). At least 1.
+    pub max_lag: u64,
+    /// Finished rollouts buffered ahead of scoring; generators wait when full.
+    pub queue_capacity: usize,
+    /// Prompts a generator takes per batch.
+    pub batch_size: usize,
+    /// How many times each kept sample may be trained on.
+    pub reuse: usize,
+    /// libtorch intra-op threads of the generating thread; 0 picks one
+    /// thread on CPU (generation overlaps training there).
+    pub threads: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            refresh_every: 50,
+            max_lag: 2,
+            queue_capacity: 1024,
+            batch_size: 64,
+            reuse: 1,
+            threads: 0,
+        }
+    }
+}
+
+impl Section for RolloutConfig {
+    const NAME: &'static str = "rollout";
+
+    fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.at_least("refresh_every", self.refresh_every, 1)?;
+        c.at_least("max_lag", self.max_lag, 1)?;
+        c.at_least("queue_capacity", self.queue_capacity, 1)?;
+        c.at_least("batch_size", self.batch_size, 1)?;
+        c.at_least("reuse", self.reuse, 1)
+    }
+}
