@@ -1,7 +1,6 @@
 //! The run report: a Markdown table, the same data as JSON, and an SVG
 //! chart of held-out accuracy against wall-clock.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
@@ -189,88 +188,87 @@ impl Report {
         md
     }
 
-    /// Held-out accuracy against wall-clock, one line per run.
+    /// Held-out accuracy against wall-clock, one line per run (dashed for
+    /// odd seeds), as SVG.
     pub fn svg(&self) -> String {
-        let (w, h, ml, mb, mt, mr) = (720.0, 420.0, 60.0, 50.0, 20.0, 170.0);
+        let mut out = String::new();
+        if let Err(e) = self.draw(&mut out) {
+            // Drawing into a string cannot fail for want of a file; an
+            // error here is a bug in the chart, so the report shows it.
+            return format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\"><text x=\"10\" y=\"20\">chart: {e}</text></svg>\n"
+            );
+        }
+        out
+    }
+
+    fn draw(&self, out: &mut String) -> Result<(), Box<dyn std::error::Error + '_>> {
+        use plotters::prelude::*;
+        let color = |m: Method| match m {
+            Method::Sft => RGBColor(0x2b, 0x8a, 0x3e),
+            Method::OnPolicy => RGBColor(0xc9, 0x2a, 0x2a),
+            Method::NearPolicy => RGBColor(0x18, 0x64, 0xab),
+        };
         let max_t = self
             .outcomes
             .iter()
             .flat_map(|o| o.curve.iter().map(|c| c.wall_s))
             .fold(1e-9f64, f64::max);
-        let x = |t: f64| ml + (w - ml - mr) * t / max_t;
-        let y = |a: f64| mt + (h - mt - mb) * (1.0 - a);
-        let colors: BTreeMap<Method, &str> = [
-            (Method::Sft, "#2b8a3e"),
-            (Method::OnPolicy, "#c92a2a"),
-            (Method::NearPolicy, "#1864ab"),
-        ]
-        .into_iter()
-        .collect();
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        );
-        for i in 0..=5 {
-            let a = i as f64 / 5.0;
-            let (x2, ya, tx, ty) = (w - mr, y(a), ml - 6.0, y(a) + 4.0);
-            let pct = 100.0 * a;
-            let _ = writeln!(
-                s,
-                "<line x1=\"{ml}\" x2=\"{x2}\" y1=\"{ya:.1}\" y2=\"{ya:.1}\" stroke=\"#ddd\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{pct:.0}%</text>"
-            );
-            let t = max_t * i as f64 / 5.0;
-            let _ = writeln!(
-                s,
-                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t:.0}s</text>",
-                x(t),
-                h - mb + 18.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">wall-clock (evaluation excluded)</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">held-out accuracy</text>",
-            ml + (w - ml - mr) / 2.0,
-            h - 12.0,
-            mt + (h - mt - mb) / 2.0,
-            mt + (h - mt - mb) / 2.0
-        );
-        for (i, o) in self.outcomes.iter().enumerate() {
-            let color = colors[&o.method];
-            let pts: Vec<String> = o
-                .curve
-                .iter()
-                .map(|c| format!("{:.1},{:.1}", x(c.wall_s), y(c.accuracy)))
-                .collect();
-            let dash = if o.seed % 2 == 1 {
-                " stroke-dasharray=\"5 3\""
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                s,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
-                pts.join(" ")
-            );
-            let ly = mt + 16.0 * i as f64 + 10.0;
-            let _ = writeln!(
-                s,
-                "<line x1=\"{0}\" x2=\"{1}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/><text x=\"{2}\" y=\"{3}\">{4} seed {5}: {6:.1}%</text>",
-                w - mr + 10.0,
-                w - mr + 30.0,
-                w - mr + 36.0,
-                ly + 4.0,
+        let root = SVGBackend::with_string(out, (720, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max_t * 1.02, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("wall-clock, s (evaluation excluded)")
+            .y_desc("held-out accuracy")
+            .y_label_formatter(&|a| format!("{:.0}%", 100.0 * a))
+            .x_label_formatter(&|t| format!("{t:.0}"))
+            .light_line_style(WHITE)
+            .draw()?;
+        for o in &self.outcomes {
+            let c = color(o.method);
+            let points = o.curve.iter().map(|p| (p.wall_s, p.accuracy));
+            let label = format!(
+                "{} seed {}: {:.1}%",
                 o.method.name(),
                 o.seed,
                 100.0 * o.accuracy
             );
+            let style = c.stroke_width(2);
+            let dashed = o.seed % 2 == 1;
+            let series = if dashed {
+                chart.draw_series(DashedLineSeries::new(points, 6, 4, style))?
+            } else {
+                chart.draw_series(LineSeries::new(points, style))?
+            };
+            // A dashed legend sample for a dashed line: two segments.
+            let (gap_from, gap_to) = if dashed { (7, 11) } else { (20, 20) };
+            series.label(label).legend(move |(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (gap_from, 0)], style)
+                    + PathElement::new(vec![(gap_to, 0), (20, 0)], style)
+            });
         }
-        s.push_str("</svg>\n");
-        s
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::CurvePoint;
+    use std::collections::BTreeMap;
 
     fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
         Outcome {
@@ -329,5 +327,45 @@ mod tests {
         let mut slow = report.clone();
         slow.outcomes[5].wall_s = 100.0;
         assert!(!slow.targets().unwrap().1);
+    }
+
+    #[test]
+    fn the_chart_has_a_line_and_a_legend_entry_per_run() {
+        let mut runs = vec![
+            outcome(Method::OnPolicy, 0, 0.5, 20.0),
+            outcome(Method::NearPolicy, 0, 0.625, 12.0),
+            outcome(Method::NearPolicy, 1, 0.6, 12.5),
+        ];
+        for o in &mut runs {
+            o.curve = (0..=4)
+                .map(|i| CurvePoint {
+                    step: i * 10,
+                    wall_s: o.wall_s * i as f64 / 4.0,
+                    accuracy: 0.3 + (o.accuracy - 0.3) * i as f64 / 4.0,
+                })
+                .collect();
+        }
+        let report = Report {
+            setup: Vec::new(),
+            teacher_accuracy: 0.9,
+            warm_start_accuracy: 0.3,
+            outcomes: runs,
+        };
+        let svg = report.svg();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+        for label in [
+            "on-policy seed 0: 50.0%",
+            "NPD seed 0: 62.5%",
+            "NPD seed 1: 60.0%",
+        ] {
+            assert!(svg.contains(label), "no legend entry {label:?}");
+        }
+        assert!(svg.contains("held-out accuracy") && svg.contains("wall-clock"));
+        // Seed 0 runs are solid lines (one polyline each); seed 1 is dashed.
+        assert!(svg.matches("<polyline").count() > 2);
+        std::fs::write(std::env::temp_dir().join("npd-chart-test.svg"), &svg).unwrap();
     }
 }
