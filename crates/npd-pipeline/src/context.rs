@@ -1,7 +1,7 @@
 //! What every driver needs besides its stages: the settings, the training
 //! prompts, and the optional checkpoints, observer and interrupt.
 
-use npd_core::events::{Event, Ignore, Observer};
+use npd_core::events::{Event, Observer};
 use npd_core::traits::{Interrupt, Never};
 use npd_core::{Prompt, PromptId};
 
@@ -14,7 +14,7 @@ pub struct Loop<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) prompts: &'a [Prompt],
     pub(crate) checkpoints: Option<&'a Checkpoints>,
-    pub(crate) observer: &'a mut dyn Observer,
+    pub(crate) observer: Option<&'a mut dyn Observer>,
     pub(crate) interrupt: &'a dyn Interrupt,
     pub(crate) rejected: &'a [(PromptId, String)],
     pub(crate) start_score: Option<f64>,
@@ -26,14 +26,11 @@ impl<'a> Loop<'a> {
     /// A loop over `prompts` (visited in a seeded order, repeated as the
     /// budget needs), without checkpoints, events or interruption.
     pub fn new(settings: &'a Settings, prompts: &'a [Prompt]) -> Self {
-        // An observer that ignores everything, borrowed for 'a: a leaked
-        // zero-sized value costs nothing.
-        let ignore: &'a mut Ignore = Box::leak(Box::new(Ignore));
         Self {
             settings,
             prompts,
             checkpoints: None,
-            observer: ignore,
+            observer: None,
             interrupt: &NEVER,
             rejected: &[],
             start_score: None,
@@ -48,7 +45,7 @@ impl<'a> Loop<'a> {
 
     /// Receives step, evaluation, refresh and ledger events.
     pub fn with_observer(mut self, observer: &'a mut dyn Observer) -> Self {
-        self.observer = observer;
+        self.observer = Some(observer);
         self
     }
 
@@ -79,6 +76,8 @@ impl<'a> Loop<'a> {
     }
 
     pub(crate) fn emit(&mut self, event: Event) {
-        self.observer.on_event(&event);
+        if let Some(o) = self.observer.as_mut() {
+            o.on_event(&event);
+        }
     }
 }

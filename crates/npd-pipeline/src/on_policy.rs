@@ -10,7 +10,7 @@ use npd_core::{Method, SamplingParams, TrainSample};
 use crate::context::Loop;
 use crate::error::Result;
 use crate::outcome::RunEnd;
-use crate::run::{Next, Run, StepExtra, padded_rows, sample, visit};
+use crate::run::{Next, Run, sample, visit};
 
 /// The synchronous baseline: generate, score, train, one step at a time.
 /// The generator is loaded with the learner's weights before every step
@@ -103,18 +103,7 @@ where
                 .zip(scores)
                 .map(|(r, sc)| sample(r.prompt_id.0, &r.prompt, &r.response, sc.topk))
                 .collect();
-            let rows = padded_rows(samples, s.pad_id)?;
-            let stats = run.clock.time("train", || learner.step(&rows))?;
-            let next = run.after_step(
-                cx,
-                learner,
-                evaluator,
-                step + 1,
-                &stats,
-                &rows,
-                StepExtra::default(),
-                || None,
-            )?;
+            let next = run.padded_step(cx, learner, evaluator, samples, step + 1)?;
             if let Next::Stop(end) = next {
                 return Ok(end);
             }

@@ -200,6 +200,26 @@ impl Run {
         })
     }
 
+    /// One step of a synchronous method: `samples` as a padded batch,
+    /// trained on and recorded as step `step`.
+    pub fn padded_step<L, E>(
+        &mut self,
+        cx: &mut Loop<'_>,
+        learner: &mut L,
+        evaluator: &mut E,
+        samples: Vec<npd_core::TrainSample>,
+        step: u64,
+    ) -> Result<Next>
+    where
+        L: Learner + Persist,
+        E: Evaluator<L> + ?Sized,
+    {
+        let rows = padded_rows(samples, cx.settings.pad_id)?;
+        let stats = self.clock.time("train", || learner.step(&rows))?;
+        let extra = StepExtra::default();
+        self.after_step(cx, learner, evaluator, step, &stats, &rows, extra, || None)
+    }
+
     fn stopped(&self, step: u64, checkpoint: Option<std::path::PathBuf>) -> RunEnd {
         RunEnd::Stopped {
             method: self.method,
@@ -262,10 +282,7 @@ pub(crate) fn sample(
 
 /// One sample per row, each row as wide as the longest sample of the step:
 /// the padded batch of the baselines.
-pub(crate) fn padded_rows(
-    samples: Vec<npd_core::TrainSample>,
-    pad_id: TokenId,
-) -> Result<Vec<PackedRow>> {
+fn padded_rows(samples: Vec<npd_core::TrainSample>, pad_id: TokenId) -> Result<Vec<PackedRow>> {
     let width = samples.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
     let mut options = npd_pack::PackOptions::new(width);
     options.pad_id = pad_id;

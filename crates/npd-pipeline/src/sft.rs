@@ -7,7 +7,7 @@ use npd_core::{Method, Prompt, SamplingParams, TokenId, TrainSample};
 use crate::context::Loop;
 use crate::error::Result;
 use crate::outcome::RunEnd;
-use crate::run::{Next, Run, StepExtra, padded_rows, sample};
+use crate::run::{Next, Run, sample};
 
 /// Prompts per call when a teacher writes SFT's responses.
 const WRITE_CHUNK: usize = 256;
@@ -86,19 +86,7 @@ where
                     sample(r, &cx.prompts[i].tokens, &responses[i], None)
                 })
                 .collect();
-            let rows = padded_rows(samples, s.pad_id)?;
-            let stats = run.clock.time("train", || learner.step(&rows))?;
-            let extra = StepExtra::default();
-            let next = run.after_step(
-                cx,
-                learner,
-                evaluator,
-                step + 1,
-                &stats,
-                &rows,
-                extra,
-                || None,
-            )?;
+            let next = run.padded_step(cx, learner, evaluator, samples, step + 1)?;
             if let Next::Stop(end) = next {
                 return Ok(end);
             }
