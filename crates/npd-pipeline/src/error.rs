@@ -24,6 +24,23 @@ pub enum Error {
         /// Steps completed.
         step: u64,
     },
+    /// NPD kept no sample from many rollouts in a row, so no step could
+    /// be filled (see [`STARVED_STEPS`](crate::near_policy::STARVED_STEPS)).
+    #[error(
+        "NPD made no progress after step {step}: none of the last {rollouts} rollouts was kept \
+         (filtered so far: {filtered}; failed so far: {failed}); a student with non-finite \
+         log-probs or a filter band that excludes every score does this"
+    )]
+    Starved {
+        /// Steps completed.
+        step: u64,
+        /// Rollouts scored since the last kept sample.
+        rollouts: usize,
+        /// Prompts filtered out so far, per reason.
+        filtered: String,
+        /// Prompts failed so far, per reason.
+        failed: String,
+    },
     /// A saved file of the run (an outcome, a checkpoint's run state) could
     /// not be read back.
     #[error("{path}: {message}")]

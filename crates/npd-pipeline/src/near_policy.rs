@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use npd_core::events::{Event, LedgerEvent, RefreshEvent};
 use npd_core::traits::{
     Evaluator, FilterInput, Generator, Learner, Packer, Persist, SampleFilter, ScoreOptions,
-    ScoreRequest, Scorer,
+    ScoreRequest, Scorer, StepStats,
 };
 use npd_core::{
     DropReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs, Rollout,
@@ -31,6 +31,10 @@ use crate::error::{Error, Result};
 use crate::outcome::RunEnd;
 use crate::run::{Next, Run, StepExtra, sample, visit};
 use crate::settings::Settings;
+
+/// Steps' worth of rollouts scored in a row without keeping one sample
+/// after which NPD gives up with [`Error::Starved`].
+pub const STARVED_STEPS: usize = 20;
 
 /// NPD over a learner, a generator that runs on its own thread, and a
 /// teacher.
@@ -79,15 +83,31 @@ where
         let s = cx.settings;
         let mut step = run.first_step;
         while step < s.steps {
+            // Rollouts scored in a row without a kept sample: a pipeline
+            // that keeps nothing (a student whose log-probs are all NaN, a
+            // band that excludes everything) ends with an error, not a hang.
+            let mut dry = 0;
             while npd.samples_ready() < s.samples_per_step {
                 let rollouts = npd.fill_pool(&mut run.clock, step)?;
+                let n = rollouts.len();
                 let kept = npd.score_and_filter(&mut run.clock, teacher, rollouts)?;
+                dry = if kept.is_empty() { dry + n } else { 0 };
+                if dry >= STARVED_STEPS * s.samples_per_step.max(1) {
+                    let counts = npd.ledger.counts();
+                    drop(npd);
+                    return Err(Error::Starved {
+                        step,
+                        rollouts: dry,
+                        filtered: format!("{:?}", counts.filtered),
+                        failed: format!("{:?}", counts.failed),
+                    });
+                }
                 npd.pack(&mut run.clock, kept)?;
             }
             let (batch, samples) = npd.take_step();
             let stats = run.clock.time("train", || learner.step(&batch))?;
             step += 1;
-            let trained = npd.settle(&batch, learner.version())?;
+            let trained = npd.settle(&batch, learner.version(), &stats)?;
             if step % s.refresh_every == 0 {
                 let weights = run.clock.time("publish", || learner.publish())?;
                 npd.publish(weights, learner.version());
@@ -388,14 +408,30 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
         (batch, n)
     }
 
-    /// Closes the prompts first trained on in `batch` (the learner now at
-    /// `version`) and records their staleness; returns their ids.
-    fn settle(&mut self, batch: &[PackedRow], version: PolicyVersion) -> Result<Vec<u64>> {
+    /// Closes the prompts first used in `batch` (the learner now at
+    /// `version`): as trained, with their staleness recorded, when the
+    /// step updated the weights; as failed when it was skipped for a
+    /// non-finite loss (nothing was learned from them). Returns the ids
+    /// trained on.
+    fn settle(
+        &mut self,
+        batch: &[PackedRow],
+        version: PolicyVersion,
+        stats: &StepStats,
+    ) -> Result<Vec<u64>> {
         let mut first_use = Vec::new();
         for row in batch {
             for seg in &row.segments {
                 let id = seg.sample_id.0;
-                if let Some(v) = self.versions.remove(&id) {
+                let Some(v) = self.versions.remove(&id) else {
+                    continue;
+                };
+                if stats.skipped {
+                    let reason = "the step that took it was skipped for a non-finite loss";
+                    self.ledger
+                        .close(PromptId(id), PromptState::Failed(reason.into()))?;
+                    self.failed_ids.push(id);
+                } else {
                     *self
                         .staleness
                         .entry(version.saturating_sub(v + 1))

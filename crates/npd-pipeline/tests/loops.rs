@@ -308,3 +308,83 @@ fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
     assert_eq!(out.curve.last().unwrap().step, STEPS);
     assert!(out.token_efficiency > 0.0);
 }
+
+#[test]
+fn npd_ends_with_an_error_when_it_keeps_nothing_instead_of_hanging() {
+    let s = settings(true);
+    let data = prompts(40);
+    let mut learner = HashLearner::default();
+    let broken = EchoGenerator {
+        nan: true,
+        ..EchoGenerator::default()
+    };
+    let err = NearPolicy::new(
+        &mut learner,
+        broken,
+        &mut FixedTeacher::default(),
+        &mut StepsEval,
+    )
+    .run(&mut Loop::new(&s, &data), 0)
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, npd_pipeline::Error::Starved { step: 0, .. }),
+        "{text}"
+    );
+    assert!(text.contains("non-finite-score"), "{text}");
+    assert_eq!(learner.calls, 0);
+}
+
+#[test]
+fn a_skipped_step_trains_no_prompt_and_the_ledger_says_so() {
+    let s = settings(false);
+    let data = prompts(40);
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder {
+        events: Vec::new(),
+        stop_at: None,
+        stop: &stop,
+    };
+    let mut learner = HashLearner {
+        skip: vec![3, 4],
+        ..HashLearner::default()
+    };
+    let out = NearPolicy::new(
+        &mut learner,
+        EchoGenerator::default(),
+        &mut FixedTeacher::default(),
+        &mut StepsEval,
+    )
+    .run(&mut Loop::new(&s, &data).with_observer(&mut rec), 0)
+    .unwrap()
+    .finished()
+    .unwrap();
+    assert_eq!(out.skipped_steps, 2);
+    let mut trained = 0;
+    let mut failed = 0;
+    for e in &rec.events {
+        if let Event::Step(st) = e {
+            let n = st.prompts_trained.as_ref().unwrap().len();
+            if st.skipped {
+                assert_eq!(
+                    n, 0,
+                    "step {} skipped but reported trained prompts",
+                    st.step
+                );
+            }
+            trained += n;
+            failed += st.prompts_failed.as_ref().unwrap().len();
+        }
+    }
+    let ledger = out.ledger.unwrap();
+    assert!(ledger.adds_up());
+    assert_eq!(ledger.trained, trained);
+    let skipped: usize = ledger
+        .failed
+        .iter()
+        .filter(|(reason, _)| reason.contains("skipped"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(skipped >= 2 * s.samples_per_step, "{ledger:?}");
+    assert_eq!(skipped, failed);
+}

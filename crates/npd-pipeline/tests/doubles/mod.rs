@@ -22,6 +22,10 @@ pub struct HashLearner {
     pub hash: u64,
     /// Sample ids per step taken by this instance.
     pub log: Vec<Vec<u64>>,
+    /// Calls to `step` (1-based) that report a non-finite loss and change
+    /// nothing.
+    pub skip: Vec<usize>,
+    pub calls: usize,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -32,6 +36,14 @@ impl Learner for HashLearner {
     type Weights = (u64, u64);
 
     fn step(&mut self, rows: &[PackedRow]) -> Result<StepStats> {
+        self.calls += 1;
+        if self.skip.contains(&self.calls) {
+            return Ok(StepStats {
+                loss: f64::NAN,
+                skipped: true,
+                ..StepStats::default()
+            });
+        }
         let mut ids = Vec::new();
         for row in rows {
             for seg in &row.segments {
@@ -94,6 +106,8 @@ pub struct EchoGenerator {
     pub weights_hash: u64,
     /// Versions it was loaded with, in order.
     pub loads: Vec<PolicyVersion>,
+    /// Writes NaN log-probs (a broken student).
+    pub nan: bool,
 }
 
 impl Generator for EchoGenerator {
@@ -123,7 +137,7 @@ impl Generator for EchoGenerator {
                 Rollout {
                     prompt_id: p.id,
                     prompt: p.tokens.clone(),
-                    response_logprobs: vec![-0.5; n],
+                    response_logprobs: vec![if self.nan { f32::NAN } else { -0.5 }; n],
                     response_alone_logprobs: vec![-1.0 - (h % 7) as f32 / 10.0; n],
                     response,
                     policy_version: self.version,
