@@ -10,6 +10,13 @@ use serde_json::{Value, json};
 
 /// File recording what a run was started with.
 const RUN_FILE: &str = "run.json";
+/// File locked while a run uses the folder.
+const LOCK_FILE: &str = ".lock";
+
+/// Whether `dir` exists and holds anything.
+fn folder_has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|e| e.flatten().any(|e| e.file_name() != LOCK_FILE))
+}
 
 /// An output folder.
 pub struct RunDir {
@@ -19,6 +26,41 @@ pub struct RunDir {
     identity: Value,
     /// The run continues one in the folder (`--resume`).
     resume: bool,
+    /// The lock held on the folder while the run uses it.
+    lock: Option<std::fs::File>,
+}
+
+/// The configuration keys that identify a run, as dotted keys and values:
+/// everything but `output.dir` (the folder is the run; a moved folder is
+/// the same run).
+fn identity_keys(config_toml: &str) -> std::collections::BTreeMap<String, String> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            v => {
+                out.insert(prefix.to_string(), v.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(t) = config_toml.parse::<toml::Table>() {
+        flatten("", &toml::Value::Table(t), &mut out);
+    }
+    out.remove("output.dir");
+    out
 }
 
 /// Writes `text` to `path` atomically.
@@ -60,6 +102,7 @@ impl RunDir {
             dir: dir.to_path_buf(),
             identity,
             resume,
+            lock: None,
         };
         let previous = read_json(&dir.join(RUN_FILE))?;
         let finished = previous
@@ -74,21 +117,48 @@ impl RunDir {
                     dir.display()
                 );
             };
-            for key in ["config", "methods", "seeds", "quick"] {
+            let keys =
+                |v: &Value| identity_keys(v.get("config").and_then(Value::as_str).unwrap_or(""));
+            let (was, now) = (keys(&previous), keys(&run.identity));
+            let differing: Vec<String> = was
+                .keys()
+                .chain(now.keys())
+                .filter(|k| was.get(*k) != now.get(*k))
+                .map(|k| {
+                    let show = |m: &std::collections::BTreeMap<String, String>| {
+                        m.get(k).cloned().unwrap_or_else(|| "unset".into())
+                    };
+                    format!("{k} = {} (was {})", show(&now), show(&was))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !differing.is_empty() {
+                bail!(
+                    "--resume: the run in {} was started with other configuration values: {}; \
+                     rerun with the configuration it started with (see {})",
+                    dir.display(),
+                    differing.join(", "),
+                    dir.join(RUN_FILE).display()
+                );
+            }
+            for key in ["methods", "seeds", "quick"] {
                 if previous.get(key) != run.identity.get(key) {
                     bail!(
                         "--resume: the run in {} was started with other {}; rerun with the \
                          configuration and flags it started with (see {})",
                         dir.display(),
-                        if key == "config" {
-                            "configuration values".to_string()
-                        } else {
-                            format!("--{key}")
-                        },
+                        format!("--{key}"),
                         dir.join(RUN_FILE).display()
                     );
                 }
             }
+        } else if previous.is_none() && folder_has_entries(dir) {
+            bail!(
+                "{} is not empty and holds no run of this program (no {RUN_FILE}); \
+                 choose a new or empty --out, so that no file of yours is overwritten",
+                dir.display()
+            );
         } else if previous.is_some() && !finished {
             bail!(
                 "{} holds an unfinished run: continue it with --resume, or choose \
@@ -101,9 +171,21 @@ impl RunDir {
 
     /// Claims the checked folder: creates it, and for a fresh run replaces
     /// a finished run's checkpoints; records the run as unfinished.
-    pub fn claim(self) -> Result<Self> {
+    pub fn claim(mut self) -> Result<Self> {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        // One run at a time per folder: a second would tear metrics.jsonl
+        // and the checkpoints. The lock goes with the process.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock =
+            std::fs::File::create(&lock_path).with_context(|| lock_path.display().to_string())?;
+        if let Err(e) = lock.try_lock() {
+            bail!(
+                "{} is in use by another run ({e}); wait for it to end or choose another --out",
+                dir.display()
+            );
+        }
+        self.lock = Some(lock);
         if !self.resume {
             let root = self.checkpoint_root();
             if root.exists() {
@@ -185,4 +267,76 @@ fn accounted_steps(checkpoints: &Checkpoints, method: Method, seed: u64) -> Resu
         return Ok(u64::MAX);
     }
     Ok(checkpoints.latest(method, seed)?.map_or(0, |(s, _)| s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(what: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("npd-run-dir-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    const CONFIG: &str = "[train]\nlr = 0.001\nsteps = 10\n\n[output]\ndir = \"a\"\n";
+
+    fn check(dir: &Path, config: &str, resume: bool) -> Result<RunDir> {
+        RunDir::check(dir, config, &[Method::Sft], 1, false, resume)
+    }
+
+    #[test]
+    fn a_folder_of_other_files_is_refused_and_left_alone() {
+        let dir = scratch("foreign");
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        std::fs::write(dir.join("report.md"), "mine").unwrap();
+        let err = check(&dir, CONFIG, false).err().unwrap().to_string();
+        assert!(err.contains("holds no run of this program"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("report.md")).unwrap(),
+            "mine"
+        );
+        // An empty folder is fine.
+        let empty = scratch("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        check(&empty, CONFIG, false).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&empty);
+    }
+
+    #[test]
+    fn resume_names_each_differing_key_and_ignores_the_folder_path() {
+        let dir = scratch("resume");
+        let run = check(&dir, CONFIG, false).unwrap().claim().unwrap();
+        drop(run);
+        // The same run reached through another spelling of its folder.
+        let moved = CONFIG.replace("dir = \"a\"", "dir = \"b/../a\"");
+        check(&dir, &moved, true).unwrap();
+        let other = CONFIG
+            .replace("lr = 0.001", "lr = 0.002")
+            .replace("steps = 10\n", "");
+        let err = check(&dir, &other, true).err().unwrap().to_string();
+        assert!(
+            err.contains("train.lr = 0.002 (was 0.001)")
+                && err.contains("train.steps = unset (was 10)"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_runs_cannot_share_a_folder() {
+        let dir = scratch("lock");
+        let first = check(&dir, CONFIG, false).unwrap().claim().unwrap();
+        let err = check(&dir, CONFIG, true)
+            .unwrap()
+            .claim()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("in use by another run"), "{err}");
+        drop(first);
+        check(&dir, CONFIG, true).unwrap().claim().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
