@@ -299,7 +299,7 @@ impl Section for TrainConfig {
         c.at_least("micro_batch_rows", self.micro_batch_rows, 1)?;
         c.that(
             self.rows_per_step >= self.micro_batch_rows
-                && self.rows_per_step % self.micro_batch_rows == 0,
+                && self.rows_per_step.is_multiple_of(self.micro_batch_rows),
             "rows_per_step",
             format!(
                 "a multiple of train.micro_batch_rows ({})",

@@ -145,10 +145,9 @@ impl RunDir {
             for key in ["methods", "seeds", "quick"] {
                 if previous.get(key) != run.identity.get(key) {
                     bail!(
-                        "--resume: the run in {} was started with other {}; rerun with the \
-                         configuration and flags it started with (see {})",
+                        "--resume: the run in {} was started with other --{key}; rerun with \
+                         the configuration and flags it started with (see {})",
                         dir.display(),
-                        format!("--{key}"),
                         dir.join(RUN_FILE).display()
                     );
                 }

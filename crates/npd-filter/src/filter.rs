@@ -92,13 +92,13 @@ impl DeltaIfdFilter {
 
 impl SampleFilter for DeltaIfdFilter {
     fn select(&mut self, pool: &[FilterInput]) -> Result<Vec<Decision>> {
-        if self.score.needs_snapshot() {
-            if let Some(input) = pool.iter().find(|i| i.snapshot.is_none()) {
-                return Err(Error::invalid(
-                    input.id.to_string(),
-                    "filter.form = \"staleness\" needs the generating snapshot's log-probs",
-                ));
-            }
+        if self.score.needs_snapshot()
+            && let Some(input) = pool.iter().find(|i| i.snapshot.is_none())
+        {
+            return Err(Error::invalid(
+                input.id.to_string(),
+                "filter.form = \"staleness\" needs the generating snapshot's log-probs",
+            ));
         }
         let scores: Vec<_> = pool
             .par_iter()

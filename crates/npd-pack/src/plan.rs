@@ -149,7 +149,7 @@ impl RoomIndex {
         if s >= self.summary.len() {
             return None;
         }
-        let mut sbits = if next_w % 64 == 0 {
+        let mut sbits = if next_w.is_multiple_of(64) {
             self.summary[s]
         } else {
             self.summary[s] & (!0u64 << (next_w % 64))

@@ -85,7 +85,7 @@ impl Checkpoints {
 
     /// Whether a checkpoint is due after `step` (the last step always is).
     pub fn due(&self, step: u64, last: bool) -> bool {
-        last || (self.every > 0 && step % self.every == 0)
+        last || (self.every > 0 && step.is_multiple_of(self.every))
     }
 
     /// The complete checkpoints of a run, oldest first, as (step, folder).

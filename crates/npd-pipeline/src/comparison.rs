@@ -116,10 +116,10 @@ impl<'a, S: Stages> Comparison<'a, S> {
         if self.prompts.is_empty() {
             return Err(npd_core::Error::invalid("dataset", "no training prompts").into());
         }
-        if let Some(c) = self.checkpoints {
-            if let Some(outcome) = c.finished(method, seed)? {
-                return Ok(RunEnd::Finished(Box::new(outcome)));
-            }
+        if let Some(c) = self.checkpoints
+            && let Some(outcome) = c.finished(method, seed)?
+        {
+            return Ok(RunEnd::Finished(Box::new(outcome)));
         }
         let mut cx = Loop::new(self.settings, self.prompts)
             .with_observer(observer)

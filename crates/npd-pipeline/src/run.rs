@@ -58,24 +58,24 @@ impl Run {
         L: Persist,
         E: Evaluator<L> + ?Sized,
     {
-        if let Some(c) = cx.checkpoints {
-            if let Some((_, dir)) = c.latest(method, seed)? {
-                let saved = c.load(learner, &dir, method, seed)?;
-                let mut resumed_at = saved.resumed_at;
-                resumed_at.push(saved.step);
-                let run = Self {
-                    method,
-                    seed,
-                    clock: Clock::resumed(saved.wall_s, saved.stages),
-                    curve: saved.curve,
-                    tokens: saved.tokens,
-                    slots: saved.slots,
-                    skipped: saved.skipped,
-                    first_step: saved.step,
-                    resumed_at,
-                };
-                return Ok((run, saved.npd));
-            }
+        if let Some(c) = cx.checkpoints
+            && let Some((_, dir)) = c.latest(method, seed)?
+        {
+            let saved = c.load(learner, &dir, method, seed)?;
+            let mut resumed_at = saved.resumed_at;
+            resumed_at.push(saved.step);
+            let run = Self {
+                method,
+                seed,
+                clock: Clock::resumed(saved.wall_s, saved.stages),
+                curve: saved.curve,
+                tokens: saved.tokens,
+                slots: saved.slots,
+                skipped: saved.skipped,
+                first_step: saved.step,
+                resumed_at,
+            };
+            return Ok((run, saved.npd));
         }
         let mut run = Self {
             method,
@@ -165,7 +165,7 @@ impl Run {
             prompts_failed: extra.prompts_failed,
         }));
         let last = step == cx.settings.steps;
-        if step % cx.settings.eval_every.max(1) == 0 || last {
+        if step.is_multiple_of(cx.settings.eval_every.max(1)) || last {
             self.evaluate(cx, learner, evaluator, step)?;
         }
         let stop = cx.interrupt.requested() && !last;

@@ -77,10 +77,10 @@ impl Recorder<'_> {
 
 impl npd_core::events::Observer for Recorder<'_> {
     fn on_event(&mut self, event: &Event) {
-        if let (Event::Step(s), Some(at)) = (event, self.stop_at) {
-            if s.step == at {
-                self.stop.store(true, Ordering::SeqCst);
-            }
+        if let (Event::Step(s), Some(at)) = (event, self.stop_at)
+            && s.step == at
+        {
+            self.stop.store(true, Ordering::SeqCst);
         }
         self.events.push(event.clone());
     }

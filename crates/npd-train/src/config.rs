@@ -135,10 +135,10 @@ impl ModelConfig {
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(f.bad("rope_theta", "a finite number > 0"));
         }
-        if let Some(act) = map.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(f.bad("hidden_act", "\"silu\""));
-            }
+        if let Some(act) = map.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(f.bad("hidden_act", "\"silu\""));
         }
         if f.opt_usize("sliding_window")?.is_some() {
             return Err(f.bad(

@@ -55,13 +55,13 @@ impl<'a> ModelScorer<'a> {
                 ));
             }
         }
-        if let Some(k) = topk {
-            if k == 0 || k > vocab {
-                return Err(Error::invalid(
-                    "top-k",
-                    format!("{k}: expected 1..={vocab}"),
-                ));
-            }
+        if let Some(k) = topk
+            && (k == 0 || k > vocab)
+        {
+            return Err(Error::invalid(
+                "top-k",
+                format!("{k}: expected 1..={vocab}"),
+            ));
         }
         let mut out = Vec::with_capacity(seqs.len());
         let mut start = 0;
