@@ -240,5 +240,24 @@ fn bad_folders_and_prompts_fail_before_any_work() {
         "{}",
         text(&failed)
     );
+    // Sizes that only the models and prompts can check fail before the
+    // first method runs, not when NPD starts.
+    prompts(&data, false);
+    let good = config(&dir, &teacher, &student, &data, &out);
+    let text_of = std::fs::read_to_string(&good).unwrap();
+    for (from, to, key) in [
+        ("capacity = 128", "capacity = 16", "pack.capacity = 16"),
+        (
+            "lr = 1e-3",
+            "lr = 1e-3\ntop_k = 100000",
+            "train.top_k = 100000",
+        ),
+    ] {
+        std::fs::write(&good, text_of.replace(from, to)).unwrap();
+        let failed = run(&good);
+        assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+        assert!(text(&failed).contains(key), "{}", text(&failed));
+        assert!(!out.join("metrics.jsonl").exists(), "no work was done");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -179,7 +179,42 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         seeds = seeds.min(1);
     }
     config.validate("flags")?;
+    if config.model.teacher.as_os_str().is_empty() {
+        refuse_ignored_keys(&config)?;
+    }
     Ok((config, setup, seeds))
+}
+
+/// The embedded default brings its own models, prompts and device: keys
+/// that would choose other ones are an error there, not silently ignored.
+fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
+    let defaults = RunConfig::default();
+    let (m, d) = (&config.model, &config.data);
+    let given = [
+        ("model.student", m.student != defaults.model.student),
+        ("model.device", m.device != defaults.model.device),
+        ("model.dtype", m.dtype != defaults.model.dtype),
+        ("data.prompts", d.prompts != defaults.data.prompts),
+        (
+            "data.max_prompt_tokens",
+            d.max_prompt_tokens != defaults.data.max_prompt_tokens,
+        ),
+        (
+            "data.eval_fraction",
+            d.eval_fraction != defaults.data.eval_fraction,
+        ),
+        ("data.seed", d.seed != defaults.data.seed),
+    ];
+    let keys: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
+    if !keys.is_empty() {
+        anyhow::bail!(
+            "{} given without model.teacher: the embedded default (no model.teacher) uses its \
+             own models, prompts and the CPU; name model.teacher and model.student folders to \
+             use them, or remove these keys",
+            keys.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The embedded default's cache: `$NPD_CACHE`, `$XDG_CACHE_HOME/npd` or
@@ -255,6 +290,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             tokens: e.prompt.clone(),
         })
         .collect();
+    check_fit(&config, &inputs, &o.methods)?;
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
@@ -364,6 +400,38 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     })
 }
 
+/// Checks what the configuration can only be checked against with the
+/// models and prompts in hand, before the first step of the first method
+/// (so that no method runs and then fails on a size).
+fn check_fit(config: &RunConfig, inputs: &inputs::Inputs, methods: &[Method]) -> Result<()> {
+    let vocab = inputs.teacher.config().vocab_size;
+    if config.train.top_k > vocab {
+        anyhow::bail!(
+            "train.top_k = {}: expected at most the vocabulary size, {vocab}",
+            config.train.top_k
+        );
+    }
+    let longest_prompt = (inputs.train.iter().chain(&inputs.eval))
+        .map(|e| e.prompt.len())
+        .max()
+        .unwrap_or(0);
+    let longest = longest_prompt + config.sampling.max_new_tokens;
+    let p = &config.pack;
+    if methods.contains(&Method::NearPolicy)
+        && p.oversize == npd_pack::OversizePolicy::Reject
+        && p.capacity < longest
+    {
+        anyhow::bail!(
+            "pack.capacity = {}: expected at least the longest sample NPD can write, {longest} \
+             tokens (the longest prompt, {longest_prompt}, plus sampling.max_new_tokens, {}); \
+             raise it, or set pack.oversize = \"truncate\"",
+            p.capacity,
+            config.sampling.max_new_tokens
+        );
+    }
+    Ok(())
+}
+
 /// The report's budget line.
 fn budget_line(config: &RunConfig) -> String {
     format!(
@@ -384,4 +452,50 @@ fn budget_line(config: &RunConfig) -> String {
             "off".to_string()
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(config: Option<PathBuf>) -> Options {
+        Options {
+            config,
+            out: None,
+            methods: Method::ALL.to_vec(),
+            seeds: 1,
+            steps: None,
+            no_filter: false,
+            refresh_every: None,
+            loss: None,
+            quick: false,
+            cache: None,
+            resume: false,
+            checkpoint_every: None,
+        }
+    }
+
+    #[test]
+    fn the_embedded_default_refuses_keys_it_would_ignore() {
+        let path =
+            std::env::temp_dir().join(format!("npd-embedded-keys-{}.toml", std::process::id()));
+        for (text, key) in [
+            ("[data]\nprompts = \"p.jsonl\"\n", "data.prompts"),
+            ("[model]\nstudent = \"s\"\n", "model.student"),
+            ("[model]\ndevice = \"cuda\"\n", "model.device"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = configure(&options(Some(path.clone())))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("model.teacher"),
+                "{text}: {err}"
+            );
+        }
+        std::fs::write(&path, "[train]\nsteps = 7\n").unwrap();
+        let (config, _, _) = configure(&options(Some(path.clone()))).unwrap();
+        assert_eq!(config.train.steps, 7);
+        let _ = std::fs::remove_file(&path);
+    }
 }

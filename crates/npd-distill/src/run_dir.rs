@@ -217,7 +217,13 @@ impl RunDir {
     pub fn metrics(&self, checkpoints: &Checkpoints) -> Result<std::fs::File> {
         let path = self.dir.join("metrics.jsonl");
         if self.resume {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // Lines are kept one by one: a damaged byte costs its own line
+            // (it no longer parses), never the file.
+            let text = match std::fs::read(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e).with_context(|| path.display().to_string()),
+            };
             let mut kept = String::new();
             let mut limits = std::collections::BTreeMap::new();
             for line in text.lines() {

@@ -45,6 +45,10 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
 }
 
+/// Largest parameter count a `config.json` may describe (10^12, a
+/// thousand times openPangu-Embedded-1B's).
+pub const MAX_PARAMETERS: u64 = 1_000_000_000_000;
+
 /// `model_type` values read as a Llama-family decoder.
 pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["llama", "PanguEmbedded", "pangu_embedded"];
 
@@ -183,7 +187,47 @@ impl ModelConfig {
                 return Err(f.bad(key, "a number > 0"));
             }
         }
+        // Sizes no model has (a typo's extra zeros) would otherwise reach
+        // libtorch's allocator and abort the process.
+        if config.parameter_count().is_none_or(|n| n > MAX_PARAMETERS) {
+            return Err(Error::invalid(
+                format!(
+                    "{origin}: `hidden_size`, `intermediate_size`, `vocab_size`, `num_hidden_layers`"
+                ),
+                format!(
+                    "describe a model of more than {MAX_PARAMETERS} parameters \
+                     (hidden {}, intermediate {}, vocabulary {}, {} layers); check for a typo",
+                    config.hidden_size,
+                    config.intermediate_size,
+                    config.vocab_size,
+                    config.num_layers
+                ),
+            ));
+        }
         Ok(config)
+    }
+
+    /// The number of parameters the architecture has, or `None` when it
+    /// does not fit in a `u64`.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let n = |x: usize| u64::try_from(x).ok();
+        let (h, i, v, l) = (
+            n(self.hidden_size)?,
+            n(self.intermediate_size)?,
+            n(self.vocab_size)?,
+            n(self.num_layers)?,
+        );
+        let q = n(self.num_heads)?.checked_mul(n(self.head_dim)?)?;
+        let kv = n(self.num_kv_heads)?.checked_mul(n(self.head_dim)?)?;
+        let attention = h
+            .checked_mul(q.checked_add(kv.checked_mul(2)?)?)?
+            .checked_mul(2)?;
+        let mlp = h.checked_mul(i)?.checked_mul(3)?;
+        let layer = attention.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
+        let embeddings =
+            v.checked_mul(h)?
+                .checked_mul(if self.tie_word_embeddings { 1 } else { 2 })?;
+        layer.checked_mul(l)?.checked_add(embeddings)
     }
 
     /// A transformers Llama `config.json` for this architecture
@@ -300,19 +344,37 @@ impl Fields<'_> {
         }
     }
 
+    /// `n` as a token id; ids that do not fit in 32 bits are an error, not
+    /// silently cut.
+    fn token(&self, key: &str, n: u64) -> Result<TokenId> {
+        TokenId::try_from(n).map_err(|_| self.bad(key, "a token id below 2^32"))
+    }
+
     fn opt_token(&self, key: &str) -> Result<Option<TokenId>> {
-        Ok(self.opt_usize(key)?.map(|n| n as TokenId))
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(|| self.bad(key, "a token id"))?;
+                self.token(key, n).map(Some)
+            }
+        }
     }
 
     fn tokens(&self, key: &str) -> Result<Vec<TokenId>> {
+        let expected = "a token id or a list of token ids";
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as TokenId))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.bad(key, "a token id or a list of token ids")),
-            Some(_) => Ok(vec![self.usize(key)? as TokenId]),
+                .map(|v| {
+                    let n = v.as_u64().ok_or_else(|| self.bad(key, expected))?;
+                    self.token(key, n)
+                })
+                .collect(),
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(|| self.bad(key, expected))?;
+                Ok(vec![self.token(key, n)?])
+            }
         }
     }
 }
@@ -329,6 +391,46 @@ mod tests {
         "tie_word_embeddings": true, "bias": true, "bos_token_id": 1,
         "eos_token_id": 45892, "pad_token_id": 0, "torch_dtype": "bfloat16"
     }"#;
+
+    #[test]
+    fn sizes_no_model_has_are_refused_before_allocation() {
+        let c = ModelConfig::from_json(PANGU_1B, "config.json").unwrap();
+        let n = c.parameter_count().unwrap();
+        assert!((1_000_000_000..2_000_000_000).contains(&n), "{n}");
+        for (key, value) in [
+            ("hidden_size", 1_536_000_000_u64),
+            ("num_hidden_layers", 1 << 40),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(PANGU_1B).unwrap();
+            v[key] = value.into();
+            if key == "hidden_size" {
+                v["head_dim"] = 128.into();
+            }
+            let err = ModelConfig::from_json(&v.to_string(), "config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("check for a typo"), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_ids_beyond_32_bits_are_refused_not_cut() {
+        for json in [
+            r#"{"eos_token_id": 4294967300}"#,
+            r#"{"eos_token_id": [2, 4294967300]}"#,
+            r#"{"bos_token_id": 4294967296}"#,
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(PANGU_1B).unwrap();
+            let over: serde_json::Value = serde_json::from_str(json).unwrap();
+            for (k, x) in over.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let err = ModelConfig::from_json(&v.to_string(), "config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("below 2^32"), "{json}: {err}");
+        }
+    }
 
     #[test]
     fn reads_the_openpangu_1b_config() {

@@ -63,20 +63,34 @@ pub fn read_records(path: &Path) -> Result<Vec<PromptRecord>> {
     })?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let at = format!("{}:{}", path.display(), i + 1);
+        let line = match line {
+            Ok(line) => line,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::invalid(&at, "not valid UTF-8"));
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let at = format!("{}:{}", path.display(), i + 1);
         let mut rec: PromptRecord = serde_json::from_str(&line)
             .map_err(|e| Error::invalid(&at, format!("not a prompt record: {e}")))?;
         if rec.prompt.is_some() == rec.messages.is_some() {
             return Err(Error::invalid(
                 &at,
                 "expected exactly one of `prompt` and `messages`",
+            ));
+        }
+        if rec.messages.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::invalid(
+                &at,
+                "`messages` is empty: expected at least one message",
             ));
         }
         rec.id.get_or_insert(i as u64);
@@ -181,6 +195,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("exactly one")
+        );
+        let p = write(
+            "empty-messages.jsonl",
+            "{\"prompt\": \"a\"}\n{\"messages\": []}\n",
+        );
+        let err = read_records(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}:2", p.display())) && err.contains("`messages` is empty"),
+            "{err}"
+        );
+        let bad_utf8 = std::env::temp_dir().join(format!("npd-data-{}-utf8", std::process::id()));
+        std::fs::write(&bad_utf8, b"{\"prompt\": \"a\"}\n{\"prompt\": \"\xff\"}\n").unwrap();
+        let err = read_records(&bad_utf8).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}:2", bad_utf8.display())) && err.contains("UTF-8"),
+            "{err}"
         );
         let p = write("extra.jsonl", "{\"prompt\": \"a\", \"promt\": 1}\n");
         assert!(read_records(&p).unwrap_err().to_string().contains("promt"));
