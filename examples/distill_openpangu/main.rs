@@ -169,7 +169,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    npd_distill::signals::passive_openmp();
+    npd_distill::signals::set_wait_policy();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

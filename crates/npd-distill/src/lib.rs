@@ -362,13 +362,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
                         ))
                         .display()
                 ),
-                format!(
-                    "libtorch threads: {t} for SFT and on-policy; NPD {t} training + {g} generating; OMP_WAIT_POLICY={}; total run time {:.0}s",
-                    std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
-                    started.elapsed().as_secs_f64(),
-                    t = threads.train,
-                    g = threads.generate,
-                ),
+                settings_line(&comparison, threads, started.elapsed().as_secs_f64()),
             ],
         ]
         .concat(),
@@ -430,6 +424,28 @@ fn check_fit(config: &RunConfig, inputs: &inputs::Inputs, methods: &[Method]) ->
         );
     }
     Ok(())
+}
+
+/// The report's line on what each method ran with: threads, wait policy,
+/// and NPD's schedule.
+fn settings_line(
+    comparison: &Comparison<'_, TchStages<'_>>,
+    threads: Threads,
+    total_s: f64,
+) -> String {
+    let policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into());
+    let npd = match comparison.resolved().schedule {
+        npd_rollout::Schedule::Disaggregated => format!(
+            "NPD disaggregated: generation on its own thread ({} libtorch threads) beside training",
+            threads.generate
+        ),
+        _ => "NPD colocated: generation, scoring and training in turn, each with every thread"
+            .to_string(),
+    };
+    format!(
+        "every method: {} libtorch threads, OMP_WAIT_POLICY={policy}; {npd}; total run time {total_s:.0}s",
+        threads.train
+    )
 }
 
 /// The report's budget line.

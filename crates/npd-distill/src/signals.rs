@@ -6,14 +6,19 @@ use std::sync::atomic::Ordering;
 
 use crate::Control;
 
-/// libtorch's OpenMP runtime (libgomp) spin-waits idle threads by default;
-/// when NPD's generating and training threads share a few cores, the
-/// spinning steals their time. libgomp reads `OMP_WAIT_POLICY` only when
-/// it loads, so unless the user chose a policy this restarts the process
-/// once, at the start, with `OMP_WAIT_POLICY=PASSIVE` (call it first thing
-/// in `main`; it returns only when no restart was needed or it failed).
+/// The OpenMP wait policy every method runs with unless the user chose
+/// one: idle libgomp threads spin (`ACTIVE`), which is what a libtorch
+/// thread pool that owns the cores runs fastest with. Every method owns the
+/// cores in turn (NPD's default schedule on one machine is colocated), so
+/// no method gets a setting that only helps another.
+pub const WAIT_POLICY: &str = "ACTIVE";
+
+/// libgomp reads `OMP_WAIT_POLICY` only when it loads, so unless the user
+/// chose a policy this restarts the process once, at the start, with
+/// [`WAIT_POLICY`] (call it first thing in `main`; it returns only when no
+/// restart was needed or it failed).
 #[cfg(unix)]
-pub fn passive_openmp() {
+pub fn set_wait_policy() {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("OMP_WAIT_POLICY").is_some() {
         return;
@@ -23,14 +28,14 @@ pub fn passive_openmp() {
     };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .env("OMP_WAIT_POLICY", WAIT_POLICY)
         .exec();
-    eprintln!("warning: could not restart with OMP_WAIT_POLICY=PASSIVE: {err}");
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY={WAIT_POLICY}: {err}");
 }
 
 /// On other systems the policy is left as it is.
 #[cfg(not(unix))]
-pub fn passive_openmp() {}
+pub fn set_wait_policy() {}
 
 /// Ctrl-C (or SIGTERM): during the method runs the first one asks the
 /// running method to finish its step and write a checkpoint; outside them,

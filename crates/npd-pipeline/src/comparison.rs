@@ -9,6 +9,7 @@ use std::time::Instant;
 use npd_core::events::Observer;
 use npd_core::traits::{Evaluator, Generator, Interrupt, Learner, Persist, Scorer};
 use npd_core::{Method, Prompt, PromptId, TokenId};
+use npd_rollout::Schedule;
 
 use crate::checkpoints::Checkpoints;
 use crate::context::Loop;
@@ -52,6 +53,14 @@ pub trait Stages {
 
     /// The held-out evaluation.
     fn evaluator(&self) -> Result<Self::Evaluator>;
+
+    /// Where NPD's generator runs relative to scoring and training, for
+    /// `rollout.schedule = "auto"`: colocated when they share one device
+    /// or one set of cores (the default), disaggregated when generation
+    /// runs elsewhere (an inference server).
+    fn schedule(&self) -> Schedule {
+        Schedule::Colocated
+    }
 }
 
 /// Runs methods and seeds over one set of [`Stages`].
@@ -104,6 +113,16 @@ impl<'a, S: Stages> Comparison<'a, S> {
         self.settings
     }
 
+    /// The settings with `rollout.schedule = "auto"` resolved by the
+    /// backend.
+    pub fn resolved(&self) -> Settings {
+        let mut s = self.settings.clone();
+        if s.schedule == Schedule::Auto {
+            s.schedule = self.stages.schedule();
+        }
+        s
+    }
+
     /// Runs one method with one seed from the starting weights (or from its
     /// checkpoint; a finished run returns its recorded outcome).
     pub fn run(
@@ -121,7 +140,8 @@ impl<'a, S: Stages> Comparison<'a, S> {
         {
             return Ok(RunEnd::Finished(Box::new(outcome)));
         }
-        let mut cx = Loop::new(self.settings, self.prompts)
+        let settings = self.resolved();
+        let mut cx = Loop::new(&settings, self.prompts)
             .with_observer(observer)
             .with_interrupt(interrupt)
             .with_rejected(self.rejected)

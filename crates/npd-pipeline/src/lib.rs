@@ -131,6 +131,7 @@ pub mod report;
 mod run;
 pub mod settings;
 pub mod sft;
+mod source;
 
 pub use checkpoints::{Checkpoints, SavedNpd, SavedRun};
 pub use comparison::{Comparison, Stages};

@@ -1,10 +1,15 @@
-//! Near-Policy Distillation: a student snapshot generates on its own thread
-//! (refreshed every K optimizer steps, staleness bounded by admission
-//! control), the teacher scores pools of rollouts, Δ-IFD filters them, and
-//! the kept samples are reused and packed into rows.
+//! Near-Policy Distillation: a student snapshot, refreshed every K optimizer
+//! steps, writes rollouts; the teacher scores pools of them, Δ-IFD filters
+//! them, and the kept samples are reused and packed into rows. Where the
+//! snapshot generates follows the [`Schedule`]: on the rollout engine's
+//! thread, overlapping scoring and training, staleness bounded by admission
+//! control, when the stages run apart (disaggregated: inference servers, a
+//! device each); or on the loop's own thread in turn with training, each
+//! phase with every thread, when they share the cores or the device
+//! (colocated).
 //!
 //! One step of the loop, in named parts: [`Npd::fill_pool`] (take finished
-//! rollouts from the engine), [`Npd::score_and_filter`] (teacher targets,
+//! rollouts from the engine, or generate a pool), [`Npd::score_and_filter`] (teacher targets,
 //! Δ-IFD), [`Npd::pack`] (rows of kept samples), [`Npd::take_step`] (a
 //! step's worth of rows), training, [`Npd::settle`] (the ledger) and
 //! [`Npd::publish`] (sparse refresh).
@@ -18,11 +23,11 @@ use npd_core::traits::{
 };
 use npd_core::{
     DropReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs, Rollout,
-    SampleId, SamplingParams, TrainSample, Verdict,
+    SampleId, TrainSample, Verdict,
 };
 use npd_filter::{DeltaIfdFilter, FilterReport};
 use npd_pack::StreamingPacker;
-use npd_rollout::{Delivery, EngineConfig, Ledger, PromptState, RolloutEngine};
+use npd_rollout::{Delivery, Ledger, PromptState, Schedule};
 
 use crate::checkpoints::SavedNpd;
 use crate::clock::Clock;
@@ -31,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::outcome::RunEnd;
 use crate::run::{Next, Run, StepExtra, sample, visit};
 use crate::settings::Settings;
+use crate::source::Source;
 
 /// Steps' worth of rollouts scored in a row without keeping one sample
 /// after which NPD gives up with [`Error::Starved`].
@@ -110,7 +116,8 @@ where
             let trained = npd.settle(&batch, learner.version(), &stats)?;
             if step % s.refresh_every == 0 {
                 let weights = run.clock.time("publish", || learner.publish())?;
-                npd.publish(weights, learner.version());
+                run.clock
+                    .time("publish", || npd.publish(weights, learner.version()))?;
                 cx.emit(Event::Refresh(RefreshEvent {
                     method: Method::NearPolicy,
                     seed,
@@ -153,6 +160,10 @@ where
             open: counts.open,
         }));
         let mut out = run.finish();
+        out.schedule = Some(match s.schedule {
+            Schedule::Colocated => Schedule::Colocated,
+            Schedule::Disaggregated | Schedule::Auto => Schedule::Disaggregated,
+        });
         out.filter = filter;
         out.staleness = staleness;
         out.ledger = Some(counts);
@@ -161,11 +172,11 @@ where
 }
 
 /// NPD's state between steps.
-struct Npd<'c, W> {
+struct Npd<'c, G: Generator> {
     settings: &'c Settings,
     prompts: &'c [Prompt],
     order: Vec<usize>,
-    engine: RolloutEngine<W>,
+    source: Source<G>,
     filter: DeltaIfdFilter,
     ledger: Ledger,
     packer: StreamingPacker,
@@ -181,33 +192,23 @@ struct Npd<'c, W> {
     failed_ids: Vec<u64>,
 }
 
-impl<'c, W: Send + 'static> Npd<'c, W> {
-    fn start<G>(
+impl<'c, G> Npd<'c, G>
+where
+    G: Generator + Send + 'static,
+    G::Weights: Send + 'static,
+{
+    fn start(
         cx: &Loop<'c>,
         seed: u64,
         generator: G,
         version: PolicyVersion,
         saved: Option<SavedNpd>,
-    ) -> Result<Self>
-    where
-        G: Generator<Weights = W> + Send + 'static,
-    {
+    ) -> Result<Self> {
         let s = cx.settings;
-        let reuse = s.reuse.max(1);
-        let per_version = s.refresh_every as usize * s.samples_per_step / reuse;
-        let engine = RolloutEngine::spawn(
-            generator,
-            version,
-            EngineConfig {
-                batch_size: s.pool_size.min(s.samples_per_step).max(1),
-                queue_capacity: s.queue_capacity.max(1),
-                max_ahead: (s.max_lag.max(1) as usize * per_version).max(s.pool_size),
-                sampling: SamplingParams {
-                    seed,
-                    ..s.sampling.clone()
-                },
-            },
-        );
+        let source = match s.schedule {
+            Schedule::Colocated => Source::inline(s, generator, seed),
+            Schedule::Disaggregated | Schedule::Auto => Source::engine(s, generator, version, seed),
+        };
         // No sample waits in an open row for more than a step's worth of
         // samples: its weights keep ageing while it waits.
         let packer = StreamingPacker::from_config(&s.pack, s.pad_id)?
@@ -216,7 +217,7 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
             settings: s,
             prompts: cx.prompts,
             order: npd_core::shuffle::seeded_permutation(cx.prompts.len(), seed),
-            engine,
+            source,
             filter: DeltaIfdFilter::from_config(&s.filter),
             ledger: Ledger::new(),
             packer,
@@ -240,7 +241,7 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
             let open = npd.ledger.open_prompts();
             if !open.is_empty() {
                 let prompts: Vec<Prompt> = open.into_iter().map(|id| npd.prompt(id)).collect();
-                npd.engine.submit(prompts);
+                npd.source.submit(prompts);
             }
         }
         npd.submit(s.pool_size * 4)?;
@@ -260,7 +261,7 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
             self.ledger.open(id)?;
             batch.push(self.prompt(id));
         }
-        self.engine.submit(batch);
+        self.source.submit(batch);
         Ok(())
     }
 
@@ -274,18 +275,10 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
     /// ledger here.
     fn fill_pool(&mut self, clock: &mut Clock, step: u64) -> Result<Vec<Rollout>> {
         let s = self.settings;
-        if self.engine.pending() < s.pool_size * 2 {
+        if self.source.pending() < s.pool_size * 2 {
             self.submit(s.pool_size * 2)?;
         }
-        let mut pool = Vec::with_capacity(s.pool_size);
-        clock.time("wait for rollouts", || {
-            while pool.len() < s.pool_size {
-                match self.engine.recv() {
-                    Some(d) => pool.push(d),
-                    None => break,
-                }
-            }
-        });
+        let pool = self.source.take(s.pool_size, clock);
         let mut rollouts = Vec::new();
         for d in pool {
             match d {
@@ -387,7 +380,7 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
             }
             Ok(())
         })?;
-        if self.rows.is_empty() && self.packer.open_rows() > 0 && self.engine.pending() == 0 {
+        if self.rows.is_empty() && self.packer.open_rows() > 0 && self.source.pending() == 0 {
             self.rows.extend(self.packer.flush());
         }
         Ok(())
@@ -444,9 +437,9 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
         Ok(first_use)
     }
 
-    /// Hands new weights to the generator (it swaps between batches).
-    fn publish(&mut self, weights: W, version: PolicyVersion) {
-        self.engine.publish(weights, version);
+    /// Hands new weights to the generator.
+    fn publish(&mut self, weights: G::Weights, version: PolicyVersion) -> Result<()> {
+        self.source.publish(weights, version)
     }
 
     /// The state a checkpoint carries.
@@ -465,13 +458,13 @@ impl<'c, W: Send + 'static> Npd<'c, W> {
     fn finish(self) -> Result<(Ledger, Option<FilterReport>, BTreeMap<u64, usize>)> {
         let Self {
             settings,
-            engine,
+            source,
             mut ledger,
             filter,
             staleness,
             ..
         } = self;
-        let (_unfinished, failures) = engine.shutdown();
+        let failures = source.finish();
         for f in failures {
             if let Delivery::Failed { prompt, reason } = f {
                 ledger.close(prompt, PromptState::Failed(reason))?;

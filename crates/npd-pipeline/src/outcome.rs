@@ -54,6 +54,10 @@ pub struct Outcome {
     /// NPD: how many optimizer steps old each trained rollout's weights were.
     #[serde(default)]
     pub staleness: BTreeMap<u64, usize>,
+    /// NPD: where the snapshot generated (colocated: in turn with
+    /// training; disaggregated: on its own thread or server).
+    #[serde(default)]
+    pub schedule: Option<npd_rollout::Schedule>,
     /// NPD: the prompt ledger.
     #[serde(default)]
     pub ledger: Option<LedgerCounts>,

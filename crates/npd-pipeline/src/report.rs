@@ -284,6 +284,7 @@ mod tests {
             token_efficiency: 0.9,
             skipped_steps: 0,
             filter: None,
+            schedule: None,
             staleness: BTreeMap::new(),
             ledger: None,
             resumed_at: Vec::new(),

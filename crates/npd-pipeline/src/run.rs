@@ -244,6 +244,7 @@ impl Run {
             token_efficiency: self.tokens as f64 / self.slots.max(1) as f64,
             skipped_steps: self.skipped,
             filter: None,
+            schedule: None,
             staleness: BTreeMap::new(),
             ledger: None,
             resumed_at: self.resumed_at,

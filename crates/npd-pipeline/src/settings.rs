@@ -5,7 +5,7 @@ use npd_core::config::{SamplingConfig, TrainConfig};
 use npd_core::{SamplingParams, TokenId};
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
-use npd_rollout::RolloutConfig;
+use npd_rollout::{RolloutConfig, Schedule};
 
 /// Settings of the loops. Backend concerns (threads, devices, the
 /// optimizer) belong to the stages, not here.
@@ -40,8 +40,12 @@ pub struct Settings {
     pub pack: PackConfig,
     /// NPD: finished rollouts buffered ahead of scoring.
     pub queue_capacity: usize,
-    /// NPD: rollouts scored together.
+    /// NPD: rollouts scored together (and, colocated, generated together).
     pub pool_size: usize,
+    /// NPD: where the snapshot generates; [`Schedule::Auto`] runs the
+    /// disaggregated schedule unless a [`Comparison`](crate::Comparison)
+    /// resolves it with its backend's placement.
+    pub schedule: Schedule,
     /// Padding id.
     pub pad_id: TokenId,
 }
@@ -79,6 +83,7 @@ impl Settings {
             pack: pack.clone(),
             queue_capacity: rollout.queue_capacity,
             pool_size: rollout.batch_size,
+            schedule: rollout.schedule,
             pad_id: 0,
         }
     }

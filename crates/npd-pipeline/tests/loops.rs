@@ -15,7 +15,7 @@ use npd_pack::PackConfig;
 use npd_pipeline::{
     Checkpoints, Comparison, Loop, NearPolicy, OnPolicy, RunEnd, Settings, Sft, Stages,
 };
-use npd_rollout::RolloutConfig;
+use npd_rollout::{RolloutConfig, Schedule};
 
 const STEPS: u64 = 12;
 
@@ -88,8 +88,15 @@ impl npd_core::events::Observer for Recorder<'_> {
 
 #[test]
 fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() {
-    for filter in [false, true] {
-        let s = settings(filter);
+    let cases = [
+        (false, Schedule::Disaggregated),
+        (true, Schedule::Disaggregated),
+        (false, Schedule::Colocated),
+        (true, Schedule::Colocated),
+    ];
+    for (filter, schedule) in cases {
+        let mut s = settings(filter);
+        s.schedule = schedule;
         let data = prompts(40);
         let stop = AtomicBool::new(false);
         let mut rec = Recorder {
@@ -108,6 +115,7 @@ fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() 
         .run(&mut cx, 7)
         .unwrap();
         let out = end.finished().expect("finished");
+        assert_eq!(out.schedule, Some(schedule));
         assert_eq!(learner.steps, STEPS);
         // Every step trained at least a step's worth of samples.
         assert!(
@@ -218,9 +226,15 @@ fn step_losses(events: &[Event]) -> Vec<(u64, usize)> {
 
 #[test]
 fn a_stopped_run_resumes_where_it_stopped_for_every_method() {
-    let s = settings(true);
+    let mut s = settings(true);
     let data: Vec<Prompt> = prompts(30);
-    for method in Method::ALL {
+    for (method, schedule) in [
+        (Method::Sft, Schedule::Auto),
+        (Method::OnPolicy, Schedule::Auto),
+        (Method::NearPolicy, Schedule::Auto),
+        (Method::NearPolicy, Schedule::Disaggregated),
+    ] {
+        s.schedule = schedule;
         let root = scratch(method.slug());
         let checkpoints = Checkpoints::new(&root, 5);
         let c = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints);
@@ -258,6 +272,12 @@ fn a_stopped_run_resumes_where_it_stopped_for_every_method() {
         } else {
             let ledger = out.ledger.unwrap();
             assert!(ledger.adds_up(), "{ledger:?}");
+            // The doubles' backend shares one set of cores: auto is colocated.
+            let expected = match schedule {
+                Schedule::Auto => Schedule::Colocated,
+                other => other,
+            };
+            assert_eq!(out.schedule, Some(expected));
         }
         // A finished run is not run again: its outcome is read back.
         let (again, events) = run_with_stop(&c, method, None);

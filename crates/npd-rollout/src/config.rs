@@ -24,9 +24,32 @@ pub struct RolloutConfig {
     pub batch_size: usize,
     /// How many times each kept sample may be trained on.
     pub reuse: usize,
-    /// libtorch intra-op threads of the generating thread; 0 picks one
-    /// thread on CPU (generation overlaps training there).
+    /// libtorch intra-op threads of the generating thread when generation
+    /// runs on a thread of its own (the disaggregated schedule); 0 picks
+    /// one thread on CPU.
     pub threads: usize,
+    /// Where NPD generates: see [`Schedule`].
+    pub schedule: Schedule,
+}
+
+/// Where NPD's student snapshot generates, relative to scoring and
+/// training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Chosen by the backend: colocated when generation, scoring and
+    /// training share one device or one set of cores, disaggregated when
+    /// they run apart (inference servers).
+    #[default]
+    Auto,
+    /// Phases in turn on the loop's thread, each with every thread:
+    /// generate a pool with the current snapshot, score, filter, pack,
+    /// train; refresh every K steps. Nothing to overlap, so nothing is
+    /// shared.
+    Colocated,
+    /// Generation on the rollout engine's own thread, overlapping scoring
+    /// and training, with admission control for the staleness bound.
+    Disaggregated,
 }
 
 impl Default for RolloutConfig {
@@ -38,6 +61,7 @@ impl Default for RolloutConfig {
             batch_size: 64,
             reuse: 1,
             threads: 0,
+            schedule: Schedule::Auto,
         }
     }
 }

@@ -13,6 +13,6 @@ pub mod config;
 pub mod engine;
 pub mod ledger;
 
-pub use config::RolloutConfig;
+pub use config::{RolloutConfig, Schedule};
 pub use engine::{Delivery, EngineConfig, EngineStats, RolloutEngine};
 pub use ledger::{Ledger, LedgerCounts, LedgerError, PromptState};
