@@ -123,8 +123,6 @@ pub fn embedded_defaults(c: &mut RunConfig) {
     c.sampling.max_new_tokens = 48;
     c.sampling.temperature = 1.0;
     c.pack.capacity = 512;
-    c.pack.min_fill = 0.95;
-    c.pack.max_open_rows = 8;
     c.rollout.queue_capacity = 128;
     c.filter.lower_percentile = 0.05;
     c.filter.upper_percentile = 0.9;

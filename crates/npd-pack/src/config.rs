@@ -23,11 +23,6 @@ pub struct PackConfig {
     pub capacity: usize,
     /// Samples longer than `capacity`.
     pub oversize: OversizePolicy,
-    /// Streaming packing emits a row once this fraction of it is filled.
-    pub min_fill: f64,
-    /// Streaming packing keeps at most this many rows open; when one more is
-    /// needed, the fullest is emitted.
-    pub max_open_rows: usize,
 }
 
 impl Default for PackConfig {
@@ -35,8 +30,6 @@ impl Default for PackConfig {
         Self {
             capacity: 4096,
             oversize: OversizePolicy::Reject,
-            min_fill: 0.98,
-            max_open_rows: 16,
         }
     }
 }
@@ -45,8 +38,6 @@ impl Section for PackConfig {
     const NAME: &'static str = "pack";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("capacity", self.capacity, 2)?;
-        c.fraction("min_fill", self.min_fill, false, true)?;
-        c.at_least("max_open_rows", self.max_open_rows, 1)
+        c.at_least("capacity", self.capacity, 2)
     }
 }

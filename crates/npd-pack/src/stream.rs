@@ -69,15 +69,6 @@ impl StreamingPacker {
         self
     }
 
-    /// From the `[pack]` section of a run configuration.
-    pub fn from_config(config: &crate::config::PackConfig, pad_id: u32) -> Result<Self> {
-        Self::new(
-            PackOptions::from_config(config, pad_id),
-            config.min_fill,
-            config.max_open_rows,
-        )
-    }
-
     /// Number of rows now open.
     pub fn open_rows(&self) -> usize {
         self.open.len()

@@ -10,23 +10,23 @@
 //!
 //! One step of the loop, in named parts: [`Npd::fill_pool`] (take finished
 //! rollouts from the engine, or generate a pool), [`Npd::score_and_filter`] (teacher targets,
-//! Δ-IFD), [`Npd::pack`] (rows of kept samples), [`Npd::take_step`] (a
-//! step's worth of rows), training, [`Npd::settle`] (the ledger) and
+//! Δ-IFD), [`Npd::pack`] (queue the kept samples), [`Npd::take_step`]
+//! (exactly a step's worth of samples, packed into rows), training, [`Npd::settle`] (the ledger) and
 //! [`Npd::publish`] (sparse refresh).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use npd_core::events::{Event, LedgerEvent, RefreshEvent};
 use npd_core::traits::{
-    Evaluator, FilterInput, Generator, Learner, Packer, Persist, SampleFilter, ScoreOptions,
-    ScoreRequest, Scorer, StepStats,
+    Evaluator, FilterInput, Generator, Learner, Persist, SampleFilter, ScoreOptions, ScoreRequest,
+    Scorer, StepStats,
 };
 use npd_core::{
     DropReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs, Rollout,
     SampleId, TrainSample, Verdict,
 };
 use npd_filter::{DeltaIfdFilter, FilterReport};
-use npd_pack::StreamingPacker;
+use npd_pack::{PackOptions, pack_pool};
 use npd_rollout::{Delivery, Ledger, PromptState, Schedule};
 
 use crate::checkpoints::SavedNpd;
@@ -108,9 +108,10 @@ where
                         failed: format!("{:?}", counts.failed),
                     });
                 }
-                npd.pack(&mut run.clock, kept)?;
+                npd.pack(kept);
             }
-            let (batch, samples) = npd.take_step();
+            let batch = npd.take_step(&mut run.clock)?;
+            let samples = batch.iter().map(|r| r.segments.len()).sum();
             let stats = run.clock.time("train", || learner.step(&batch))?;
             step += 1;
             let trained = npd.settle(&batch, learner.version(), &stats)?;
@@ -179,10 +180,11 @@ struct Npd<'c, G: Generator> {
     source: Source<G>,
     filter: DeltaIfdFilter,
     ledger: Ledger,
-    packer: StreamingPacker,
+    pack: PackOptions,
     next_request: u64,
     staleness: BTreeMap<u64, usize>,
-    rows: VecDeque<PackedRow>,
+    /// Kept samples waiting for a step, oldest first.
+    ready: VecDeque<TrainSample>,
     /// Samples kept from the previous pool, waiting for their next use.
     reused: Vec<TrainSample>,
     /// The version that wrote each kept sample not yet trained on.
@@ -209,10 +211,6 @@ where
             Schedule::Colocated => Source::inline(s, generator, seed),
             Schedule::Disaggregated | Schedule::Auto => Source::engine(s, generator, version, seed),
         };
-        // No sample waits in an open row for more than a step's worth of
-        // samples: its weights keep ageing while it waits.
-        let packer = StreamingPacker::from_config(&s.pack, s.pad_id)?
-            .with_max_wait(s.samples_per_step as u64);
         let mut npd = Self {
             settings: s,
             prompts: cx.prompts,
@@ -220,10 +218,10 @@ where
             source,
             filter: DeltaIfdFilter::from_config(&s.filter),
             ledger: Ledger::new(),
-            packer,
+            pack: PackOptions::from_config(&s.pack, s.pad_id),
             next_request: 0,
             staleness: BTreeMap::new(),
-            rows: VecDeque::new(),
+            ready: VecDeque::new(),
             reused: Vec::new(),
             versions: BTreeMap::new(),
             filtered_ids: Vec::new(),
@@ -265,9 +263,9 @@ where
         Ok(())
     }
 
-    /// Samples in rows ready for training.
+    /// Kept samples waiting for a step.
     fn samples_ready(&self) -> usize {
-        self.rows.iter().map(|r| r.segments.len()).sum()
+        self.ready.len()
     }
 
     /// Takes a pool of finished rollouts from the engine (keeping it fed
@@ -364,41 +362,25 @@ where
         Ok(kept)
     }
 
-    /// Packs the kept samples (and the previous pool's, for their next
-    /// use) into rows; flushes open rows when nothing else will fill them.
-    fn pack(&mut self, clock: &mut Clock, fresh: Vec<TrainSample>) -> Result<()> {
+    /// Queues the kept samples for training, after the previous pool's
+    /// (their next use, when samples are reused).
+    fn pack(&mut self, fresh: Vec<TrainSample>) {
         let reuse = self.settings.reuse.max(1);
-        clock.time("pack", || -> Result<()> {
-            for smp in std::mem::take(&mut self.reused)
-                .into_iter()
-                .chain(fresh.iter().cloned())
-            {
-                self.rows.extend(self.packer.push(smp)?);
-            }
-            if reuse > 1 {
-                self.reused = fresh;
-            }
-            Ok(())
-        })?;
-        if self.rows.is_empty() && self.packer.open_rows() > 0 && self.source.pending() == 0 {
-            self.rows.extend(self.packer.flush());
+        let again = std::mem::take(&mut self.reused);
+        self.ready.extend(again);
+        self.ready.extend(fresh.iter().cloned());
+        if reuse > 1 {
+            self.reused = fresh;
         }
-        Ok(())
     }
 
-    /// Rows holding at least a step's worth of samples, and their sample
-    /// count.
-    fn take_step(&mut self) -> (Vec<PackedRow>, usize) {
-        let mut batch = Vec::new();
-        let mut n = 0;
-        while n < self.settings.samples_per_step {
-            let Some(row) = self.rows.pop_front() else {
-                break;
-            };
-            n += row.segments.len();
-            batch.push(row);
-        }
-        (batch, n)
+    /// Exactly a step's worth of samples (the configured number, as every
+    /// method trains on), oldest first, packed into rows by best-fit
+    /// decreasing.
+    fn take_step(&mut self, clock: &mut Clock) -> Result<Vec<PackedRow>> {
+        let n = self.settings.samples_per_step.min(self.ready.len());
+        let samples: Vec<TrainSample> = self.ready.drain(..n).collect();
+        Ok(clock.time("pack", || pack_pool(samples, &self.pack))?)
     }
 
     /// Closes the prompts first used in `batch` (the learner now at

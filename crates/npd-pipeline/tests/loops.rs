@@ -35,7 +35,6 @@ fn settings(filter: bool) -> Settings {
     };
     let pack = PackConfig {
         capacity: 32,
-        max_open_rows: 2,
         ..PackConfig::default()
     };
     let filter = FilterConfig {
