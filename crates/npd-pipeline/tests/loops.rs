@@ -116,12 +116,12 @@ fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() 
         let out = end.finished().expect("finished");
         assert_eq!(out.schedule, Some(schedule));
         assert_eq!(learner.steps, STEPS);
-        // Every step trained at least a step's worth of samples.
+        // Every step trained exactly the configured number of samples.
         assert!(
             learner
                 .log
                 .iter()
-                .all(|ids| ids.len() >= s.samples_per_step)
+                .all(|ids| ids.len() == s.samples_per_step)
         );
         let ledger = out.ledger.clone().unwrap();
         assert!(ledger.adds_up(), "{ledger:?}");
