@@ -53,9 +53,10 @@ fn quick_run_writes_the_report() {
         .collect();
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
     assert_eq!(count("step"), 3 * 20, "one step event per step and method");
-    // Evaluations at the start, every 3 steps (20 / 6) and at the end; the
-    // starting accuracy of the embedded default was measured beforehand.
-    assert_eq!(count("eval"), 3 * 7, "{metrics}");
+    // Evaluations every 2 steps (20 / 10); the starting accuracy of the
+    // embedded default was measured beforehand.
+    assert_eq!(count("eval"), 3 * 10, "{metrics}");
+    assert!(md.contains("## Time to on-policy's accuracy"), "{md}");
     // NPD refreshes every 10 steps and accounts for its prompts at the end.
     assert_eq!(count("refresh"), 2);
     assert_eq!(count("ledger"), 1);

@@ -378,8 +378,23 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     )?;
     run_dir::write(&out.join("accuracy.svg"), &report.svg())?;
     let targets = report.targets().map(|(acc_ok, speed_ok, gap, speedup)| {
+        let reached = match report.time_to_accuracy() {
+            Some(t) => {
+                let on_s = t.baseline_s;
+                let npd = t.methods.iter().find(|(m, _)| *m == Method::NearPolicy);
+                let target = format!("{:.1}%", 100.0 * t.target);
+                match npd.and_then(|(_, t)| *t) {
+                    Some(t) => format!(
+                        "NPD reaches {target} in {t:.1}s against on-policy's {on_s:.1}s ({:.2}x)",
+                        on_s / t.max(1e-9)
+                    ),
+                    None => format!("NPD does not reach {target}"),
+                }
+            }
+            None => "not measured".into(),
+        };
         format!(
-            "targets: accuracy within 2 points of on-policy: {} ({gap:+.1}); >= 3x less wall-clock: {} ({speedup:.2}x)",
+            "targets: accuracy within 2 points of on-policy: {} ({gap:+.1}); >= 3x less wall-clock: {} ({speedup:.2}x); time to on-policy's accuracy: {reached}",
             if acc_ok { "met" } else { "NOT met" },
             if speed_ok { "met" } else { "NOT met" }
         )

@@ -33,6 +33,19 @@ pub struct Summary {
     pub runs: usize,
 }
 
+/// When each method reaches the synchronous baseline's final accuracy
+/// (see [`Report::time_to_accuracy`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeToAccuracy {
+    /// On-policy's final held-out accuracy, mean over seeds.
+    pub target: f64,
+    /// On-policy's wall-clock, mean over seeds: when it reaches the target.
+    pub baseline_s: f64,
+    /// Every other method's mean time to the target (`None`: not reached
+    /// by every seed), in report order.
+    pub methods: Vec<(Method, Option<f64>)>,
+}
+
 impl Report {
     /// Mean accuracy and wall-clock per method.
     pub fn summary(&self, method: Method) -> Option<Summary> {
@@ -60,6 +73,41 @@ impl Report {
         let gap = 100.0 * (on.accuracy - npd.accuracy);
         let speedup = on.wall_s / npd.wall_s.max(1e-9);
         Some((gap <= 2.0, speedup >= 3.0, gap, speedup))
+    }
+
+    /// Time to the baseline's accuracy: the target is on-policy's final
+    /// held-out accuracy (mean over seeds), which on-policy reaches at its
+    /// mean wall-clock; every other method's time is the wall-clock at
+    /// which its accuracy curve first reaches the target (mean over seeds;
+    /// `None` when a seed never does).
+    pub fn time_to_accuracy(&self) -> Option<TimeToAccuracy> {
+        let on = self.summary(Method::OnPolicy)?;
+        let target = on.accuracy;
+        let mut out = Vec::new();
+        for m in Method::ALL.into_iter().filter(|&m| m != Method::OnPolicy) {
+            let runs: Vec<&Outcome> = self.outcomes.iter().filter(|o| o.method == m).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            // Curves are sampled at evaluations; accuracies equal to the
+            // target up to rounding count as reaching it.
+            let times: Option<Vec<f64>> = runs
+                .iter()
+                .map(|o| {
+                    o.curve
+                        .iter()
+                        .find(|c| c.accuracy >= target - 1e-9)
+                        .map(|c| c.wall_s)
+                })
+                .collect();
+            let mean = times.map(|t| t.iter().sum::<f64>() / t.len() as f64);
+            out.push((m, mean));
+        }
+        Some(TimeToAccuracy {
+            target,
+            baseline_s: on.wall_s,
+            methods: out,
+        })
     }
 
     /// The table of results.
@@ -135,6 +183,29 @@ impl Report {
                 );
             }
             None => md.push_str("- not evaluated: NPD or on-policy did not run\n"),
+        }
+        if let Some(TimeToAccuracy {
+            target,
+            baseline_s: on_s,
+            methods: times,
+        }) = self.time_to_accuracy()
+        {
+            let _ = writeln!(
+                md,
+                "\n## Time to on-policy's accuracy\n\nThe wall-clock at which each method's accuracy curve first reaches on-policy's final held-out accuracy ({:.1}%, mean over seeds; on-policy: its own wall-clock, {on_s:.1}s), mean over seeds; curves are sampled at the evaluations.\n\n| method | reached at | speed-up over on-policy |\n|---|---|---|",
+                100.0 * target
+            );
+            for (m, t) in times {
+                let _ = match t {
+                    Some(t) => writeln!(
+                        md,
+                        "| {} | {t:.1}s | {:.2}x |",
+                        m.name(),
+                        on_s / t.max(1e-9)
+                    ),
+                    None => writeln!(md, "| {} | not reached | - |", m.name()),
+                };
+            }
         }
         for o in self.outcomes.iter().filter(|o| !o.resumed_at.is_empty()) {
             let _ = writeln!(
@@ -368,5 +439,40 @@ mod tests {
         // Seed 0 runs are solid lines (one polyline each); seed 1 is dashed.
         assert!(svg.matches("<polyline").count() > 2);
         std::fs::write(std::env::temp_dir().join("npd-chart-test.svg"), &svg).unwrap();
+    }
+
+    #[test]
+    fn time_to_accuracy_reads_the_first_crossing_of_on_policys_accuracy() {
+        let curve = |pts: &[(f64, f64)]| -> Vec<CurvePoint> {
+            pts.iter()
+                .enumerate()
+                .map(|(i, &(wall_s, accuracy))| CurvePoint {
+                    step: i as u64,
+                    wall_s,
+                    accuracy,
+                })
+                .collect()
+        };
+        let mut on = outcome(Method::OnPolicy, 0, 0.6, 40.0);
+        on.curve = curve(&[(0.0, 0.3), (20.0, 0.5), (40.0, 0.6)]);
+        let mut npd = outcome(Method::NearPolicy, 0, 0.65, 30.0);
+        npd.curve = curve(&[(0.0, 0.3), (10.0, 0.55), (20.0, 0.61), (30.0, 0.65)]);
+        let mut sft = outcome(Method::Sft, 0, 0.5, 10.0);
+        sft.curve = curve(&[(0.0, 0.3), (10.0, 0.5)]);
+        let report = Report {
+            setup: Vec::new(),
+            teacher_accuracy: 0.9,
+            warm_start_accuracy: 0.3,
+            outcomes: vec![sft, on, npd],
+        };
+        let t = report.time_to_accuracy().unwrap();
+        assert_eq!((t.target, t.baseline_s), (0.6, 40.0));
+        assert_eq!(
+            t.methods,
+            vec![(Method::Sft, None), (Method::NearPolicy, Some(20.0))]
+        );
+        let md = report.markdown();
+        assert!(md.contains("| NPD | 20.0s | 2.00x |"), "{md}");
+        assert!(md.contains("| SFT | not reached | - |"), "{md}");
     }
 }
