@@ -89,6 +89,15 @@ struct Batch {
 }
 
 impl Batch {
+    /// Keeps the rows `keep` (batch indices, in order).
+    fn retain(&mut self, keep: &[usize]) {
+        self.rows = keep
+            .iter()
+            .map(|&b| std::mem::take(&mut self.rows[b]))
+            .collect();
+        self.pad = keep.iter().map(|&b| self.pad[b]).collect();
+    }
+
     fn width(&self) -> i64 {
         self.rows[0].len() as i64
     }
@@ -151,16 +160,18 @@ fn run(
         })
         .collect();
     let mut done = vec![false; prompts.len()];
+    // Prompt index of each batch row; finished rows leave the batch.
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
 
     for _ in 0..params.max_new_tokens {
         let hidden = match decoding {
             Decoding::Cached => {
-                let c = cache.get_or_insert_with(|| model.new_cache(prompts.len(), capacity));
+                let c = cache.get_or_insert_with(|| model.new_cache(active.len(), capacity));
                 let (t, p, m) = batch.inputs(c.len() as i64);
                 model.forward_cached(&t, &p, &m, c)?
             }
             Decoding::Uncached => {
-                let mut c = model.new_cache(prompts.len(), batch.width() as usize);
+                let mut c = model.new_cache(active.len(), batch.width() as usize);
                 let (t, p, m) = batch.inputs(0);
                 model.forward_cached(&t, &p, &m, &mut c)?
             }
@@ -175,7 +186,8 @@ fn run(
             context: "reading logits".into(),
             source: Box::new(e),
         })?;
-        for (i, row) in flat.chunks(vocab).enumerate() {
+        for (b, row) in flat.chunks(vocab).enumerate() {
+            let i = active[b];
             let next = if done[i] {
                 pad_id
             } else {
@@ -188,10 +200,21 @@ fn run(
                 }
                 tok as i64
             };
-            batch.rows[i].push(next);
+            batch.rows[b].push(next);
         }
-        if done.iter().all(|&d| d) {
+        let finished = active.iter().filter(|&&i| done[i]).count();
+        if finished == active.len() {
             break;
+        }
+        // Drop finished rows once they are a quarter of the batch: each
+        // drop copies the cache, so it is worth it only in bulk.
+        if finished * 4 >= active.len() {
+            let keep: Vec<usize> = (0..active.len()).filter(|&b| !done[active[b]]).collect();
+            batch.retain(&keep);
+            if let Some(c) = cache.as_mut() {
+                c.retain_rows(&keep.iter().map(|&b| b as i64).collect::<Vec<_>>());
+            }
+            active = keep.iter().map(|&b| active[b]).collect();
         }
     }
     Ok(out)

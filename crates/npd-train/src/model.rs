@@ -85,6 +85,18 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.keys.first().map_or(0, |k| k.size()[2] as usize)
     }
+
+    /// Keeps only the batch rows `rows` (in that order): decoding drops
+    /// finished rows instead of computing them to the end.
+    pub fn retain_rows(&mut self, rows: &[i64]) {
+        let Some(device) = self.keys.first().map(Tensor::device) else {
+            return;
+        };
+        let index = Tensor::from_slice(rows).to_device(device);
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *t = t.index_select(0, &index);
+        }
+    }
 }
 
 /// How the segments of a packed sequence are grouped for attention:

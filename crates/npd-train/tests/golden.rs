@@ -165,6 +165,40 @@ fn cached_decoding_equals_uncached() {
 }
 
 #[test]
+fn finished_rows_leave_the_batch_without_changing_the_others() {
+    use npd_train::generate::{Decoding, generate};
+    let model = Llama::load(&fixture("llama-gqa-tied"), Device::Cpu, Kind::Float).unwrap();
+    let r = reference("llama-gqa-tied");
+    let prompts: Vec<Vec<u32>> = r
+        .inputs
+        .iter()
+        .map(|p| p.iter().map(|&t| t as u32).collect())
+        .collect();
+    // A stop id that ends some rows early and others late or never, so the
+    // batch drops rows while the rest keep decoding.
+    let mut params = greedy_params(12);
+    params.stop_ids = vec![r.greedy[0][2] as u32];
+    let batched = generate(&model, &prompts, &params, Decoding::Cached).unwrap();
+    let lengths: Vec<usize> = batched.iter().map(|g| g.tokens.len()).collect();
+    assert!(
+        lengths.iter().any(|&n| n < 12) && lengths.contains(&12),
+        "the stop id should end only some rows early: {lengths:?}"
+    );
+    for (p, g) in prompts.iter().zip(&batched) {
+        let alone =
+            &generate(&model, std::slice::from_ref(p), &params, Decoding::Cached).unwrap()[0];
+        assert_eq!(g.tokens, alone.tokens);
+        for (x, y) in g.logprobs.iter().zip(&alone.logprobs) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+    let uncached = generate(&model, &prompts, &params, Decoding::Uncached).unwrap();
+    for (a, b) in batched.iter().zip(&uncached) {
+        assert_eq!(a.tokens, b.tokens);
+    }
+}
+
+#[test]
 fn generation_stops_at_a_stop_id() {
     use npd_train::generate::{Decoding, generate};
     let model = Llama::load(&fixture("llama-gqa-tied"), Device::Cpu, Kind::Float).unwrap();
