@@ -278,7 +278,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         (config.sampling.max_new_tokens, inputs.stop_ids.clone()),
     )?
     .with_threads(Threads::new(config.train.threads, config.rollout.threads))
-    .with_alone_prefix(config.filter.enabled.then(|| inputs.alone_prefix.clone()))
+    .with_alone_prefix(
+        (config.filter.enabled && config.filter.form.needs_alone())
+            .then(|| inputs.alone_prefix.clone()),
+    )
     .with_student_config_json(inputs.student_config_json.clone());
     let prompts: Vec<npd_core::Prompt> = inputs
         .train

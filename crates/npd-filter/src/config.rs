@@ -26,6 +26,19 @@ pub enum DeltaForm {
     /// `IFD_student_now - IFD_snapshot`: how far the current student has moved
     /// from the snapshot that wrote the response.
     Staleness,
+    /// `s_teacher(y|x) - s_student(y|x)`: the gap between the teacher's and
+    /// the student's mean token cross-entropy of the response given the
+    /// prompt. Not Δ-IFD: it needs no response-alone pass, so it costs
+    /// nothing beyond the passes that run anyway.
+    ConditionedGap,
+}
+
+impl DeltaForm {
+    /// Whether the score needs log-probs of the response alone (the IFD
+    /// denominators), which cost an extra pass per model.
+    pub fn needs_alone(self) -> bool {
+        self != DeltaForm::ConditionedGap
+    }
 }
 
 /// Δ-IFD selection.

@@ -6,7 +6,7 @@ use crate::config::{DeltaForm, IfdConvention};
 use npd_core::traits::FilterInput;
 use npd_core::{DropReason, Error, ResponseLogProbs, Result, SampleId};
 
-use crate::ifd::{IfdTerms, ifd};
+use crate::ifd::{IfdTerms, ifd, mean_nll};
 
 /// Per-token log-probs of one response under one model: conditioned on the
 /// prompt, and alone.
@@ -53,23 +53,38 @@ impl DeltaScore {
     /// - [`DeltaForm::Difference`]: `IFD_teacher - IFD_student`;
     /// - [`DeltaForm::Ratio`]: `IFD_teacher / IFD_student`;
     /// - [`DeltaForm::Staleness`]: `IFD_student - IFD_snapshot` (the teacher
-    ///   is not used; a missing snapshot counts as a length mismatch).
+    ///   is not used; a missing snapshot counts as a length mismatch);
+    /// - [`DeltaForm::ConditionedGap`]: `s_teacher(y|x) - s_student(y|x)`
+    ///   (the response-alone arrays are not used and may be empty here;
+    ///   [`LogProbColumns`] still expects them aligned).
     pub fn score(
         &self,
         teacher: TermSlices<'_>,
         student: TermSlices<'_>,
         snapshot: Option<TermSlices<'_>>,
     ) -> Result<f64, DropReason> {
-        let s = student.ifd(self.convention)?;
         let v = match self.form {
-            DeltaForm::Difference => teacher.ifd(self.convention)? - s,
-            DeltaForm::Ratio => teacher.ifd(self.convention)? / s,
+            DeltaForm::Difference => {
+                teacher.ifd(self.convention)? - student.ifd(self.convention)?
+            }
+            DeltaForm::Ratio => teacher.ifd(self.convention)? / student.ifd(self.convention)?,
             DeltaForm::Staleness => {
+                let s = student.ifd(self.convention)?;
                 let snap = snapshot.ok_or(DropReason::LengthMismatch)?;
                 if snap.conditioned.len() != student.conditioned.len() {
                     return Err(DropReason::LengthMismatch);
                 }
                 s - snap.ifd(self.convention)?
+            }
+            DeltaForm::ConditionedGap => {
+                let (t, s) = (teacher.conditioned, student.conditioned);
+                if s.is_empty() {
+                    return Err(DropReason::EmptyResponse);
+                }
+                if t.len() != s.len() {
+                    return Err(DropReason::LengthMismatch);
+                }
+                mean_nll(t) - mean_nll(s)
             }
         };
         if v.is_finite() {
@@ -284,6 +299,25 @@ mod tests {
         assert!((score(DeltaForm::Difference) - 0.25).abs() < 1e-12);
         assert!((score(DeltaForm::Ratio) - 2.0).abs() < 1e-12);
         assert!(score(DeltaForm::Staleness).abs() < 1e-12);
+        // Conditioned gap: s_teacher(y|x) 1.0 - s_student(y|x) 0.5.
+        assert!((score(DeltaForm::ConditionedGap) - 0.5).abs() < 1e-12);
+        // It needs no response-alone log-probs.
+        let mut bare = input(1);
+        bare.teacher.alone.clear();
+        bare.student.alone.clear();
+        let gap = DeltaScore {
+            convention: IfdConvention::LossRatio,
+            form: DeltaForm::ConditionedGap,
+        };
+        assert!((gap.score_input(&bare).unwrap() - 0.5).abs() < 1e-12);
+        let difference = DeltaScore {
+            form: DeltaForm::Difference,
+            ..gap
+        };
+        assert_eq!(
+            difference.score_input(&bare),
+            Err(DropReason::LengthMismatch)
+        );
     }
 
     #[test]

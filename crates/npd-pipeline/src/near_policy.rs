@@ -321,7 +321,8 @@ where
             .collect();
         let options = ScoreOptions {
             topk: Some(s.topk),
-            alone_prefix: s.filter.enabled.then(|| s.alone_prefix.clone()),
+            alone_prefix: (s.filter.enabled && s.filter.form.needs_alone())
+                .then(|| s.alone_prefix.clone()),
         };
         let scores = clock.time("teacher", || teacher.score(&requests, &options))?;
         let keep: Vec<bool> = if s.filter.enabled {
