@@ -224,6 +224,10 @@ fn main() {
     train_comparison("long-tailed lengths", &long_tail, 1024, args.reps);
     let near_uniform: Vec<usize> = (0..args.samples).map(|i| 460 + (i * 37) % 52).collect();
     train_comparison("near-uniform lengths", &near_uniform, 1024, args.reps);
+    // The embedded task's mix: prompts of about 20 tokens, responses of 20
+    // to 45, rows of 512.
+    let short: Vec<usize> = (0..args.samples).map(|i| 40 + (i * 7) % 26).collect();
+    train_comparison("short samples (embedded task)", &short, 512, args.reps);
     decode_comparison(args.reps);
     if args.python {
         python_comparison(args.threads, args.reps);

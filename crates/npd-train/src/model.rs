@@ -100,38 +100,67 @@ impl KvCache {
 }
 
 /// How the segments of a packed sequence are grouped for attention:
-/// segments of equal length share one batched attention call.
+/// segments of similar length (see [`bucket`]) share one batched attention
+/// call, each right-padded to its group's length. Padding comes after a segment's
+/// tokens, so under causal attention no real token sees it, and its
+/// outputs are dropped; a few padded positions cost less than one more
+/// small attention call per distinct length.
 struct SegmentPlan {
-    /// `(token indices, segments, length)` per distinct length.
+    /// `(token indices, segments, length)` per group; a padding slot
+    /// repeats token 0 (its output is never read).
     groups: Vec<(Tensor, i64, i64)>,
-    /// Inverse of the concatenated group indices.
-    inverse: Tensor,
+    /// Row of the groups' concatenated output holding each token.
+    gather: Tensor,
 }
+
+/// The length a segment of `len` tokens is padded to for attention. Short
+/// segments (under [`BUCKET_BELOW`] tokens) round up to a multiple of 8:
+/// their attention calls are cheap, so fewer of them pays for the padding.
+/// Longer ones keep their length: their calls cost more than a call's
+/// overhead, and padding would add to every one.
+fn bucket(len: usize) -> usize {
+    if len < BUCKET_BELOW {
+        len.div_ceil(8) * 8
+    } else {
+        len
+    }
+}
+
+/// Segments shorter than this share attention calls by length bucket.
+const BUCKET_BELOW: usize = 128;
 
 impl SegmentPlan {
     fn new(lengths: &[usize], device: Device) -> Self {
-        let mut by_len: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        // (start, len) of the segments of each bucket.
+        let mut by_bucket: BTreeMap<usize, Vec<(i64, usize)>> = BTreeMap::new();
         let mut start = 0i64;
         for &len in lengths {
-            by_len
-                .entry(len)
-                .or_default()
-                .extend(start..start + len as i64);
+            by_bucket.entry(bucket(len)).or_default().push((start, len));
             start += len as i64;
         }
-        let mut order = Vec::with_capacity(start as usize);
-        let groups = by_len
+        let mut gather = vec![0i64; start as usize];
+        let mut row = 0i64;
+        let groups = by_bucket
             .into_iter()
-            .map(|(len, idx)| {
-                order.extend_from_slice(&idx);
-                let n = idx.len() as i64 / len as i64;
-                (Tensor::from_slice(&idx).to_device(device), n, len as i64)
+            .map(|(width, segments)| {
+                let mut idx = Vec::with_capacity(segments.len() * width);
+                for (s0, len) in &segments {
+                    for j in 0..width as i64 {
+                        if j < *len as i64 {
+                            gather[(s0 + j) as usize] = row;
+                            idx.push(s0 + j);
+                        } else {
+                            idx.push(0);
+                        }
+                        row += 1;
+                    }
+                }
+                let n = segments.len() as i64;
+                (Tensor::from_slice(&idx).to_device(device), n, width as i64)
             })
             .collect();
-        let inverse = Tensor::from_slice(&order)
-            .to_device(device)
-            .argsort(0, false);
-        Self { groups, inverse }
+        let gather = Tensor::from_slice(&gather).to_device(device);
+        Self { groups, gather }
     }
 }
 
@@ -441,7 +470,7 @@ impl Llama {
                                 .reshape([n * len, nh * hd])
                         })
                         .collect();
-                    Tensor::cat(&parts, 0).index_select(0, &plan.inverse)
+                    Tensor::cat(&parts, 0).index_select(0, &plan.gather)
                 }
             }
         }))
@@ -586,4 +615,19 @@ fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor, gqa: bool) -> Tensor {
 
 fn shape_err(what: &str, e: tch::TchError) -> Error {
     Error::invalid(what, format!("unexpected shape: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attention_buckets_pad_little() {
+        for len in 1..2000 {
+            let b = super::bucket(len);
+            assert!(b >= len && b - len < 8, "{len} -> {b}");
+        }
+        assert_eq!(
+            (super::bucket(45), super::bucket(50), super::bucket(300)),
+            (48, 56, 300)
+        );
+    }
 }
