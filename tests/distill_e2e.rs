@@ -137,3 +137,38 @@ fn a_wrong_resume_is_refused_before_any_training() {
     assert!(!cache.exists());
     assert!(!out.exists());
 }
+
+#[test]
+fn ctrl_c_while_preparing_exits_cleanly_without_claiming_the_folder() {
+    let out = scratch("interrupted-out");
+    let cache = scratch("interrupted-cache");
+    let child = Command::new(example())
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(&cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The teacher of a fresh cache trains for several seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("terminate called"),
+        "{err}"
+    );
+    assert!(err.contains("stopped on request"), "{err}");
+    assert!(!out.exists(), "the output folder was claimed: {err}");
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -198,6 +198,10 @@ fn main() -> ExitCode {
             println!("report: {}", report.display());
             ExitCode::SUCCESS
         }
+        Ok(Ended::Interrupted(why)) => {
+            eprintln!("interrupted: {why}");
+            ExitCode::from(130)
+        }
         Ok(Ended::Stopped {
             method,
             seed,

@@ -30,14 +30,12 @@ pub enum Error {
         /// What was expected and what was found.
         message: String,
     },
-    /// The run was asked to stop (e.g. Ctrl-C) and stopped after writing a
-    /// checkpoint it can resume from.
-    #[error("interrupted after step {step}; checkpoint written to {checkpoint}")]
+    /// Work that has no checkpoint of its own (preparing models, say) was
+    /// asked to stop (e.g. Ctrl-C) and stopped between two of its steps.
+    #[error("stopped on request while {what}")]
     Interrupted {
-        /// Steps completed.
-        step: u64,
-        /// The checkpoint folder.
-        checkpoint: PathBuf,
+        /// What was being done.
+        what: String,
     },
     /// A backend (model code, tokenizer, transport) failed.
     #[error("{context}: {source}")]

@@ -2,6 +2,7 @@
 //! the teacher and student folders and prompts file of a configuration.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use npd_core::{PromptId, TokenId};
@@ -56,10 +57,16 @@ pub struct Inputs {
 }
 
 /// The embedded default: the teacher and warm start prepared (or loaded
-/// from `cache`) with progress bars.
-pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs> {
+/// from `cache`) with progress bars; `stop` ends the preparation after its
+/// current training step.
+pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs> {
     let mut current: Option<(String, Progress)> = None;
     let prepared = prepare(cache, setup, &mut |stage, done, total| {
+        if stop.load(Ordering::SeqCst) {
+            return Err(npd_core::Error::Interrupted {
+                what: format!("training the embedded {stage} (step {done} of {total})"),
+            });
+        }
         if current.as_ref().is_none_or(|(s, _)| s != stage) {
             if let Some((_, b)) = current.take() {
                 b.finish();
@@ -69,6 +76,7 @@ pub fn embedded(cache: &Path, setup: &Setup) -> Result<Inputs> {
         if let Some((_, b)) = &mut current {
             b.set(done);
         }
+        Ok(())
     })
     .with_context(|| format!("preparing the embedded default in {}", cache.display()))?;
     if let Some((_, b)) = current.take() {

@@ -68,8 +68,9 @@ pub struct Options {
 }
 
 /// Ctrl-C as the application sees it: `stop` asks the running method to
-/// finish its step and checkpoint; `in_run` tells the signal handler
-/// whether a method is running (outside one a signal exits at once).
+/// finish its step and checkpoint, or the preparation of the embedded
+/// models to end after its current step; `in_run` tells whether a method
+/// is running.
 #[derive(Debug, Default)]
 pub struct Control {
     /// Set by the signal handler.
@@ -103,6 +104,9 @@ pub enum Ended {
     },
     /// `--print-config` or `--check`: nothing ran.
     Checked(String),
+    /// Stopped by [`Control::stop`] before any method ran (while preparing
+    /// the embedded models): why and what was kept.
+    Interrupted(String),
 }
 
 /// The embedded default's run configuration: the `[train]`, `[rollout]` and
@@ -254,7 +258,16 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             .clone()
             .unwrap_or_else(default_cache)
             .join(format!("v3-{}", if o.quick { "quick" } else { "default" }));
-        inputs::embedded(&cache, &setup)?
+        match inputs::embedded(&cache, &setup, &control.stop) {
+            Ok(inputs) => inputs,
+            Err(e) if control.stop.load(Ordering::SeqCst) => {
+                return Ok(Ended::Interrupted(format!(
+                    "{e:#}; nothing was written to {} (the cache keeps what was finished)",
+                    out.display()
+                )));
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         inputs::folders(&config)?
     };
@@ -292,6 +305,12 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         })
         .collect();
     check_fit(&config, &inputs, &o.methods)?;
+    if control.stop.load(Ordering::SeqCst) {
+        return Ok(Ended::Interrupted(format!(
+            "stopped on request before any method ran; nothing was written to {}",
+            out.display()
+        )));
+    }
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);

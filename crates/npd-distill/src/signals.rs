@@ -37,20 +37,26 @@ pub fn set_wait_policy() {
 #[cfg(not(unix))]
 pub fn set_wait_policy() {}
 
-/// Ctrl-C (or SIGTERM): during the method runs the first one asks the
-/// running method to finish its step and write a checkpoint; outside them,
-/// or a second time, the process exits at once (status 130).
+/// Ctrl-C (or SIGTERM): the first one only raises [`Control::stop`]: a
+/// running method finishes its step and writes a checkpoint, and the
+/// preparation of the embedded models ends after its current step, so the
+/// process exits through its normal path (status 130). A second one quits
+/// at once.
 pub fn install(control: &Arc<Control>) {
     let c = Arc::clone(control);
     let installed = ctrlc::set_handler(move || {
-        if !c.in_run.load(Ordering::SeqCst) || c.stop.swap(true, Ordering::SeqCst) {
+        if c.stop.swap(true, Ordering::SeqCst) {
             eprintln!("\ninterrupted");
             std::process::exit(130);
         }
-        eprintln!(
-            "\nstopping: finishing the current step and writing a checkpoint \
-             (Ctrl-C again to quit at once)"
-        );
+        if c.in_run.load(Ordering::SeqCst) {
+            eprintln!(
+                "\nstopping: finishing the current step and writing a checkpoint \
+                 (Ctrl-C again to quit at once)"
+            );
+        } else {
+            eprintln!("\nstopping after the current step (Ctrl-C again to quit at once)");
+        }
     });
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will not write a checkpoint: {e}");

@@ -113,8 +113,9 @@ struct Meta {
     warm_start_accuracy: f64,
 }
 
-/// Progress callback: `(stage, done, total)`.
-pub type Progress<'a> = dyn FnMut(&str, u64, u64) + 'a;
+/// Progress callback: `(stage, done, total)`; an error (for example
+/// [`npd_core::Error::Interrupted`]) stops the preparation after that step.
+pub type Progress<'a> = dyn FnMut(&str, u64, u64) -> Result<()> + 'a;
 
 fn prompt_ids(tok: &Tokenizer, p: &Problem) -> Result<Vec<TokenId>> {
     let mut ids = vec![emb::BOS_ID];
@@ -249,7 +250,7 @@ fn train_on_references(
         let rows = pack_pool(samples, &PackOptions::new(512))?;
         trainer.step(&rows)?;
         done = step + 1;
-        progress(stage, done, steps);
+        progress(stage, done, steps)?;
         if until(trainer.model(), done)? {
             break;
         }
