@@ -29,7 +29,10 @@ fn quick_run_writes_the_report() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        md.contains("## Targets") && md.contains("adds up: true"),
+        md.contains("## Targets")
+            && md.contains("adds up: true")
+            && md.contains("the ledger counts")
+            && md.contains(": agree"),
         "{md}"
     );
     let json: serde_json::Value =

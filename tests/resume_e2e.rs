@@ -187,6 +187,11 @@ fn killed_and_interrupted_runs_resume_without_losing_or_repeating_work() {
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("adds up: true"), "{md}");
+    // The ledger counted again from metrics.jsonl, across both restarts.
+    assert!(
+        md.contains("NPD seed 0: metrics.jsonl names") && md.contains(": agree"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -49,6 +49,17 @@ pub struct StepEvent {
     /// NPD: prompts whose generation failed since the previous step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts_failed: Option<Vec<u64>>,
+    /// NPD: the dataset record id of each of `prompts_trained` (prompt ids
+    /// count visits of the seeded prompt order, so a record visited in two
+    /// epochs has two prompt ids and one record id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_trained: Option<Vec<u64>>,
+    /// NPD: the dataset record id of each of `prompts_filtered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_filtered: Option<Vec<u64>>,
+    /// NPD: the dataset record id of each of `prompts_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_failed: Option<Vec<u64>>,
 }
 
 /// A held-out evaluation.
@@ -180,6 +191,9 @@ mod tests {
             prompts_trained: Some(vec![7, 8]),
             prompts_filtered: Some(vec![]),
             prompts_failed: None,
+            records_trained: Some(vec![3, 4]),
+            records_filtered: None,
+            records_failed: None,
         });
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event"], "step");

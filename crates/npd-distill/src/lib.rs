@@ -386,6 +386,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             ],
         ]
         .concat(),
+        checks: ledger_checks(&metrics_path, &outcomes)?,
         teacher_accuracy: inputs.teacher_accuracy,
         warm_start_accuracy: outcomes
             .first()
@@ -481,6 +482,54 @@ fn settings_line(
         "every method: {} libtorch threads, OMP_WAIT_POLICY={policy}; {npd}; total run time {total_s:.0}s",
         threads.train
     )
+}
+
+/// NPD's ledgers counted again from `metrics.jsonl`, a record written
+/// step by step apart from the ledger: the prompts the step events name as
+/// trained and filtered must be the ledger's counts (failures at shutdown
+/// have no step event, so they may only be fewer).
+fn ledger_checks(
+    metrics: &std::path::Path,
+    outcomes: &[npd_pipeline::Outcome],
+) -> Result<Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    let mut seen: BTreeMap<u64, [BTreeSet<u64>; 3]> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(Event::Step(s)) = serde_json::from_str::<Event>(line) else {
+            continue;
+        };
+        if s.method != Method::NearPolicy {
+            continue;
+        }
+        let sets = seen.entry(s.seed).or_default();
+        for (set, ids) in
+            sets.iter_mut()
+                .zip([&s.prompts_trained, &s.prompts_filtered, &s.prompts_failed])
+        {
+            set.extend(ids.iter().flatten());
+        }
+    }
+    let mut lines = Vec::new();
+    for o in outcomes.iter().filter(|o| o.method == Method::NearPolicy) {
+        let Some(l) = &o.ledger else { continue };
+        let [t, f, x] = seen.remove(&o.seed).unwrap_or_default();
+        let ledger_failed: usize = l.failed.values().sum();
+        let ledger_filtered: usize = l.filtered.values().sum();
+        let agree = t.len() == l.trained && f.len() == ledger_filtered && x.len() <= ledger_failed;
+        lines.push(format!(
+            "NPD seed {}: metrics.jsonl names {} trained, {} filtered and {} failed prompts; the ledger counts {}, {} and {}: {}",
+            o.seed,
+            t.len(),
+            f.len(),
+            x.len(),
+            l.trained,
+            ledger_filtered,
+            ledger_failed,
+            if agree { "agree" } else { "DISAGREE" }
+        ));
+    }
+    Ok(lines)
 }
 
 /// The report's budget line.

@@ -126,12 +126,17 @@ where
                     version: learner.version(),
                 }));
             }
+            let filtered = std::mem::take(&mut npd.filtered_ids);
+            let failed = std::mem::take(&mut npd.failed_ids);
             let extra = StepExtra {
                 samples: Some(samples),
                 keep_rate: Some(npd.filter.total_report().keep_rate()),
+                records_trained: Some(npd.records(&trained)),
+                records_filtered: Some(npd.records(&filtered)),
+                records_failed: Some(npd.records(&failed)),
                 prompts_trained: Some(trained),
-                prompts_filtered: Some(std::mem::take(&mut npd.filtered_ids)),
-                prompts_failed: Some(std::mem::take(&mut npd.failed_ids)),
+                prompts_filtered: Some(filtered),
+                prompts_failed: Some(failed),
             };
             let next = run.after_step(cx, learner, evaluator, step, &stats, &batch, extra, || {
                 Some(npd.saved())
@@ -244,6 +249,17 @@ where
         }
         npd.submit(s.pool_size * 4)?;
         Ok(npd)
+    }
+
+    /// The dataset record id of each prompt id.
+    fn records(&self, ids: &[u64]) -> Vec<u64> {
+        ids.iter()
+            .map(|&r| {
+                self.prompts[self.order[(r % self.prompts.len() as u64) as usize]]
+                    .id
+                    .0
+            })
+            .collect()
     }
 
     fn prompt(&self, id: PromptId) -> Prompt {

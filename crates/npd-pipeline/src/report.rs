@@ -20,6 +20,10 @@ pub struct Report {
     pub warm_start_accuracy: f64,
     /// One outcome per method and seed.
     pub outcomes: Vec<Outcome>,
+    /// Checks made outside the loops (for example the metrics stream
+    /// counted against each ledger), one line each.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 /// Mean over seeds of one method.
@@ -168,6 +172,13 @@ impl Report {
         md.push_str(
             "\nWall-clock excludes evaluation. ![accuracy against wall-clock](accuracy.svg)\n\n",
         );
+        if !self.checks.is_empty() {
+            md.push_str("## Checks\n\n");
+            for line in &self.checks {
+                let _ = writeln!(md, "- {line}");
+            }
+            md.push('\n');
+        }
         md.push_str("## Targets\n\n");
         match self.targets() {
             Some((acc_ok, speed_ok, gap, speedup)) => {
@@ -372,6 +383,7 @@ mod tests {
         sft[1].prep_reused = true;
         let report = Report {
             setup: Vec::new(),
+            checks: Vec::new(),
             teacher_accuracy: 0.97,
             warm_start_accuracy: 0.6,
             outcomes: [
@@ -422,6 +434,7 @@ mod tests {
             teacher_accuracy: 0.9,
             warm_start_accuracy: 0.3,
             outcomes: runs,
+            checks: Vec::new(),
         };
         let svg = report.svg();
         assert!(
@@ -464,6 +477,7 @@ mod tests {
             teacher_accuracy: 0.9,
             warm_start_accuracy: 0.3,
             outcomes: vec![sft, on, npd],
+            checks: Vec::new(),
         };
         let t = report.time_to_accuracy().unwrap();
         assert_eq!((t.target, t.baseline_s), (0.6, 40.0));

@@ -21,6 +21,9 @@ pub(crate) struct StepExtra {
     pub prompts_trained: Option<Vec<u64>>,
     pub prompts_filtered: Option<Vec<u64>>,
     pub prompts_failed: Option<Vec<u64>>,
+    pub records_trained: Option<Vec<u64>>,
+    pub records_filtered: Option<Vec<u64>>,
+    pub records_failed: Option<Vec<u64>>,
 }
 
 /// Whether the loop goes on after a step.
@@ -163,6 +166,9 @@ impl Run {
             prompts_trained: extra.prompts_trained,
             prompts_filtered: extra.prompts_filtered,
             prompts_failed: extra.prompts_failed,
+            records_trained: extra.records_trained,
+            records_filtered: extra.records_filtered,
+            records_failed: extra.records_failed,
         }));
         let last = step == cx.settings.steps;
         if step.is_multiple_of(cx.settings.eval_every.max(1)) || last {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use doubles::{EchoGenerator, FixedTeacher, HashLearner, StepsEval, prompts};
 use npd_core::config::{SamplingConfig, TrainConfig};
 use npd_core::events::Event;
-use npd_core::{Method, Prompt};
+use npd_core::{Method, Prompt, PromptId};
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
 use npd_pipeline::{
@@ -96,7 +96,12 @@ fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() 
     for (filter, schedule) in cases {
         let mut s = settings(filter);
         s.schedule = schedule;
-        let data = prompts(40);
+        // Dataset ids that are not positions, so that the records named in
+        // the events must come from the dataset.
+        let mut data = prompts(40);
+        for p in &mut data {
+            p.id = PromptId(1000 + p.id.0);
+        }
         let stop = AtomicBool::new(false);
         let mut rec = Recorder {
             events: Vec::new(),
@@ -135,6 +140,18 @@ fn npd_accounts_for_every_prompt_bounds_staleness_and_refreshes_every_k_steps() 
             })
             .flatten()
             .collect();
+        let order = npd_core::shuffle::seeded_permutation(data.len(), 7);
+        for e in &rec.events {
+            if let Event::Step(st) = e {
+                let visits = st.prompts_trained.as_ref().unwrap();
+                let records = st.records_trained.as_ref().unwrap();
+                let want: Vec<u64> = visits
+                    .iter()
+                    .map(|&v| 1000 + order[(v % 40) as usize] as u64)
+                    .collect();
+                assert_eq!(records, &want);
+            }
+        }
         let mut unique = trained.clone();
         unique.sort_unstable();
         unique.dedup();
