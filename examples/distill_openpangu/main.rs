@@ -40,8 +40,9 @@ Examples:
 
 Progress shows as bars on a terminal and as log lines otherwise (RUST_LOG=warn \
 silences them). Ctrl-C finishes the current step, writes a checkpoint and exits \
-(status 130); the same command with --resume continues. Exit status 2: bad input, \
-with the file, line or field named."
+(status 130); the same command with --resume continues. A second Ctrl-C kills the \
+process at once (status 137). Exit status 2: bad input, with the file, line or field \
+named."
 )]
 struct Args {
     /// Run configuration (TOML). Every key is optional; docs/config.example.toml

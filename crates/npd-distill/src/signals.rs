@@ -40,14 +40,16 @@ pub fn set_wait_policy() {}
 /// Ctrl-C (or SIGTERM): the first one only raises [`Control::stop`]: a
 /// running method finishes its step and writes a checkpoint, and the
 /// preparation of the embedded models ends after its current step, so the
-/// process exits through its normal path (status 130). A second one quits
-/// at once.
+/// process exits through its normal path (status 130). A second one kills
+/// the process at once (status 137, as SIGKILL): exiting normally from the
+/// handler's thread would run libtorch's static destructors while its
+/// threads still compute, which aborts with a C++ trace.
 pub fn install(control: &Arc<Control>) {
     let c = Arc::clone(control);
     let installed = ctrlc::set_handler(move || {
         if c.stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted");
-            std::process::exit(130);
+            eprintln!("\ninterrupted: killed at once; --resume continues from the last checkpoint");
+            quit_now();
         }
         if c.in_run.load(Ordering::SeqCst) {
             eprintln!(
@@ -61,4 +63,13 @@ pub fn install(control: &Arc<Control>) {
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will not write a checkpoint: {e}");
     }
+}
+
+/// Ends the process at once, as SIGKILL does: no destructor runs.
+fn quit_now() -> ! {
+    #[cfg(unix)]
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    }
+    std::process::exit(130)
 }

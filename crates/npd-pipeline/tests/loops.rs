@@ -242,14 +242,18 @@ fn step_losses(events: &[Event]) -> Vec<(u64, usize)> {
 
 #[test]
 fn a_stopped_run_resumes_where_it_stopped_for_every_method() {
-    let mut s = settings(true);
     let data: Vec<Prompt> = prompts(30);
-    for (method, schedule) in [
-        (Method::Sft, Schedule::Auto),
-        (Method::OnPolicy, Schedule::Auto),
-        (Method::NearPolicy, Schedule::Auto),
-        (Method::NearPolicy, Schedule::Disaggregated),
+    // Every state file is written and read back for every method, with the
+    // optional parts present (the filter's account, with an open lower
+    // threshold of -inf) and absent (no filter).
+    for (method, schedule, filter) in [
+        (Method::Sft, Schedule::Auto, true),
+        (Method::OnPolicy, Schedule::Auto, true),
+        (Method::NearPolicy, Schedule::Auto, true),
+        (Method::NearPolicy, Schedule::Disaggregated, true),
+        (Method::NearPolicy, Schedule::Colocated, false),
     ] {
+        let mut s = settings(filter);
         s.schedule = schedule;
         let root = scratch(method.slug());
         let checkpoints = Checkpoints::new(&root, 5);
