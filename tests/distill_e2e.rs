@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{example, scratch};
+use common::{example, interrupt, scratch};
 
 use std::process::Command;
 
@@ -156,14 +156,7 @@ fn ctrl_c_while_preparing_exits_cleanly_without_claiming_the_folder() {
         .unwrap();
     // The teacher of a fresh cache trains for several seconds.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    interrupt(&child);
     let done = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{example, scratch};
+use common::{example, interrupt, scratch};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -115,14 +115,7 @@ fn killed_and_interrupted_runs_resume_without_losing_or_repeating_work() {
     // 2. Resume, then stop it with Ctrl-C: it checkpoints and exits 130.
     let mut child = command(&out, &cache, true).spawn().unwrap();
     wait_for_steps(&mut child, &out, killed_at as usize + 3);
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    interrupt(&child);
     let stopped = child.wait_with_output().unwrap();
     assert_eq!(stopped.status.code(), Some(130), "{}", text(&stopped));
     assert!(text(&stopped).contains("--resume"), "{}", text(&stopped));

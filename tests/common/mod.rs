@@ -16,3 +16,15 @@ pub fn scratch(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     d
 }
+
+/// Sends SIGINT (what Ctrl-C sends) to a running example. (Not every test
+/// binary that includes this module sends signals.)
+#[allow(dead_code)]
+pub fn interrupt(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -INT {pid} failed");
+}

@@ -21,6 +21,16 @@ struct Reference {
     greedy: Vec<Vec<i64>>,
 }
 
+impl Reference {
+    /// The reference inputs as prompts.
+    fn prompts(&self) -> Vec<Vec<u32>> {
+        self.inputs
+            .iter()
+            .map(|p| p.iter().map(|&t| t as u32).collect())
+            .collect()
+    }
+}
+
 fn reference(name: &str) -> Reference {
     let mut tensors: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(fixture(name).join("reference.safetensors"))
@@ -140,11 +150,7 @@ fn cached_decoding_equals_uncached() {
     use npd_train::generate::{Decoding, generate};
     let model = Llama::load(&fixture("llama-gqa-tied"), Device::Cpu, Kind::Float).unwrap();
     let r = reference("llama-gqa-tied");
-    let prompts: Vec<Vec<u32>> = r
-        .inputs
-        .iter()
-        .map(|p| p.iter().map(|&t| t as u32).collect())
-        .collect();
+    let prompts = r.prompts();
     let mut params = greedy_params(12);
     params.temperature = 1.0;
     params.top_k = Some(20);
@@ -169,11 +175,7 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
     use npd_train::generate::{Decoding, generate};
     let model = Llama::load(&fixture("llama-gqa-tied"), Device::Cpu, Kind::Float).unwrap();
     let r = reference("llama-gqa-tied");
-    let prompts: Vec<Vec<u32>> = r
-        .inputs
-        .iter()
-        .map(|p| p.iter().map(|&t| t as u32).collect())
-        .collect();
+    let prompts = r.prompts();
     // A stop id that ends some rows early and others late or never, so the
     // batch drops rows while the rest keep decoding.
     let mut params = greedy_params(12);
