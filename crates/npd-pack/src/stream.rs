@@ -42,13 +42,13 @@ impl StreamingPacker {
     pub fn new(options: PackOptions, min_fill: f64, max_open: usize) -> Result<Self> {
         if !(min_fill > 0.0 && min_fill <= 1.0) {
             return Err(Error::invalid(
-                "pack.min_fill",
+                "StreamingPacker min_fill",
                 format!("{min_fill}: expected a number in (0, 1]"),
             ));
         }
         if max_open == 0 {
             return Err(Error::invalid(
-                "pack.max_open_rows",
+                "StreamingPacker max_open",
                 "0: expected at least 1",
             ));
         }
