@@ -1,6 +1,6 @@
 //! Δ-IFD scoring and sample selection, from per-token log-probs.
 //!
-//! - [`ifd`]: mean token losses and the IFD score of one response under one
+//! - [`ifd`](mod@ifd): mean token losses and the IFD score of one response under one
 //!   model, in either convention (loss ratio, perplexity ratio).
 //! - [`score`]: the filter score of a sample (Δ-IFD as difference or ratio,
 //!   or the staleness form), per sample or for a whole pool in a flat

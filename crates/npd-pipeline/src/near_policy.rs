@@ -8,11 +8,11 @@
 //! phase with every thread, when they share the cores or the device
 //! (colocated).
 //!
-//! One step of the loop, in named parts: [`Npd::fill_pool`] (take finished
-//! rollouts from the engine, or generate a pool), [`Npd::score_and_filter`] (teacher targets,
-//! Δ-IFD), [`Npd::pack`] (queue the kept samples), [`Npd::take_step`]
-//! (exactly a step's worth of samples, packed into rows), training, [`Npd::settle`] (the ledger) and
-//! [`Npd::publish`] (sparse refresh).
+//! One step of the loop, in named parts: `fill_pool` (take finished
+//! rollouts from the engine, or generate a pool), `score_and_filter` (teacher targets,
+//! Δ-IFD), `pack` (queue the kept samples), `take_step`
+//! (exactly a step's worth of samples, packed into rows), training, `settle` (the ledger) and
+//! `publish` (sparse refresh).
 
 use std::collections::{BTreeMap, VecDeque};
 
