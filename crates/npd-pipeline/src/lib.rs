@@ -142,6 +142,6 @@ pub use npd_core::Method;
 pub use on_policy::OnPolicy;
 pub use outcome::{CurvePoint, Outcome, RunEnd};
 pub use output::OutputConfig;
-pub use report::Report;
+pub use report::{Report, Roles};
 pub use settings::Settings;
 pub use sft::{Sft, write_responses};

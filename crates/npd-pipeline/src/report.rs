@@ -37,6 +37,38 @@ pub struct Summary {
     pub runs: usize,
 }
 
+/// NPD's busy time per role, from its stage times: what the disaggregated
+/// schedule overlaps when each role has a device of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Roles {
+    /// Generation (colocated: `generate`; disaggregated: not on the
+    /// loop's thread, so only the time spent waiting for rollouts).
+    pub generate: f64,
+    /// Teacher scoring and filtering.
+    pub score: f64,
+    /// Training, packing and publishing weights.
+    pub train: f64,
+}
+
+impl Roles {
+    /// The roles of an outcome whose stages name generation (a colocated
+    /// NPD run); `None` otherwise.
+    pub fn of(o: &Outcome) -> Option<Self> {
+        let stage = |k: &str| o.stages.get(k).copied().unwrap_or(0.0);
+        let generate = *o.stages.get("generate")?;
+        Some(Self {
+            generate,
+            score: stage("teacher") + stage("filter"),
+            train: stage("train") + stage("pack") + stage("publish"),
+        })
+    }
+
+    /// The wall-clock if the roles overlapped perfectly: the busiest one's.
+    pub fn projected(&self) -> f64 {
+        self.generate.max(self.score).max(self.train)
+    }
+}
+
 /// When each method reaches the synchronous baseline's final accuracy
 /// (see [`Report::time_to_accuracy`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +273,23 @@ impl Report {
                     md,
                     "- Δ-IFD: {} judged, {} kept, dropped {:?}",
                     f.total, f.kept, f.dropped
+                );
+            }
+            if let Some(r) = Roles::of(o) {
+                let _ = writeln!(
+                    md,
+                    "- busy time per role: generation {:.1}s, scoring {:.1}s (teacher and filter), training {:.1}s (packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
+                    r.generate,
+                    r.score,
+                    r.train,
+                    r.projected(),
+                    self.summary(Method::OnPolicy)
+                        .map_or(f64::NAN, |on| on.wall_s / r.projected().max(1e-9)),
+                    if self.summary(Method::OnPolicy).is_some() {
+                        ""
+                    } else {
+                        ", not measured: on-policy did not run"
+                    },
                 );
             }
             let hist: Vec<String> = o
@@ -488,5 +537,37 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("| NPD | 20.0s | 2.00x |"), "{md}");
         assert!(md.contains("| SFT | not reached | - |"), "{md}");
+    }
+
+    #[test]
+    fn roles_project_the_busiest_one() {
+        let mut o = outcome(Method::NearPolicy, 0, 0.7, 60.0);
+        o.stages = BTreeMap::from([
+            ("generate".to_string(), 20.0),
+            ("teacher".to_string(), 25.0),
+            ("filter".to_string(), 1.0),
+            ("train".to_string(), 12.0),
+            ("pack".to_string(), 0.5),
+        ]);
+        let r = Roles::of(&o).unwrap();
+        assert_eq!(
+            (r.generate, r.score, r.train, r.projected()),
+            (20.0, 26.0, 12.5, 26.0)
+        );
+        // Without a generate stage (disaggregated, or a baseline) there is
+        // nothing to project from.
+        assert_eq!(Roles::of(&outcome(Method::OnPolicy, 0, 0.7, 60.0)), None);
+        let report = Report {
+            setup: Vec::new(),
+            checks: Vec::new(),
+            teacher_accuracy: 0.9,
+            warm_start_accuracy: 0.3,
+            outcomes: vec![outcome(Method::OnPolicy, 0, 0.7, 52.0), o],
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("about 26.0s") && md.contains("2.00x on-policy"),
+            "{md}"
+        );
     }
 }
