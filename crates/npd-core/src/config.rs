@@ -180,7 +180,8 @@ pub struct SamplingConfig {
     pub top_p: f64,
     /// Maximum response length in tokens.
     pub max_new_tokens: usize,
-    /// Sampler seed.
+    /// Sampler seed, mixed (XOR) with each run's seed: runs with seeds 0, 1,
+    /// ... sample differently, and a different value here changes them all.
     pub seed: u64,
 }
 
@@ -263,7 +264,8 @@ pub struct TrainConfig {
     /// and optimizer steps); 0 uses every core (NPD's generating thread
     /// runs beside it with `rollout.threads`).
     pub threads: usize,
-    /// Seed of parameter initialisation and data order.
+    /// Seed of the prompt order, mixed (XOR) with each run's seed (and of
+    /// libtorch's generator in the libtorch backend).
     pub seed: u64,
 }
 

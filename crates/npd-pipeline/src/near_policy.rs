@@ -219,7 +219,7 @@ where
         let mut npd = Self {
             settings: s,
             prompts: cx.prompts,
-            order: npd_core::shuffle::seeded_permutation(cx.prompts.len(), seed),
+            order: s.order(cx.prompts.len(), seed),
             source,
             filter: DeltaIfdFilter::from_config(&s.filter),
             ledger: Ledger::new(),

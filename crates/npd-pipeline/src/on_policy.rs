@@ -5,7 +5,7 @@
 use npd_core::traits::{
     Evaluator, Generator, Learner, Persist, ScoreOptions, ScoreRequest, Scorer,
 };
-use npd_core::{Method, SamplingParams, TrainSample};
+use npd_core::{Method, TrainSample};
 
 use crate::context::Loop;
 use crate::error::Result;
@@ -54,7 +54,7 @@ where
             evaluator,
         } = self;
         let s = cx.settings;
-        let order = npd_core::shuffle::seeded_permutation(cx.prompts.len(), seed);
+        let order = s.order(cx.prompts.len(), seed);
         let (mut run, _) = Run::start(cx, Method::OnPolicy, seed, learner, evaluator)?;
         let options = ScoreOptions {
             topk: Some(s.topk),
@@ -71,10 +71,7 @@ where
             let prompts: Vec<_> = (0..per)
                 .map(|j| visit(cx.prompts, &order, step * per + j))
                 .collect();
-            let params = SamplingParams {
-                seed,
-                ..s.sampling.clone()
-            };
+            let params = s.sampling_for(seed);
             let rollouts = run
                 .clock
                 .time("generate", || generator.generate(&prompts, &params))?;

@@ -48,6 +48,8 @@ pub struct Settings {
     pub schedule: Schedule,
     /// Padding id.
     pub pad_id: TokenId,
+    /// `train.seed`, mixed into every run's prompt order.
+    pub order_seed: u64,
 }
 
 impl Settings {
@@ -86,6 +88,7 @@ impl Settings {
             pool_size: rollout.batch_size,
             schedule: rollout.schedule,
             pad_id: 0,
+            order_seed: train.seed,
         }
     }
 
@@ -102,6 +105,22 @@ impl Settings {
         self.alone_prefix = alone_prefix;
         self.pad_id = pad_id;
         self
+    }
+
+    /// The order in which a run with `seed` visits `n` prompts (repeated
+    /// as the budget needs): a permutation seeded by the run's seed mixed
+    /// with `train.seed`.
+    pub fn order(&self, n: usize, seed: u64) -> Vec<usize> {
+        npd_core::shuffle::seeded_permutation(n, seed ^ self.order_seed)
+    }
+
+    /// Sampling for a run with `seed`: the configured sampling, its seed
+    /// (`sampling.seed`) mixed with the run's.
+    pub fn sampling_for(&self, seed: u64) -> SamplingParams {
+        SamplingParams {
+            seed: seed ^ self.sampling.seed,
+            ..self.sampling.clone()
+        }
     }
 
     /// The staleness bound in optimizer steps: `max_lag` refreshes of

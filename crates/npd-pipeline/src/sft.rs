@@ -75,7 +75,7 @@ where
             .into());
         }
         let s = cx.settings;
-        let order = npd_core::shuffle::seeded_permutation(cx.prompts.len(), seed);
+        let order = s.order(cx.prompts.len(), seed);
         let (mut run, _) = Run::start(cx, Method::Sft, seed, learner, evaluator)?;
         for step in run.first_step..s.steps {
             let per = s.samples_per_step as u64;

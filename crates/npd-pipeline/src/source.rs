@@ -42,10 +42,7 @@ where
                 batch_size: s.pool_size.min(s.samples_per_step).max(1),
                 queue_capacity: s.queue_capacity.max(1),
                 max_ahead: (s.max_lag.max(1) as usize * per_version).max(s.pool_size),
-                sampling: SamplingParams {
-                    seed,
-                    ..s.sampling.clone()
-                },
+                sampling: s.sampling_for(seed),
             },
         ))
     }
@@ -55,10 +52,7 @@ where
         Source::Inline {
             generator,
             queue: VecDeque::new(),
-            sampling: SamplingParams {
-                seed,
-                ..s.sampling.clone()
-            },
+            sampling: s.sampling_for(seed),
         }
     }
 

@@ -309,6 +309,49 @@ fn a_stopped_run_resumes_where_it_stopped_for_every_method() {
 }
 
 #[test]
+fn the_configured_seeds_take_effect() {
+    let data = prompts(20);
+    let run = |s: &Settings, method: Method| -> HashLearner {
+        let mut learner = HashLearner::default();
+        let mut cx = Loop::new(s, &data);
+        match method {
+            Method::Sft => {
+                let responses: Vec<Vec<u32>> =
+                    (0..data.len()).map(|i| vec![3 + i as u32, 2]).collect();
+                Sft::new(&mut learner, &mut StepsEval, &responses)
+                    .run(&mut cx, 0)
+                    .unwrap();
+            }
+            _ => {
+                OnPolicy::new(
+                    &mut learner,
+                    &mut EchoGenerator::default(),
+                    &mut FixedTeacher::default(),
+                    &mut StepsEval,
+                )
+                .run(&mut cx, 0)
+                .unwrap();
+            }
+        }
+        learner
+    };
+    let base = settings(false);
+    // train.seed changes the prompt order.
+    let mut other = base.clone();
+    other.order_seed = 5;
+    // (The learner's hash covers the tokens it trained on, in order.)
+    assert_ne!(run(&base, Method::Sft).hash, run(&other, Method::Sft).hash);
+    assert_eq!(run(&base, Method::Sft).hash, run(&base, Method::Sft).hash);
+    // sampling.seed changes what the generator samples.
+    let mut other = base.clone();
+    other.sampling.seed = 9;
+    assert_ne!(
+        run(&base, Method::OnPolicy).hash,
+        run(&other, Method::OnPolicy).hash
+    );
+}
+
+#[test]
 fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
     let s = settings(false);
     let data = prompts(20);

@@ -126,6 +126,8 @@ pub struct TchStages<'a> {
     eval: &'a [Example],
     answer: &'a AnswerFn<'a>,
     train: TrainOptions,
+    /// `train.seed`, mixed into each run's libtorch seed.
+    train_seed: u64,
     threads: Threads,
     eval_tokens: usize,
     stop_ids: Vec<TokenId>,
@@ -158,6 +160,7 @@ impl<'a> TchStages<'a> {
             eval,
             answer,
             train: TrainOptions::from_config(train),
+            train_seed: train.seed,
             threads: Threads::new(0, 0),
             eval_tokens,
             stop_ids,
@@ -211,7 +214,7 @@ impl<'a> Stages for TchStages<'a> {
     /// loss.
     fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<Trainer> {
         tch::set_num_threads(self.threads.train);
-        tch::manual_seed(seed as i64);
+        tch::manual_seed((seed ^ self.train_seed) as i64);
         let mut options = self.train.clone();
         options.layout = match method {
             Method::NearPolicy => Layout::Packed,
