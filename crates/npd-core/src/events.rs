@@ -162,14 +162,6 @@ impl<F: FnMut(&Event)> Observer for F {
     }
 }
 
-/// An observer that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ignore;
-
-impl Observer for Ignore {
-    fn on_event(&mut self, _: &Event) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,14 @@
 //! - [`inputs`]: the embedded default or the model folders and prompts
 //!   file of a configuration;
 //! - [`run_dir`]: the output folder (what a run started with, resume);
+//! - [`checks`]: what can only be checked with the models, prompts or
+//!   metrics in hand;
 //! - [`progress`]: bars on a terminal, log lines elsewhere.
 //!
 //! [`distill`] runs it; the example's `main.rs` only parses the command
 //! line and handles signals.
 
+pub mod checks;
 pub mod config;
 pub mod embedded;
 pub mod inputs;
@@ -182,41 +185,9 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     }
     config.validate("flags")?;
     if config.model.teacher.as_os_str().is_empty() {
-        refuse_ignored_keys(&config)?;
+        checks::refuse_ignored_keys(&config)?;
     }
     Ok((config, setup, seeds))
-}
-
-/// The embedded default brings its own models, prompts and device: keys
-/// that would choose other ones are an error there, not silently ignored.
-fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
-    let defaults = RunConfig::default();
-    let (m, d) = (&config.model, &config.data);
-    let given = [
-        ("model.student", m.student != defaults.model.student),
-        ("model.device", m.device != defaults.model.device),
-        ("model.dtype", m.dtype != defaults.model.dtype),
-        ("data.prompts", d.prompts != defaults.data.prompts),
-        (
-            "data.max_prompt_tokens",
-            d.max_prompt_tokens != defaults.data.max_prompt_tokens,
-        ),
-        (
-            "data.eval_fraction",
-            d.eval_fraction != defaults.data.eval_fraction,
-        ),
-        ("data.seed", d.seed != defaults.data.seed),
-    ];
-    let keys: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
-    if !keys.is_empty() {
-        anyhow::bail!(
-            "{} given without model.teacher: the embedded default (no model.teacher) uses its \
-             own models, prompts and the CPU; name model.teacher and model.student folders to \
-             use them, or remove these keys",
-            keys.join(", ")
-        );
-    }
-    Ok(())
 }
 
 /// The embedded default's cache: `$NPD_CACHE`, `$XDG_CACHE_HOME/npd` or
@@ -304,7 +275,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             tokens: e.prompt.clone(),
         })
         .collect();
-    check_fit(&config, &inputs, &o.methods)?;
+    checks::check_fit(&config, &inputs, &o.methods)?;
     if control.stop.load(Ordering::SeqCst) {
         return Ok(Ended::Interrupted(format!(
             "stopped on request before any method ran; nothing was written to {}",
@@ -386,7 +357,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             ],
         ]
         .concat(),
-        checks: ledger_checks(&metrics_path, &outcomes)?,
+        checks: checks::ledger_checks(&metrics_path, &outcomes)?,
         teacher_accuracy: inputs.teacher_accuracy,
         warm_start_accuracy: outcomes
             .first()
@@ -430,38 +401,6 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     })
 }
 
-/// Checks what the configuration can only be checked against with the
-/// models and prompts in hand, before the first step of the first method
-/// (so that no method runs and then fails on a size).
-fn check_fit(config: &RunConfig, inputs: &inputs::Inputs, methods: &[Method]) -> Result<()> {
-    let vocab = inputs.teacher.config().vocab_size;
-    if config.train.top_k > vocab {
-        anyhow::bail!(
-            "train.top_k = {}: expected at most the vocabulary size, {vocab}",
-            config.train.top_k
-        );
-    }
-    let longest_prompt = (inputs.train.iter().chain(&inputs.eval))
-        .map(|e| e.prompt.len())
-        .max()
-        .unwrap_or(0);
-    let longest = longest_prompt + config.sampling.max_new_tokens;
-    let p = &config.pack;
-    if methods.contains(&Method::NearPolicy)
-        && p.oversize == npd_pack::OversizePolicy::Reject
-        && p.capacity < longest
-    {
-        anyhow::bail!(
-            "pack.capacity = {}: expected at least the longest sample NPD can write, {longest} \
-             tokens (the longest prompt, {longest_prompt}, plus sampling.max_new_tokens, {}); \
-             raise it, or set pack.oversize = \"truncate\"",
-            p.capacity,
-            config.sampling.max_new_tokens
-        );
-    }
-    Ok(())
-}
-
 /// The report's line on what each method ran with: threads, wait policy,
 /// and NPD's schedule.
 fn settings_line(
@@ -470,7 +409,7 @@ fn settings_line(
     total_s: f64,
 ) -> String {
     let policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into());
-    let npd = match comparison.resolved().schedule {
+    let npd = match comparison.resolved().running_schedule() {
         npd_rollout::Schedule::Disaggregated => format!(
             "NPD disaggregated: generation on its own thread ({} libtorch threads) beside training",
             threads.generate
@@ -482,54 +421,6 @@ fn settings_line(
         "every method: {} libtorch threads, OMP_WAIT_POLICY={policy}; {npd}; total run time {total_s:.0}s",
         threads.train
     )
-}
-
-/// NPD's ledgers counted again from `metrics.jsonl`, a record written
-/// step by step apart from the ledger: the prompts the step events name as
-/// trained and filtered must be the ledger's counts (failures at shutdown
-/// have no step event, so they may only be fewer).
-fn ledger_checks(
-    metrics: &std::path::Path,
-    outcomes: &[npd_pipeline::Outcome],
-) -> Result<Vec<String>> {
-    use std::collections::{BTreeMap, BTreeSet};
-    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
-    let mut seen: BTreeMap<u64, [BTreeSet<u64>; 3]> = BTreeMap::new();
-    for line in text.lines() {
-        let Ok(Event::Step(s)) = serde_json::from_str::<Event>(line) else {
-            continue;
-        };
-        if s.method != Method::NearPolicy {
-            continue;
-        }
-        let sets = seen.entry(s.seed).or_default();
-        for (set, ids) in
-            sets.iter_mut()
-                .zip([&s.prompts_trained, &s.prompts_filtered, &s.prompts_failed])
-        {
-            set.extend(ids.iter().flatten());
-        }
-    }
-    let mut lines = Vec::new();
-    for o in outcomes.iter().filter(|o| o.method == Method::NearPolicy) {
-        let Some(l) = &o.ledger else { continue };
-        let [t, f, x] = seen.remove(&o.seed).unwrap_or_default();
-        let ledger_failed: usize = l.failed.values().sum();
-        let ledger_filtered: usize = l.filtered.values().sum();
-        let agree = t.len() == l.trained && f.len() == ledger_filtered && x.len() <= ledger_failed;
-        lines.push(format!(
-            "NPD seed {}: metrics.jsonl names {} trained, {} filtered and {} failed prompts; the ledger counts {}, {} and {}: {}",
-            o.seed,
-            t.len(),
-            f.len(),
-            x.len(),
-            l.trained,
-            ledger_filtered,
-            ledger_failed,
-            if agree { "agree" } else { "DISAGREE" }
-        ));
-    }
-    Ok(lines)
 }
 
 /// The report's budget line.

@@ -59,8 +59,9 @@ where
     T: Scorer,
     E: Evaluator<L> + ?Sized,
 {
-    /// NPD of `learner`; `generator` writes rollouts on the engine's thread
-    /// and is loaded with the learner's weights every K steps. When the
+    /// NPD of `learner`; `generator` writes rollouts (on the engine's
+    /// thread or the loop's, as the schedule says) and is loaded with the
+    /// learner's weights every K steps. When the
     /// Δ-IFD filter is on, the generator must fill each rollout's
     /// `response_alone_logprobs` (the student's IFD denominator, after the
     /// settings' `alone_prefix`).
@@ -100,7 +101,6 @@ where
                 dry = if kept.is_empty() { dry + n } else { 0 };
                 if dry >= STARVED_STEPS * s.samples_per_step.max(1) {
                     let counts = npd.ledger.counts();
-                    drop(npd);
                     return Err(Error::Starved {
                         step,
                         rollouts: dry,
@@ -138,19 +138,13 @@ where
                 prompts_filtered: Some(filtered),
                 prompts_failed: Some(failed),
             };
-            let next = run.after_step(cx, learner, evaluator, step, &stats, &batch, extra, || {
-                Some(npd.saved())
-            });
-            match next {
-                Ok(Next::Continue) => {}
-                Ok(Next::Stop(end)) => {
-                    drop(npd);
-                    return Ok(end);
-                }
-                Err(e) => {
-                    drop(npd);
-                    return Err(e);
-                }
+            // Returning drops the engine, which stops its thread.
+            let next =
+                run.after_step(cx, learner, evaluator, step, &stats, &batch, extra, || {
+                    Some(npd.saved())
+                })?;
+            if let Next::Stop(end) = next {
+                return Ok(end);
             }
         }
         let (ledger, filter, staleness) = npd.finish()?;
@@ -166,10 +160,7 @@ where
             open: counts.open,
         }));
         let mut out = run.finish();
-        out.schedule = Some(match s.schedule {
-            Schedule::Colocated => Schedule::Colocated,
-            Schedule::Disaggregated | Schedule::Auto => Schedule::Disaggregated,
-        });
+        out.schedule = Some(s.running_schedule());
         out.filter = filter;
         out.staleness = staleness;
         out.ledger = Some(counts);
@@ -212,9 +203,9 @@ where
         saved: Option<SavedNpd>,
     ) -> Result<Self> {
         let s = cx.settings;
-        let source = match s.schedule {
+        let source = match s.running_schedule() {
             Schedule::Colocated => Source::inline(s, generator, seed),
-            Schedule::Disaggregated | Schedule::Auto => Source::engine(s, generator, version, seed),
+            _ => Source::engine(s, generator, version, seed),
         };
         let mut npd = Self {
             settings: s,

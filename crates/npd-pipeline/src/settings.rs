@@ -123,6 +123,15 @@ impl Settings {
         }
     }
 
+    /// The schedule NPD runs: [`Schedule::Auto`] not resolved by a
+    /// backend runs the disaggregated one.
+    pub fn running_schedule(&self) -> Schedule {
+        match self.schedule {
+            Schedule::Colocated => Schedule::Colocated,
+            Schedule::Disaggregated | Schedule::Auto => Schedule::Disaggregated,
+        }
+    }
+
     /// The staleness bound in optimizer steps: `max_lag` refreshes of
     /// `refresh_every` steps each.
     pub fn staleness_bound(&self) -> u64 {

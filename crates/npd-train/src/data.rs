@@ -123,7 +123,7 @@ pub fn write_records(path: &Path, records: &[PromptRecord]) -> Result<()> {
     npd_core::fs::write_atomic(path, text.as_bytes())
 }
 
-pub use npd_core::shuffle::{seeded_permutation, seeded_shuffle};
+pub use npd_core::shuffle::seeded_shuffle;
 
 /// Prompts rejected before training, with the reason.
 pub type Rejected = Vec<(PromptId, String)>;

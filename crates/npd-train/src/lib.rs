@@ -26,6 +26,7 @@ pub mod model;
 pub mod models_config;
 pub mod optim;
 pub mod score;
+mod segments;
 pub mod stages;
 pub mod tokenizer;
 pub mod train;

@@ -9,7 +9,6 @@
 //! - [`Llama::forward_cached`]: batched incremental decoding with a
 //!   [`KvCache`].
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor, nn};
@@ -17,6 +16,7 @@ use tch::{Device, Kind, Tensor, nn};
 use npd_core::{Error, Result};
 
 use crate::config::ModelConfig;
+use crate::segments::SegmentPlan;
 use crate::weights::TensorStore;
 
 /// A linear layer in `nn.Linear` layout: weight `[out, in]`, optional bias.
@@ -96,71 +96,6 @@ impl KvCache {
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
             *t = t.index_select(0, &index);
         }
-    }
-}
-
-/// How the segments of a packed sequence are grouped for attention:
-/// segments of similar length (see [`bucket`]) share one batched attention
-/// call, each right-padded to its group's length. Padding comes after a segment's
-/// tokens, so under causal attention no real token sees it, and its
-/// outputs are dropped; a few padded positions cost less than one more
-/// small attention call per distinct length.
-struct SegmentPlan {
-    /// `(token indices, segments, length)` per group; a padding slot
-    /// repeats token 0 (its output is never read).
-    groups: Vec<(Tensor, i64, i64)>,
-    /// Row of the groups' concatenated output holding each token.
-    gather: Tensor,
-}
-
-/// The length a segment of `len` tokens is padded to for attention. Short
-/// segments (under [`BUCKET_BELOW`] tokens) round up to a multiple of 8:
-/// their attention calls are cheap, so fewer of them pays for the padding.
-/// Longer ones keep their length: their calls cost more than a call's
-/// overhead, and padding would add to every one.
-fn bucket(len: usize) -> usize {
-    if len < BUCKET_BELOW {
-        len.div_ceil(8) * 8
-    } else {
-        len
-    }
-}
-
-/// Segments shorter than this share attention calls by length bucket.
-const BUCKET_BELOW: usize = 128;
-
-impl SegmentPlan {
-    fn new(lengths: &[usize], device: Device) -> Self {
-        // (start, len) of the segments of each bucket.
-        let mut by_bucket: BTreeMap<usize, Vec<(i64, usize)>> = BTreeMap::new();
-        let mut start = 0i64;
-        for &len in lengths {
-            by_bucket.entry(bucket(len)).or_default().push((start, len));
-            start += len as i64;
-        }
-        let mut gather = vec![0i64; start as usize];
-        let mut row = 0i64;
-        let groups = by_bucket
-            .into_iter()
-            .map(|(width, segments)| {
-                let mut idx = Vec::with_capacity(segments.len() * width);
-                for (s0, len) in &segments {
-                    for j in 0..width as i64 {
-                        if j < *len as i64 {
-                            gather[(s0 + j) as usize] = row;
-                            idx.push(s0 + j);
-                        } else {
-                            idx.push(0);
-                        }
-                        row += 1;
-                    }
-                }
-                let n = segments.len() as i64;
-                (Tensor::from_slice(&idx).to_device(device), n, width as i64)
-            })
-            .collect();
-        let gather = Tensor::from_slice(&gather).to_device(device);
-        Self { groups, gather }
     }
 }
 
@@ -615,19 +550,4 @@ fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor, gqa: bool) -> Tensor {
 
 fn shape_err(what: &str, e: tch::TchError) -> Error {
     Error::invalid(what, format!("unexpected shape: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn attention_buckets_pad_little() {
-        for len in 1..2000 {
-            let b = super::bucket(len);
-            assert!(b >= len && b - len < 8, "{len} -> {b}");
-        }
-        assert_eq!(
-            (super::bucket(45), super::bucket(50), super::bucket(300)),
-            (48, 56, 300)
-        );
-    }
 }

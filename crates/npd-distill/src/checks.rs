@@ -1,0 +1,122 @@
+//! Checks that need more than the configuration file: keys the embedded
+//! default would ignore, sizes against the loaded models and prompts, and
+//! NPD's ledgers counted again from `metrics.jsonl`.
+
+use anyhow::{Context, Result};
+use npd_core::events::Event;
+use npd_pipeline::Method;
+
+use crate::RunConfig;
+use crate::inputs::Inputs;
+
+/// The embedded default brings its own models, prompts and device: keys
+/// that would choose other ones are an error there, not silently ignored.
+pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
+    let defaults = RunConfig::default();
+    let (m, d) = (&config.model, &config.data);
+    let given = [
+        ("model.student", m.student != defaults.model.student),
+        ("model.device", m.device != defaults.model.device),
+        ("model.dtype", m.dtype != defaults.model.dtype),
+        ("data.prompts", d.prompts != defaults.data.prompts),
+        (
+            "data.max_prompt_tokens",
+            d.max_prompt_tokens != defaults.data.max_prompt_tokens,
+        ),
+        (
+            "data.eval_fraction",
+            d.eval_fraction != defaults.data.eval_fraction,
+        ),
+        ("data.seed", d.seed != defaults.data.seed),
+    ];
+    let keys: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
+    if !keys.is_empty() {
+        anyhow::bail!(
+            "{} given without model.teacher: the embedded default (no model.teacher) uses its \
+             own models, prompts and the CPU; name model.teacher and model.student folders to \
+             use them, or remove these keys",
+            keys.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Checks what the configuration can only be checked against with the
+/// models and prompts in hand, before the first step of the first method
+/// (so that no method runs and then fails on a size).
+pub fn check_fit(config: &RunConfig, inputs: &Inputs, methods: &[Method]) -> Result<()> {
+    let vocab = inputs.teacher.config().vocab_size;
+    if config.train.top_k > vocab {
+        anyhow::bail!(
+            "train.top_k = {}: expected at most the vocabulary size, {vocab}",
+            config.train.top_k
+        );
+    }
+    let longest_prompt = (inputs.train.iter().chain(&inputs.eval))
+        .map(|e| e.prompt.len())
+        .max()
+        .unwrap_or(0);
+    let longest = longest_prompt + config.sampling.max_new_tokens;
+    let p = &config.pack;
+    if methods.contains(&Method::NearPolicy)
+        && p.oversize == npd_pack::OversizePolicy::Reject
+        && p.capacity < longest
+    {
+        anyhow::bail!(
+            "pack.capacity = {}: expected at least the longest sample NPD can write, {longest} \
+             tokens (the longest prompt, {longest_prompt}, plus sampling.max_new_tokens, {}); \
+             raise it, or set pack.oversize = \"truncate\"",
+            p.capacity,
+            config.sampling.max_new_tokens
+        );
+    }
+    Ok(())
+}
+
+/// NPD's ledgers counted again from `metrics.jsonl`, a record written
+/// step by step apart from the ledger: the prompts the step events name as
+/// trained and filtered must be the ledger's counts (failures at shutdown
+/// have no step event, so they may only be fewer).
+pub fn ledger_checks(
+    metrics: &std::path::Path,
+    outcomes: &[npd_pipeline::Outcome],
+) -> Result<Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    let mut seen: BTreeMap<u64, [BTreeSet<u64>; 3]> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(Event::Step(s)) = serde_json::from_str::<Event>(line) else {
+            continue;
+        };
+        if s.method != Method::NearPolicy {
+            continue;
+        }
+        let sets = seen.entry(s.seed).or_default();
+        for (set, ids) in
+            sets.iter_mut()
+                .zip([&s.prompts_trained, &s.prompts_filtered, &s.prompts_failed])
+        {
+            set.extend(ids.iter().flatten());
+        }
+    }
+    let mut lines = Vec::new();
+    for o in outcomes.iter().filter(|o| o.method == Method::NearPolicy) {
+        let Some(l) = &o.ledger else { continue };
+        let [t, f, x] = seen.remove(&o.seed).unwrap_or_default();
+        let ledger_failed: usize = l.failed.values().sum();
+        let ledger_filtered: usize = l.filtered.values().sum();
+        let agree = t.len() == l.trained && f.len() == ledger_filtered && x.len() <= ledger_failed;
+        lines.push(format!(
+            "NPD seed {}: metrics.jsonl names {} trained, {} filtered and {} failed prompts; the ledger counts {}, {} and {}: {}",
+            o.seed,
+            t.len(),
+            f.len(),
+            x.len(),
+            l.trained,
+            ledger_filtered,
+            ledger_failed,
+            if agree { "agree" } else { "DISAGREE" }
+        ));
+    }
+    Ok(lines)
+}
