@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use npd_core::config::LossKind;
+use npd_distill::EngineKind;
 use npd_distill::{Control, Ended, Options};
 use npd_pipeline::Method;
 
@@ -88,6 +89,13 @@ struct Args {
     #[arg(long)]
     quick: bool,
 
+    /// Where rollouts and teacher scores come from (overrides engine.kind):
+    /// in-process libtorch models, or vLLM servers (started by npd from the
+    /// cache `./npd vllm` fills, or the engine.student_url and
+    /// engine.teacher_url servers) with the trainer in-process.
+    #[arg(long, value_enum)]
+    engine: Option<EngineArg>,
+
     /// Folder caching the embedded teacher and warm start
     /// (default: $NPD_CACHE or ~/.cache/npd, under embedded/).
     #[arg(long, value_name = "DIR")]
@@ -126,6 +134,15 @@ enum MethodArg {
     Npd,
 }
 
+/// `--engine` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EngineArg {
+    /// The libtorch models in this process.
+    InProcess,
+    /// vLLM servers over HTTP.
+    Vllm,
+}
+
 /// `--loss` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LossArg {
@@ -162,6 +179,10 @@ impl Args {
                 LossArg::Ce => LossKind::Ce,
             }),
             quick: self.quick,
+            engine: self.engine.map(|e| match e {
+                EngineArg::InProcess => EngineKind::InProcess,
+                EngineArg::Vllm => EngineKind::Vllm,
+            }),
             cache: self.cache.clone(),
             resume: self.resume,
             checkpoint_every: self.checkpoint_every,

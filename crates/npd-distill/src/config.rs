@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use npd_core::ConfigError;
 use npd_core::config::{Check, SamplingConfig, Section, TrainConfig};
+use npd_engine::EngineConfig;
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
 use npd_pipeline::OutputConfig;
@@ -37,6 +38,9 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Output folder, checkpoints and metrics.
     pub output: OutputConfig,
+    /// Where rollouts and teacher scores come from: in-process or vLLM
+    /// servers.
+    pub engine: EngineConfig,
 }
 
 impl RunConfig {
@@ -86,7 +90,8 @@ impl RunConfig {
         section(&self.filter, &c)?;
         section(&self.pack, &c)?;
         section(&self.train, &c)?;
-        section(&self.output, &c)
+        section(&self.output, &c)?;
+        section(&self.engine, &c)
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Inputs {
     pub alone_prefix: Vec<TokenId>,
     /// Padding id.
     pub pad_id: TokenId,
+    /// The trainer's tokenizer (written beside models served by vLLM, and
+    /// compared with the servers' special tokens).
+    pub tokenizer: Tokenizer,
     /// Lines describing the setup in the report.
     pub setup: Vec<String>,
 }
@@ -95,6 +98,7 @@ pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs
         prepared.dir.display()
     );
     let tokenizer = prepared.tokenizer.clone();
+    let served_tokenizer = prepared.tokenizer.clone();
     let trained = if prepared.trained.is_empty() {
         "teacher and warm start loaded from the cache".to_string()
     } else {
@@ -135,6 +139,7 @@ pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs
         stop_ids: vec![emb::EOS_ID],
         alone_prefix: vec![emb::BOS_ID],
         pad_id: emb::PAD_ID,
+        tokenizer: served_tokenizer,
     })
 }
 
@@ -229,6 +234,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         ],
         alone_prefix: student.alone_prefix()?,
         pad_id: student.pad_id(),
+        tokenizer: student.tokenizer.clone(),
         student: student.model.config().clone(),
         student_config_json: Some(student.config_json.clone()),
         teacher: teacher.model,

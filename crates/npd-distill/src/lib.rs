@@ -23,6 +23,7 @@ pub mod embedded;
 pub mod inputs;
 pub mod progress;
 pub mod run_dir;
+pub mod servers;
 pub mod signals;
 
 use std::io::Write;
@@ -33,12 +34,17 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use npd_core::config::LossKind;
 use npd_core::events::Event;
+pub use npd_engine::EngineKind;
+use npd_engine::ProbeLog;
+use npd_pipeline::Stages;
 use npd_pipeline::{Checkpoints, Comparison, Method, Report, RunEnd, Settings};
 use npd_train::TchStages;
+use npd_train::served::ServedStages;
 use npd_train::stages::Threads;
 
 pub use crate::config::RunConfig;
 use crate::embedded::prepare::Setup;
+use crate::inputs::Inputs;
 use crate::progress::Progress;
 
 /// What to run: the command line's choices over the configuration file.
@@ -62,6 +68,9 @@ pub struct Options {
     pub loss: Option<LossKind>,
     /// A small budget for smoke tests.
     pub quick: bool,
+    /// Where rollouts and teacher scores come from (overrides
+    /// `engine.kind`).
+    pub engine: Option<EngineKind>,
     /// Folder caching the embedded teacher and warm start.
     pub cache: Option<PathBuf>,
     /// Continue the run in the output folder.
@@ -169,6 +178,9 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     if let Some(n) = o.checkpoint_every {
         config.output.checkpoint_every = n;
     }
+    if let Some(e) = o.engine {
+        config.engine.kind = e;
+    }
     let mut setup = Setup::default();
     let mut seeds = o.seeds;
     if o.quick {
@@ -182,6 +194,10 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         setup.teacher = (64, 2, 4, 2);
         setup.student = (32, 1, 2, 1);
         seeds = seeds.min(1);
+    }
+    if config.engine.kind == EngineKind::Vllm {
+        // vLLM's CPU attention needs head sizes of 32 or more.
+        setup = setup.with_head_dim(32);
     }
     config.validate("flags")?;
     if config.model.teacher.as_os_str().is_empty() {
@@ -212,6 +228,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         return Ok(Ended::Checked("configuration valid\n".into()));
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
+    let served = config.engine.kind == EngineKind::Vllm;
     let out = config.output.dir.clone();
     // A wrong --out or --resume is refused before any training.
     let run_dir = run_dir::RunDir::check(
@@ -224,11 +241,11 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     )?;
     let started = Instant::now();
     let inputs = if embedded {
-        let cache = o
-            .cache
-            .clone()
-            .unwrap_or_else(default_cache)
-            .join(format!("v3-{}", if o.quick { "quick" } else { "default" }));
+        let cache = o.cache.clone().unwrap_or_else(default_cache).join(format!(
+            "v3-{}{}",
+            if o.quick { "quick" } else { "default" },
+            if served { "-hd32" } else { "" }
+        ));
         match inputs::embedded(&cache, &setup, &control.stop) {
             Ok(inputs) => inputs,
             Err(e) if control.stop.load(Ordering::SeqCst) => {
@@ -284,8 +301,71 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     }
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
+    let run = Prepared {
+        options: o,
+        control,
+        config: &config,
+        inputs: &inputs,
+        settings: &settings,
+        prompts: &prompts,
+        seeds,
+        started,
+    };
+    match config.engine.kind {
+        EngineKind::InProcess => {
+            let threads = stages.threads();
+            let line = move |c: &Comparison<'_, TchStages<'_>>, total_s: f64| {
+                settings_line(c, threads, total_s)
+            };
+            run_methods(&stages, run, run_dir, Vec::new(), &line)
+        }
+        EngineKind::Vllm => {
+            let running = servers::start(&config, &inputs, &out)?;
+            let served = ServedStages::new(stages, running.servers.clone());
+            let checks = running.servers.checks.clone();
+            let line = move |c: &Comparison<'_, ServedStages<'_>>, total_s: f64| {
+                served_line(c, &checks, total_s)
+            };
+            run_methods(&served, run, run_dir, running.lines.clone(), &line)
+        }
+    }
+}
+
+/// What every method run shares, prepared by [`distill`].
+struct Prepared<'a> {
+    options: &'a Options,
+    control: &'a Control,
+    config: &'a RunConfig,
+    inputs: &'a Inputs,
+    settings: &'a Settings,
+    prompts: &'a [npd_core::Prompt],
+    seeds: u64,
+    started: Instant,
+}
+
+/// Runs every method and seed over `stages` and writes the report;
+/// `setup` lines are added to the report's setup, and `line` writes the
+/// line on what each method ran with.
+fn run_methods<S: Stages>(
+    stages: &S,
+    run: Prepared<'_>,
+    run_dir: run_dir::RunDir,
+    setup: Vec<String>,
+    line: &dyn Fn(&Comparison<'_, S>, f64) -> String,
+) -> Result<Ended> {
+    let Prepared {
+        options: o,
+        control,
+        config,
+        inputs,
+        settings,
+        prompts,
+        seeds,
+        started,
+    } = run;
+    let out = config.output.dir.clone();
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
-    let comparison = Comparison::new(&stages, &settings, &prompts)
+    let comparison = Comparison::new(stages, settings, prompts)
         .with_checkpoints(&checkpoints)
         .with_rejected(&inputs.rejected)
         .with_start_score(inputs.warm_start_accuracy);
@@ -337,12 +417,12 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         }
     }
     control.in_run.store(false, Ordering::SeqCst);
-    let threads = stages.threads();
     let report = Report {
         setup: [
             inputs.setup.clone(),
+            setup,
             vec![
-                budget_line(&config),
+                budget_line(config),
                 format!(
                     "trained students, Hugging Face layout: {}",
                     checkpoints
@@ -353,7 +433,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
                         ))
                         .display()
                 ),
-                settings_line(&comparison, threads, started.elapsed().as_secs_f64()),
+                line(&comparison, started.elapsed().as_secs_f64()),
             ],
         ]
         .concat(),
@@ -378,9 +458,12 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
                 let npd = t.methods.iter().find(|(m, _)| *m == Method::NearPolicy);
                 let target = format!("{:.1}%", 100.0 * t.target);
                 match npd.and_then(|(_, t)| *t) {
+                    Some(t) if t <= 0.0 => {
+                        format!("the starting weights already score {target}")
+                    }
                     Some(t) => format!(
                         "NPD reaches {target} in {t:.1}s against on-policy's {on_s:.1}s ({:.2}x)",
-                        on_s / t.max(1e-9)
+                        on_s / t
                     ),
                     None => format!("NPD does not reach {target}"),
                 }
@@ -423,6 +506,30 @@ fn settings_line(
     )
 }
 
+/// The report's line on what each method ran with when vLLM servers
+/// generate and score: the trainer's threads and wait policy, NPD's
+/// schedule, and the probe checks of every weight refresh.
+fn served_line(
+    comparison: &Comparison<'_, ServedStages<'_>>,
+    checks: &ProbeLog,
+    total_s: f64,
+) -> String {
+    let policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into());
+    let checks = checks.lock().unwrap_or_else(|e| e.into_inner());
+    let worst = checks.iter().map(|c| c.max_abs_diff).fold(0.0, f64::max);
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    format!(
+        "vLLM servers generate and score; the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
+        comparison.stages().local().threads().train,
+        match comparison.resolved().running_schedule() {
+            npd_rollout::Schedule::Disaggregated =>
+                "disaggregated (generation on the student server, overlapping training)",
+            _ => "colocated",
+        },
+        checks.len(),
+    )
+}
+
 /// The report's budget line.
 fn budget_line(config: &RunConfig) -> String {
     format!(
@@ -460,6 +567,7 @@ mod tests {
             refresh_every: None,
             loss: None,
             quick: false,
+            engine: None,
             cache: None,
             resume: false,
             checkpoint_every: None,

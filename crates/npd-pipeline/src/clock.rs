@@ -37,6 +37,12 @@ impl Clock {
         out
     }
 
+    /// Adds `secs` measured elsewhere (another thread's busy time) to
+    /// `stage`, without counting it in the wall-clock.
+    pub fn add(&mut self, stage: &str, secs: f64) {
+        *self.stages.entry(stage.to_string()).or_default() += secs.max(0.0);
+    }
+
     /// Runs `f` with the clock stopped (evaluation, checkpoints).
     pub fn pause<T>(&mut self, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();

@@ -108,6 +108,11 @@ impl<'a, S: Stages> Comparison<'a, S> {
         self
     }
 
+    /// The stages.
+    pub fn stages(&self) -> &S {
+        self.stages
+    }
+
     /// The settings every run uses.
     pub fn settings(&self) -> &Settings {
         self.settings

@@ -24,6 +24,13 @@ pub enum Error {
         /// Steps completed.
         step: u64,
     },
+    /// NPD's student generator cannot go on: a weight refresh failed (or
+    /// was not verified), or its server stopped answering.
+    #[error("student generator stopped: {reason}")]
+    Generator {
+        /// What failed.
+        reason: String,
+    },
     /// NPD kept no sample from many rollouts in a row, so no step could
     /// be filled (see [`STARVED_STEPS`](crate::near_policy::STARVED_STEPS)).
     #[error(

@@ -138,6 +138,12 @@ where
                 prompts_filtered: Some(filtered),
                 prompts_failed: Some(failed),
             };
+            if let Some(busy) = npd.source.busy_s() {
+                // The generator's own thread (or server) was busy this long:
+                // a role of the per-role report.
+                run.clock.add(GENERATOR_BUSY, busy - npd.busy_seen);
+                npd.busy_seen = busy;
+            }
             // Returning drops the engine, which stops its thread.
             let next =
                 run.after_step(cx, learner, evaluator, step, &stats, &batch, extra, || {
@@ -168,6 +174,10 @@ where
     }
 }
 
+/// The stage under which a disaggregated run records its generator's busy
+/// time (generation and weight loads on the engine's thread or server).
+pub const GENERATOR_BUSY: &str = "generator busy";
+
 /// NPD's state between steps.
 struct Npd<'c, G: Generator> {
     settings: &'c Settings,
@@ -188,6 +198,8 @@ struct Npd<'c, G: Generator> {
     /// Prompts closed without training since the last step's event.
     filtered_ids: Vec<u64>,
     failed_ids: Vec<u64>,
+    /// The generator's busy time already added to the run clock.
+    busy_seen: f64,
 }
 
 impl<'c, G> Npd<'c, G>
@@ -222,6 +234,7 @@ where
             versions: BTreeMap::new(),
             filtered_ids: Vec::new(),
             failed_ids: Vec::new(),
+            busy_seen: 0.0,
         };
         for (id, reason) in cx.rejected {
             npd.ledger.reject(*id, reason.clone());
@@ -283,7 +296,7 @@ where
         if self.source.pending() < s.pool_size * 2 {
             self.submit(s.pool_size * 2)?;
         }
-        let pool = self.source.take(s.pool_size, clock);
+        let pool = self.source.take(s.pool_size, clock)?;
         let mut rollouts = Vec::new();
         for d in pool {
             match d {

@@ -41,8 +41,8 @@ pub struct Summary {
 /// schedule overlaps when each role has a device of its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Roles {
-    /// Generation (colocated: `generate`; disaggregated: not on the
-    /// loop's thread, so only the time spent waiting for rollouts).
+    /// Generation (colocated: the loop's `generate` stage; disaggregated:
+    /// the generator's own busy time on the engine's thread or server).
     pub generate: f64,
     /// Teacher scoring and filtering.
     pub score: f64,
@@ -51,11 +51,15 @@ pub struct Roles {
 }
 
 impl Roles {
-    /// The roles of an outcome whose stages name generation (a colocated
-    /// NPD run); `None` otherwise.
+    /// The roles of an NPD outcome whose stages name generation (the
+    /// colocated `generate` stage, or the disaggregated generator's busy
+    /// time); `None` otherwise.
     pub fn of(o: &Outcome) -> Option<Self> {
         let stage = |k: &str| o.stages.get(k).copied().unwrap_or(0.0);
-        let generate = *o.stages.get("generate")?;
+        let generate = *o
+            .stages
+            .get("generate")
+            .or_else(|| o.stages.get(crate::near_policy::GENERATOR_BUSY))?;
         Some(Self {
             generate,
             score: stage("teacher") + stage("filter"),
@@ -240,11 +244,16 @@ impl Report {
             );
             for (m, t) in times {
                 let _ = match t {
+                    Some(t) if t <= 0.0 => writeln!(
+                        md,
+                        "| {} | at the start (the starting weights already score it) | - |",
+                        m.name()
+                    ),
                     Some(t) => writeln!(
                         md,
                         "| {} | {t:.1}s | {:.2}x |",
                         m.name(),
-                        on_s / t.max(1e-9)
+                        on_s / t
                     ),
                     None => writeln!(md, "| {} | not reached | - |", m.name()),
                 };
@@ -276,12 +285,17 @@ impl Report {
                 );
             }
             if let Some(r) = Roles::of(o) {
+                let idle = |busy: f64| (o.wall_s - busy).max(0.0);
                 let _ = writeln!(
                     md,
-                    "- busy time per role: generation {:.1}s, scoring {:.1}s (teacher and filter), training {:.1}s (packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
+                    "- busy (idle) time per role over {:.1}s: generation {:.1}s ({:.1}s), scoring {:.1}s ({:.1}s; teacher and filter), training {:.1}s ({:.1}s; packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
+                    o.wall_s,
                     r.generate,
+                    idle(r.generate),
                     r.score,
+                    idle(r.score),
                     r.train,
+                    idle(r.train),
                     r.projected(),
                     self.summary(Method::OnPolicy)
                         .map_or(f64::NAN, |on| on.wall_s / r.projected().max(1e-9)),

@@ -9,7 +9,7 @@ use npd_core::{PolicyVersion, Prompt, SamplingParams};
 use npd_rollout::{Delivery, EngineConfig, RolloutEngine};
 
 use crate::clock::Clock;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::settings::Settings;
 
 /// A generator and the prompts waiting for it.
@@ -74,18 +74,28 @@ where
 
     /// Up to `n` finished rollouts (or failures): waited for from the
     /// engine, or generated now. Fewer only when nothing more can come.
-    pub fn take(&mut self, n: usize, clock: &mut Clock) -> Vec<Delivery> {
+    ///
+    /// A generator that cannot go on (a weight load that failed, a server
+    /// that stopped answering) is an error: its prompts stay undelivered
+    /// rather than being closed as failed.
+    pub fn take(&mut self, n: usize, clock: &mut Clock) -> Result<Vec<Delivery>> {
         match self {
-            Source::Engine(e) => clock.time("wait for rollouts", || {
-                let mut pool = Vec::with_capacity(n);
-                while pool.len() < n {
-                    match e.recv() {
-                        Some(d) => pool.push(d),
-                        None => break,
+            Source::Engine(e) => {
+                let pool = clock.time("wait for rollouts", || {
+                    let mut pool = Vec::with_capacity(n);
+                    while pool.len() < n {
+                        match e.recv() {
+                            Some(d) => pool.push(d),
+                            None => break,
+                        }
                     }
+                    pool
+                });
+                match e.fatal() {
+                    Some(reason) => Err(Error::Generator { reason }),
+                    None => Ok(pool),
                 }
-                pool
-            }),
+            }
             Source::Inline {
                 generator,
                 queue,
@@ -93,18 +103,21 @@ where
             } => {
                 let prompts: Vec<Prompt> = queue.drain(..n.min(queue.len())).collect();
                 if prompts.is_empty() {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
                 match clock.time("generate", || generator.generate(&prompts, sampling)) {
-                    Ok(rollouts) => rollouts.into_iter().map(Delivery::Rollout).collect(),
+                    Ok(rollouts) => Ok(rollouts.into_iter().map(Delivery::Rollout).collect()),
+                    Err(e @ npd_core::Error::Backend { .. }) => Err(Error::Generator {
+                        reason: e.to_string(),
+                    }),
                     Err(e) => {
                         let reason = e.to_string();
-                        (prompts.into_iter())
+                        Ok((prompts.into_iter())
                             .map(|p| Delivery::Failed {
                                 prompt: p.id,
                                 reason: reason.clone(),
                             })
-                            .collect()
+                            .collect())
                     }
                 }
             }
@@ -119,6 +132,14 @@ where
             Source::Inline { generator, .. } => generator.load(weights, version)?,
         }
         Ok(())
+    }
+
+    /// The generator's busy time when it runs on the engine's thread.
+    pub fn busy_s(&self) -> Option<f64> {
+        match self {
+            Source::Engine(e) => Some(e.busy().as_secs_f64()),
+            Source::Inline { .. } => None,
+        }
     }
 
     /// Stops the engine; returns the failures it still held.

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use npd_core::traits::Generator;
 use npd_core::{PolicyVersion, Prompt, PromptId, Rollout, SamplingParams};
@@ -65,6 +65,10 @@ struct State<W> {
     closed: bool,
     shutdown: bool,
     stats: EngineStats,
+    /// Time the generator spent generating and loading weights.
+    busy: Duration,
+    /// Why the generator thread stopped early, when it did.
+    fatal: Option<String>,
 }
 
 struct Shared<W> {
@@ -113,6 +117,8 @@ impl<W: Send + 'static> RolloutEngine<W> {
                 closed: false,
                 shutdown: false,
                 stats: EngineStats::default(),
+                busy: Duration::ZERO,
+                fatal: None,
             }),
             wake: Condvar::new(),
         });
@@ -159,6 +165,21 @@ impl<W: Send + 'static> RolloutEngine<W> {
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         self.shared.lock().stats
+    }
+
+    /// Time the generator has spent generating and loading weights (its
+    /// busy time; the rest of the run it waited for prompts or admission).
+    pub fn busy(&self) -> Duration {
+        self.shared.lock().busy
+    }
+
+    /// Why the generator thread stopped before it was asked to, when it
+    /// did: a failed weight load (the generator must never write rollouts
+    /// with weights other than those published), or a backend failure
+    /// (a server that stopped answering). The batch it held stays
+    /// undelivered, so [`RolloutEngine::shutdown`] returns its prompts.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.lock().fatal.clone()
     }
 
     /// Prompts waiting to be generated.
@@ -281,20 +302,25 @@ fn run<G: Generator>(
             (s.next_weights.take(), batch)
         };
         if let Some((w, v)) = weights {
-            match generator.load(w, v) {
+            let started = Instant::now();
+            let loaded = generator.load(w, v);
+            let mut s = shared.lock();
+            s.busy += started.elapsed();
+            match loaded {
                 Ok(()) => {
-                    let mut s = shared.lock();
                     s.loaded = v;
                     s.stats.swaps += 1;
                 }
                 Err(e) => {
-                    // Keep generating with the old weights; report on the batch.
-                    fail(&tx, &shared, &batch, &format!("loading weights v{v}: {e}"));
-                    continue;
+                    s.fatal = Some(format!("loading the weights of version {v}: {e}"));
+                    return;
                 }
             }
         }
-        match generator.generate(&batch, &config.sampling) {
+        let started = Instant::now();
+        let generated = generator.generate(&batch, &config.sampling);
+        shared.lock().busy += started.elapsed();
+        match generated {
             Ok(rollouts) if rollouts.len() == batch.len() => {
                 for r in rollouts {
                     if tx.send(Delivery::Rollout(r)).is_err() {
@@ -312,6 +338,10 @@ fn run<G: Generator>(
                     batch.len()
                 ),
             ),
+            Err(e @ npd_core::Error::Backend { .. }) => {
+                shared.lock().fatal = Some(e.to_string());
+                return;
+            }
             Err(e) => fail(&tx, &shared, &batch, &e.to_string()),
         }
         shared.lock().in_flight.clear();

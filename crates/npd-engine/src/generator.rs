@@ -1,0 +1,210 @@
+//! A [`Generator`] backed by a vLLM server serving the student, refreshed
+//! from checkpoints the trainer publishes, each refresh verified.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use npd_core::traits::Generator;
+use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
+
+use crate::pool::map_bounded;
+use crate::scorer::{SEQUENCES_PER_REQUEST, alone_logprobs};
+use crate::vllm::Vllm;
+
+/// A fixed token sequence and its log-probs under the trainer's model: the
+/// check that a server holds the weights it was asked to load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The sequence (at least two tokens).
+    pub tokens: Vec<TokenId>,
+    /// Log-prob of `tokens[i + 1]` after `tokens[..=i]`, by the trainer.
+    pub logprobs: Vec<f32>,
+}
+
+/// Student weights as a Hugging Face folder the server can read, with the
+/// probe the server must reproduce after loading them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The folder (config.json and safetensors).
+    pub dir: PathBuf,
+    /// Log-probs the trainer computed with these weights.
+    pub probe: Probe,
+}
+
+/// The outcome of one probe check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeCheck {
+    /// Version of the weights checked.
+    pub version: PolicyVersion,
+    /// Largest absolute difference between the server's and the trainer's
+    /// log-probs over the probe.
+    pub max_abs_diff: f64,
+    /// Whether it was within the tolerance.
+    pub passed: bool,
+}
+
+/// Every probe check of a run, shared with whoever reports them.
+pub type ProbeLog = Arc<Mutex<Vec<ProbeCheck>>>;
+
+/// Student rollouts from a vLLM server, one request per prompt with
+/// `concurrency` in flight.
+#[derive(Debug)]
+pub struct VllmGenerator {
+    server: Vllm,
+    concurrency: usize,
+    version: PolicyVersion,
+    tolerance: f64,
+    alone_prefix: Option<Vec<TokenId>>,
+    checks: ProbeLog,
+}
+
+impl VllmGenerator {
+    /// A generator over `server`, which serves the weights of `version`;
+    /// refreshes must reproduce their probe within `tolerance` (absolute,
+    /// in nats per token).
+    pub fn new(server: Vllm, concurrency: usize, version: PolicyVersion, tolerance: f64) -> Self {
+        Self {
+            server,
+            concurrency: concurrency.max(1),
+            version,
+            tolerance,
+            alone_prefix: None,
+            checks: ProbeLog::default(),
+        }
+    }
+
+    /// Also scores each response alone after `prefix` (BOS and the
+    /// assistant header) on the same server, filling
+    /// [`Rollout::response_alone_logprobs`].
+    pub fn with_alone_prefix(mut self, prefix: Option<Vec<TokenId>>) -> Self {
+        self.alone_prefix = prefix;
+        self
+    }
+
+    /// Records probe checks into `log` (shared with a report).
+    pub fn with_probe_log(mut self, log: ProbeLog) -> Self {
+        self.checks = log;
+        self
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Vllm {
+        &self.server
+    }
+
+    /// Checks that the server reproduces `probe` within the tolerance,
+    /// records the check, and fails naming the server, the version and the
+    /// difference otherwise.
+    pub fn check(&self, probe: &Probe, version: PolicyVersion) -> Result<ProbeCheck> {
+        let check = verify(&self.server, probe, version, self.tolerance)?;
+        self.checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check.clone());
+        if !check.passed {
+            return Err(Error::invalid(
+                format!("student server {}", self.server.client().base()),
+                format!(
+                    "after loading version {version} its log-probs differ from the trainer's by up to {:.3e} \
+                     (tolerance {:.1e}): the server does not hold the trained weights",
+                    check.max_abs_diff, self.tolerance
+                ),
+            ));
+        }
+        Ok(check)
+    }
+
+    fn rollout(&self, p: &Prompt, params: &SamplingParams) -> Result<Rollout> {
+        let c = self
+            .server
+            .complete(&p.tokens, params, prompt_seed(params.seed, p.id.0))?;
+        Ok(Rollout {
+            prompt_id: p.id,
+            prompt: p.tokens.clone(),
+            response: c.tokens,
+            response_logprobs: c.logprobs,
+            response_alone_logprobs: Vec::new(),
+            policy_version: self.version,
+            finish: c.finish,
+        })
+    }
+}
+
+/// Scores `probe` on `server` and compares it with the trainer's log-probs.
+pub fn verify(
+    server: &Vllm,
+    probe: &Probe,
+    version: PolicyVersion,
+    tolerance: f64,
+) -> Result<ProbeCheck> {
+    let got = server.prompt_logprobs(&probe.tokens, 0)?.actual;
+    if got.len() != probe.logprobs.len() {
+        return Err(Error::invalid(
+            "probe",
+            format!(
+                "{} log-probs from the server, {} from the trainer",
+                got.len(),
+                probe.logprobs.len()
+            ),
+        ));
+    }
+    let max_abs_diff = got
+        .iter()
+        .zip(&probe.logprobs)
+        .map(|(a, b)| {
+            let d = f64::from(*a) - f64::from(*b);
+            if d.is_nan() { f64::INFINITY } else { d.abs() }
+        })
+        .fold(0.0, f64::max);
+    Ok(ProbeCheck {
+        version,
+        max_abs_diff,
+        passed: max_abs_diff <= tolerance,
+    })
+}
+
+/// The sampling seed of one prompt: a resumed run samples a prompt as the
+/// interrupted one would have.
+fn prompt_seed(seed: u64, prompt: u64) -> u64 {
+    let mut x = seed ^ prompt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+impl Generator for VllmGenerator {
+    type Weights = Published;
+
+    fn version(&self) -> PolicyVersion {
+        self.version
+    }
+
+    /// Reloads the server from `weights.dir` (paused meanwhile) and checks
+    /// the probe; a failed check ends the run with an error.
+    fn load(&mut self, weights: Published, version: PolicyVersion) -> Result<()> {
+        self.server.reload(&weights.dir)?;
+        self.check(&weights.probe, version)?;
+        self.version = version;
+        Ok(())
+    }
+
+    fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
+        let mut rollouts = map_bounded(prompts, self.concurrency, |_, p| self.rollout(p, params))?;
+        if let Some(prefix) = &self.alone_prefix {
+            let chunks: Vec<&[Rollout]> = rollouts.chunks(SEQUENCES_PER_REQUEST).collect();
+            let alone = map_bounded(&chunks, self.concurrency, |_, c| {
+                alone_logprobs(
+                    &self.server,
+                    prefix,
+                    c.iter().map(|r| r.response.as_slice()),
+                )
+            })?;
+            for (r, a) in rollouts.iter_mut().zip(alone.into_iter().flatten()) {
+                r.response_alone_logprobs = a;
+            }
+        }
+        Ok(rollouts)
+    }
+}

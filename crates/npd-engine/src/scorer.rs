@@ -1,0 +1,175 @@
+//! A [`Scorer`] backed by a vLLM server (the teacher, usually).
+
+use npd_core::traits::{ScoreOptions, ScoreRequest, Scorer, SequenceScores};
+use npd_core::{Error, ResponseLogProbs, Result, TokenId, TopKTargets};
+
+use crate::pool::map_bounded;
+use crate::vllm::Vllm;
+
+/// Scores sequences with `prompt_logprobs` requests, `concurrency` in
+/// flight at once.
+#[derive(Debug, Clone)]
+pub struct VllmScorer {
+    server: Vllm,
+    concurrency: usize,
+}
+
+impl VllmScorer {
+    /// A scorer over `server` with at most `concurrency` requests in flight.
+    pub fn new(server: Vllm, concurrency: usize) -> Self {
+        Self {
+            server,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Vllm {
+        &self.server
+    }
+
+    /// Scores a chunk of requests in one server request (and their
+    /// response-alone passes in a second).
+    fn score_chunk(
+        &self,
+        chunk: &[ScoreRequest<'_>],
+        options: &ScoreOptions,
+    ) -> Result<Vec<SequenceScores>> {
+        for r in chunk {
+            if r.prompt_len == 0 || r.prompt_len > r.tokens.len() {
+                return Err(Error::invalid(
+                    "score request",
+                    format!(
+                        "prompt length {} for a sequence of {} tokens; at least one prompt token is needed",
+                        r.prompt_len,
+                        r.tokens.len()
+                    ),
+                ));
+            }
+        }
+        let k = options.topk.unwrap_or(0);
+        let seqs: Vec<&[TokenId]> = chunk.iter().map(|r| r.tokens).collect();
+        let all = self.server.prompt_logprobs_many(&seqs, k)?;
+        let alone = match &options.alone_prefix {
+            Some(prefix) => {
+                if prefix.is_empty() {
+                    return Err(Error::invalid(
+                        "score options",
+                        "the response-alone prefix needs at least one token (BOS)",
+                    ));
+                }
+                alone_logprobs(
+                    &self.server,
+                    prefix,
+                    chunk.iter().map(|r| &r.tokens[r.prompt_len..]),
+                )?
+            }
+            None => vec![Vec::new(); chunk.len()],
+        };
+        Ok(chunk
+            .iter()
+            .zip(all)
+            .zip(alone)
+            .map(|((r, all), alone)| {
+                let from = r.prompt_len - 1;
+                SequenceScores {
+                    logprobs: ResponseLogProbs {
+                        conditioned: all.actual[from..].to_vec(),
+                        alone,
+                    },
+                    topk: options.topk.map(|k| topk_targets(k, &all.topk[from..])),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Sequences per scoring request: the server batches them.
+pub const SEQUENCES_PER_REQUEST: usize = 16;
+
+/// Log-probs of each response after `prefix` (empty responses get none),
+/// in one request.
+pub fn alone_logprobs<'r>(
+    server: &Vllm,
+    prefix: &[TokenId],
+    responses: impl Iterator<Item = &'r [TokenId]>,
+) -> Result<Vec<Vec<f32>>> {
+    let seqs: Vec<Vec<TokenId>> = responses.map(|r| [prefix, r].concat()).collect();
+    let nonempty: Vec<&[TokenId]> = seqs
+        .iter()
+        .filter(|s| s.len() > prefix.len())
+        .map(Vec::as_slice)
+        .collect();
+    let mut scored = if nonempty.is_empty() {
+        Vec::new()
+    } else {
+        server.prompt_logprobs_many(&nonempty, 0)?
+    }
+    .into_iter();
+    Ok(seqs
+        .iter()
+        .map(|s| {
+            if s.len() > prefix.len() {
+                scored
+                    .next()
+                    .map(|p| p.actual[prefix.len() - 1..].to_vec())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        })
+        .collect())
+}
+
+/// Top-k entries per position as [`TopKTargets`], with the tail mass
+/// `log(1 - Σ p)` (`-inf` when the top k hold all of it).
+pub fn topk_targets(k: usize, positions: &[Vec<(TokenId, f32)>]) -> TopKTargets {
+    let mut t = TopKTargets {
+        k,
+        ids: Vec::with_capacity(positions.len() * k),
+        logprobs: Vec::with_capacity(positions.len() * k),
+        tail_logprob: Vec::with_capacity(positions.len()),
+    };
+    for entries in positions {
+        let mass: f64 = entries.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
+        for &(id, lp) in entries {
+            t.ids.push(id);
+            t.logprobs.push(lp);
+        }
+        t.tail_logprob.push((-mass.min(1.0)).ln_1p() as f32);
+    }
+    t
+}
+
+impl Scorer for VllmScorer {
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        options: &ScoreOptions,
+    ) -> Result<Vec<SequenceScores>> {
+        let chunks: Vec<&[ScoreRequest<'_>]> = requests.chunks(SEQUENCES_PER_REQUEST).collect();
+        let scored = map_bounded(&chunks, self.concurrency, |_, c| {
+            self.score_chunk(c, options)
+        })?;
+        Ok(scored.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_mass_is_what_the_top_k_leave() {
+        let half = 0.5f32.ln();
+        let quarter = 0.25f32.ln();
+        let t = topk_targets(
+            2,
+            &[vec![(3, half), (4, quarter)], vec![(5, half), (6, half)]],
+        );
+        t.validate("test", 2).unwrap();
+        assert_eq!(t.ids, vec![3, 4, 5, 6]);
+        assert!((t.tail_logprob[0] - quarter).abs() < 1e-6);
+        assert_eq!(t.tail_logprob[1], f32::NEG_INFINITY);
+    }
+}

@@ -1,0 +1,250 @@
+//! The libtorch trainer beside inference servers: [`ServedStages`] keeps
+//! training (and SFT's writer and the held-out evaluation) in-process and
+//! takes student rollouts and teacher scores from vLLM servers.
+//!
+//! Every published snapshot is written as a Hugging Face folder the student
+//! server reloads, with **untied** embeddings (`lm_head.weight` written out,
+//! `tie_word_embeddings: false`) whatever the student's own layout: vLLM
+//! reloads a model with tied embeddings into the wrong tensors, and the
+//! untied copy computes exactly the same function. Each snapshot carries
+//! a probe (a fixed sequence's log-probs under the trainer's model) that the
+//! server must reproduce after loading it.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
+use npd_core::{Error, Method, PackedRow, PolicyVersion, Result, TokenId};
+use npd_engine::{Probe, ProbeLog, Published, Vllm, VllmGenerator, VllmScorer};
+use npd_pipeline::Stages;
+use npd_rollout::Schedule;
+
+use crate::checkpoint::save_pretrained;
+use crate::eval::HeldOut;
+use crate::generator::load_weights;
+use crate::model::Llama;
+use crate::score::ModelScorer;
+use crate::stages::{TchStages, TeacherWriter};
+use crate::train::Trainer;
+
+/// `config.json` of the served copy of `model`: the Llama layout with
+/// attention biases and untied embeddings.
+pub fn served_config(model: &Llama) -> Value {
+    let mut v = model.config().to_llama_json();
+    v["tie_word_embeddings"] = false.into();
+    v["torch_dtype"] = "float32".into();
+    v
+}
+
+/// Writes `model` for an inference server into `dir` (atomically): the
+/// Llama layout with untied embeddings, in float32.
+pub fn save_for_serving(model: &Llama, dir: &Path) -> Result<()> {
+    let config = served_config(model).to_string();
+    if model.config().tie_word_embeddings {
+        let mut untied_config = model.config().clone();
+        untied_config.tie_word_embeddings = false;
+        let mut untied = Llama::new(untied_config, model.device());
+        let mut weights = model.named_parameters();
+        weights.push((
+            "lm_head.weight".into(),
+            model.output_weight().shallow_clone(),
+        ));
+        load_weights(&mut untied, &weights)?;
+        save_pretrained(&untied, dir, Some(&config), usize::MAX)
+    } else {
+        save_pretrained(model, dir, Some(&config), usize::MAX)
+    }
+}
+
+/// Log-probs of `tokens[1..]` under `model`.
+pub fn probe(model: &Llama, tokens: &[TokenId]) -> Result<Probe> {
+    if tokens.len() < 2 {
+        return Err(Error::invalid("probe", "needs at least two tokens"));
+    }
+    let scored = tch::no_grad(|| ModelScorer::new(model).response_scores(&[(tokens, 1)], None))?;
+    let logprobs = scored
+        .into_iter()
+        .next()
+        .map(|(lp, _)| lp)
+        .unwrap_or_default();
+    Ok(Probe {
+        tokens: tokens.to_vec(),
+        logprobs,
+    })
+}
+
+/// A [`Trainer`] that publishes its snapshots as served folders under a
+/// root (one sub-folder per version; older ones are removed once a newer
+/// one is loaded).
+pub struct PublishingTrainer {
+    trainer: Trainer,
+    root: PathBuf,
+    probe_tokens: Vec<TokenId>,
+}
+
+impl PublishingTrainer {
+    /// Publishes `trainer`'s snapshots under `root`, probed on
+    /// `probe_tokens`.
+    pub fn new(trainer: Trainer, root: PathBuf, probe_tokens: Vec<TokenId>) -> Self {
+        Self {
+            trainer,
+            root,
+            probe_tokens,
+        }
+    }
+
+    /// The trainer.
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+}
+
+impl Learner for PublishingTrainer {
+    type Weights = Published;
+
+    fn step(&mut self, rows: &[PackedRow]) -> Result<StepStats> {
+        self.trainer.step(rows)
+    }
+
+    fn version(&self) -> PolicyVersion {
+        self.trainer.version()
+    }
+
+    fn publish(&self) -> Result<Published> {
+        let version = self.trainer.version();
+        let dir = self.root.join(format!("v{version:06}"));
+        save_for_serving(self.trainer.model(), &dir)?;
+        // Keep this snapshot and the one before (the server may still be
+        // loading it); older ones are no longer read.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            let mut old: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p != &dir && p.is_dir())
+                .collect();
+            old.sort();
+            old.pop();
+            for p in old {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+        Ok(Published {
+            dir,
+            probe: probe(self.trainer.model(), &self.probe_tokens)?,
+        })
+    }
+}
+
+impl Persist for PublishingTrainer {
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.trainer.save_state(dir)
+    }
+
+    fn restore_state(&mut self, dir: &Path) -> Result<()> {
+        self.trainer.restore_state(dir)
+    }
+}
+
+impl Evaluator<PublishingTrainer> for HeldOut<'_> {
+    fn evaluate(&mut self, learner: &PublishingTrainer) -> Result<f64> {
+        self.evaluate(learner.trainer())
+    }
+}
+
+/// The inference servers of a [`ServedStages`] and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    /// The server of the student (rollouts; refreshed with published
+    /// snapshots).
+    pub student: Vllm,
+    /// The server of the teacher (scores).
+    pub teacher: Vllm,
+    /// Requests in flight per server.
+    pub concurrency: usize,
+    /// Largest difference, in nats per token, between a refreshed server's
+    /// probe log-probs and the trainer's.
+    pub tolerance: f64,
+    /// Where published snapshots are written (the student server must be
+    /// able to read this folder).
+    pub publish_root: PathBuf,
+    /// The probe sequence.
+    pub probe_tokens: Vec<TokenId>,
+    /// Every probe check of the run.
+    pub checks: ProbeLog,
+}
+
+/// [`TchStages`] with generation and teacher scoring on vLLM servers:
+/// NPD's disaggregated schedule.
+pub struct ServedStages<'a> {
+    local: TchStages<'a>,
+    servers: Servers,
+}
+
+impl<'a> ServedStages<'a> {
+    /// In-process training, evaluation and SFT data from `local`; rollouts
+    /// and teacher scores from `servers`.
+    pub fn new(local: TchStages<'a>, servers: Servers) -> Self {
+        Self { local, servers }
+    }
+
+    /// The in-process stages.
+    pub fn local(&self) -> &TchStages<'a> {
+        &self.local
+    }
+
+    /// The servers.
+    pub fn servers(&self) -> &Servers {
+        &self.servers
+    }
+}
+
+impl<'a> Stages for ServedStages<'a> {
+    type Weights = Published;
+    type Learner = PublishingTrainer;
+    type Generator = VllmGenerator;
+    type Teacher = VllmScorer;
+    type Writer = TeacherWriter<'a>;
+    type Evaluator = HeldOut<'a>;
+
+    fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<PublishingTrainer> {
+        let trainer = self.local.learner(method, seed)?;
+        let root = self
+            .servers
+            .publish_root
+            .join(format!("{}-seed{seed}", method.name()));
+        Ok(PublishingTrainer::new(
+            trainer,
+            root,
+            self.servers.probe_tokens.clone(),
+        ))
+    }
+
+    fn generator(&self, method: Method) -> npd_pipeline::Result<VllmGenerator> {
+        let s = &self.servers;
+        let g = VllmGenerator::new(s.student.clone(), s.concurrency, 0, s.tolerance)
+            .with_probe_log(s.checks.clone());
+        Ok(match method {
+            Method::NearPolicy => g.with_alone_prefix(self.local.alone_prefix().map(<[_]>::to_vec)),
+            Method::Sft | Method::OnPolicy => g,
+        })
+    }
+
+    fn teacher(&self) -> npd_pipeline::Result<VllmScorer> {
+        Ok(VllmScorer::new(
+            self.servers.teacher.clone(),
+            self.servers.concurrency,
+        ))
+    }
+
+    fn writer(&self) -> npd_pipeline::Result<TeacherWriter<'a>> {
+        self.local.writer()
+    }
+
+    fn evaluator(&self) -> npd_pipeline::Result<HeldOut<'a>> {
+        self.local.evaluator()
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule::Disaggregated
+    }
+}
