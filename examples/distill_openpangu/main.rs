@@ -191,7 +191,8 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    npd_distill::signals::set_wait_policy();
+    let args = Args::parse();
+    npd_distill::signals::set_wait_policy(npd_distill::wait_policy(&args.options()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -200,7 +201,6 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
-    let args = Args::parse();
     let control = Arc::new(Control::default());
     npd_distill::signals::install(&control);
     match npd_distill::distill(&args.options(), &control, args.print_config, args.check) {

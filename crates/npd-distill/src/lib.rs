@@ -206,6 +206,18 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     Ok((config, setup, seeds))
 }
 
+/// The OpenMP wait policy the options call for (see
+/// [`signals::set_wait_policy`]): [`signals::SERVED_WAIT_POLICY`] when vLLM
+/// servers share the machine, else [`signals::WAIT_POLICY`]. A
+/// configuration that does not parse gets the default; its error is
+/// reported when the run starts.
+pub fn wait_policy(o: &Options) -> &'static str {
+    match configure(o) {
+        Ok((c, _, _)) if c.engine.kind == EngineKind::Vllm => signals::SERVED_WAIT_POLICY,
+        _ => signals::WAIT_POLICY,
+    }
+}
+
 /// The embedded default's cache: `$NPD_CACHE`, `$XDG_CACHE_HOME/npd` or
 /// `~/.cache/npd`, under `embedded/`.
 pub fn default_cache() -> PathBuf {

@@ -152,36 +152,32 @@ pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running>
     };
     let mut specs = Vec::new();
     for (role, url, model, cpus) in [
-        (
-            "student",
-            &e.student_url,
-            &student_model,
-            or(&e.student_cpus, student_cpus),
-        ),
-        (
-            "teacher",
-            &e.teacher_url,
-            &inputs.teacher,
-            or(&e.teacher_cpus, teacher_cpus),
-        ),
+        ("student", &e.student_url, &student_model, or(&e.student_cpus, student_cpus)),
+        ("teacher", &e.teacher_url, &inputs.teacher, or(&e.teacher_cpus, teacher_cpus)),
     ] {
-        if url.is_empty() {
-            let dir = publish_root.join(format!("{role}-start"));
+        // The student's servable copy is written in every case: a student
+        // server the user runs starts from it.
+        let dir = publish_root.join(format!("{role}-start"));
+        if url.is_empty() || role == "student" {
             write_served(model, &inputs.tokenizer, &dir)
                 .with_context(|| format!("writing the {role} for its server"))?;
-            specs.push(Some(LaunchSpec {
-                role: role.into(),
-                python: python(config)?,
-                model: dir,
-                max_model_len: model.config().max_position_embeddings,
-                max_logprobs: top_k.max(20),
-                kv_cache_gib: e.kv_cache_gib,
-                cpus,
-                log: out.join(format!("{role}-server.log")),
-                extra_args: Vec::new(),
-            }));
-        } else {
-            specs.push(None);
+        }
+        specs.push(url.is_empty().then(|| LaunchSpec {
+            role: role.into(),
+            python: PathBuf::new(),
+            model: dir,
+            max_model_len: model.config().max_position_embeddings,
+            max_logprobs: top_k.max(20),
+            kv_cache_gib: e.kv_cache_gib,
+            cpus,
+            log: out.join(format!("{role}-server.log")),
+            extra_args: Vec::new(),
+        }));
+    }
+    if specs.iter().any(Option::is_some) {
+        let py = python(config)?;
+        for spec in specs.iter_mut().flatten() {
+            spec.python = py.clone();
         }
     }
     // Both servers start at once; each takes tens of seconds.
@@ -225,7 +221,13 @@ pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running>
         }
     }
     let connect = |url: &str| Vllm::connect(Client::new(url, timeout, e.retries));
-    let student = connect(&urls[0]).context("student server")?;
+    let student = connect(&urls[0]).with_context(|| {
+        format!(
+            "student server (a student server you run starts from {}, which npd has written, \
+             with VLLM_SERVER_DEV_MODE=1)",
+            publish_root.join("student-start").display()
+        )
+    })?;
     let teacher = connect(&urls[1]).context("teacher server")?;
 
     let longest = inputs

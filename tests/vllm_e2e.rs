@@ -1,0 +1,146 @@
+//! End to end with real vLLM servers: the distill_openpangu example runs
+//! NPD with student rollouts and teacher scores from servers it starts
+//! itself (the CPU build `./npd test` installs) and the trainer in-process.
+//! The student server is killed mid-run: the run ends with an error naming
+//! the failure, and `--resume` (with fresh servers) finishes it with every
+//! prompt accounted for once and every weight refresh verified.
+
+mod common;
+
+use common::{example, scratch};
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const STEPS: u64 = 24;
+
+fn command(out: &Path, cache: &Path, resume: bool) -> Command {
+    let mut c = Command::new(example());
+    c.args(["--quick", "--engine", "vllm", "--methods", "npd"])
+        .args(["--checkpoint-every", "4", "--refresh-every", "2"])
+        .args(["--steps", &STEPS.to_string(), "--out"])
+        .arg(out)
+        .arg("--cache")
+        .arg(cache);
+    if resume {
+        c.arg("--resume");
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// The step events of `metrics.jsonl`.
+fn steps(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .collect()
+}
+
+fn wait_for_step(child: &mut Child, out: &Path, step: u64) {
+    let start = Instant::now();
+    while !steps(out).iter().any(|s| s["step"].as_u64() >= Some(step)) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("the run ended ({status}) before step {step}:\n{stderr}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "no step {step} after 15 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn npd_on_vllm_servers_survives_a_dead_student_server() {
+    let out = scratch("vllm-out");
+    let cache = scratch("vllm-cache");
+    let t0 = Instant::now();
+    let mut child = command(&out, &cache, false).spawn().unwrap();
+    wait_for_step(&mut child, &out, 6);
+    eprintln!("step 6 after {:.0?}", t0.elapsed());
+
+    // Kill the student server (the API process, not npd's watcher around
+    // it) as a crash would.
+    let pattern = format!(
+        "^[^ ]*python[^ ]* -m vllm.entrypoints.openai.api_server --model {}",
+        out.join("served/student-start").display()
+    );
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no student server matched {pattern}");
+    let start = Instant::now();
+    let first = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(!first.status.success(), "the run went on without its student server");
+    assert!(
+        start.elapsed() < Duration::from_secs(300),
+        "the dead server was noticed only after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        stderr.contains("student generator stopped") && stderr.contains("cannot reach"),
+        "the error names the failure: {stderr}"
+    );
+    let before: BTreeSet<u64> = steps(&out).iter().filter_map(|s| s["step"].as_u64()).collect();
+    assert!(!before.contains(&STEPS), "the first run finished: {before:?}");
+    // npd's own servers are gone with it, engine processes included.
+    std::thread::sleep(Duration::from_secs(3));
+    for pattern in [
+        format!("--model {}/served/", out.display()),
+        "VLLM::".to_string(),
+    ] {
+        let left = Command::new("pgrep")
+            .args(["-a", "-f", &pattern])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "server processes left behind: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+    eprintln!("first run ended after {:.0?}", t0.elapsed());
+    let second = command(&out, &cache, true).output().unwrap();
+    eprintln!("resumed run ended after {:.0?}", t0.elapsed());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "resume failed:\n{stderr}");
+
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("weight refreshes verified by probe") && report.contains(" 0 failed"),
+        "{report}"
+    );
+    assert!(
+        report.contains(": agree") && !report.contains("DISAGREE"),
+        "the ledger and the metrics agree:\n{report}"
+    );
+    assert!(report.contains("student server started by npd"), "{report}");
+    // Every step of the budget is in the metrics once the run finished
+    // (steps redone after the checkpoint appear again, with the same
+    // numbers).
+    let after: BTreeSet<u64> = steps(&out).iter().filter_map(|s| s["step"].as_u64()).collect();
+    assert_eq!(after, (1..=STEPS).collect::<BTreeSet<u64>>());
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let npd = &json["outcomes"][0];
+    assert_eq!(npd["schedule"], "disaggregated");
+    assert!(
+        npd["stages"]["generator busy"].as_f64() > Some(0.0),
+        "the student server's busy time is recorded: {npd}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&cache);
+}
