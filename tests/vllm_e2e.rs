@@ -84,7 +84,10 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
     let start = Instant::now();
     let first = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(!first.status.success(), "the run went on without its student server");
+    assert!(
+        !first.status.success(),
+        "the run went on without its student server"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(300),
         "the dead server was noticed only after {:?}",
@@ -94,8 +97,14 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
         stderr.contains("student generator stopped") && stderr.contains("cannot reach"),
         "the error names the failure: {stderr}"
     );
-    let before: BTreeSet<u64> = steps(&out).iter().filter_map(|s| s["step"].as_u64()).collect();
-    assert!(!before.contains(&STEPS), "the first run finished: {before:?}");
+    let before: BTreeSet<u64> = steps(&out)
+        .iter()
+        .filter_map(|s| s["step"].as_u64())
+        .collect();
+    assert!(
+        !before.contains(&STEPS),
+        "the first run finished: {before:?}"
+    );
     // npd's own servers are gone with it, engine processes included.
     std::thread::sleep(Duration::from_secs(3));
     for pattern in [
@@ -131,7 +140,10 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
     // Every step of the budget is in the metrics once the run finished
     // (steps redone after the checkpoint appear again, with the same
     // numbers).
-    let after: BTreeSet<u64> = steps(&out).iter().filter_map(|s| s["step"].as_u64()).collect();
+    let after: BTreeSet<u64> = steps(&out)
+        .iter()
+        .filter_map(|s| s["step"].as_u64())
+        .collect();
     assert_eq!(after, (1..=STEPS).collect::<BTreeSet<u64>>());
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();

@@ -152,8 +152,18 @@ pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running>
     };
     let mut specs = Vec::new();
     for (role, url, model, cpus) in [
-        ("student", &e.student_url, &student_model, or(&e.student_cpus, student_cpus)),
-        ("teacher", &e.teacher_url, &inputs.teacher, or(&e.teacher_cpus, teacher_cpus)),
+        (
+            "student",
+            &e.student_url,
+            &student_model,
+            or(&e.student_cpus, student_cpus),
+        ),
+        (
+            "teacher",
+            &e.teacher_url,
+            &inputs.teacher,
+            or(&e.teacher_cpus, teacher_cpus),
+        ),
     ] {
         // The student's servable copy is written in every case: a student
         // server the user runs starts from it.

@@ -249,12 +249,7 @@ impl Report {
                         "| {} | at the start (the starting weights already score it) | - |",
                         m.name()
                     ),
-                    Some(t) => writeln!(
-                        md,
-                        "| {} | {t:.1}s | {:.2}x |",
-                        m.name(),
-                        on_s / t
-                    ),
+                    Some(t) => writeln!(md, "| {} | {t:.1}s | {:.2}x |", m.name(), on_s / t),
                     None => writeln!(md, "| {} | not reached | - |", m.name()),
                 };
             }

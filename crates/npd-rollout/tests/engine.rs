@@ -17,6 +17,11 @@ struct Reverser {
     version: PolicyVersion,
     delay: Duration,
     fail: HashSet<u64>,
+    /// Batches containing these prompts fail as a backend would (a server
+    /// that stopped answering).
+    down: HashSet<u64>,
+    /// Loading these versions fails (a refresh that was not verified).
+    bad_versions: HashSet<PolicyVersion>,
     generated: Arc<AtomicUsize>,
     batches: Arc<Mutex<Vec<(PolicyVersion, usize)>>>,
 }
@@ -27,6 +32,8 @@ impl Reverser {
             version: 0,
             delay: Duration::from_millis(delay_ms),
             fail: HashSet::new(),
+            down: HashSet::new(),
+            bad_versions: HashSet::new(),
             generated: Arc::default(),
             batches: Arc::default(),
         }
@@ -42,12 +49,24 @@ impl Generator for Reverser {
 
     fn load(&mut self, weights: PolicyVersion, version: PolicyVersion) -> Result<()> {
         assert_eq!(weights, version);
+        if self.bad_versions.contains(&version) {
+            return Err(Error::invalid(
+                format!("version {version}"),
+                "probe mismatch",
+            ));
+        }
         self.version = version;
         Ok(())
     }
 
     fn generate(&mut self, prompts: &[Prompt], _: &SamplingParams) -> Result<Vec<Rollout>> {
         std::thread::sleep(self.delay);
+        if prompts.iter().any(|p| self.down.contains(&p.id.0)) {
+            return Err(Error::Backend {
+                context: "POST http://server/v1/completions".into(),
+                source: "cannot reach the server".into(),
+            });
+        }
         if let Some(p) = prompts.iter().find(|p| self.fail.contains(&p.id.0)) {
             return Err(Error::invalid(
                 p.id.to_string(),
@@ -249,4 +268,60 @@ fn shutdown_returns_every_undelivered_prompt() {
     let rest: HashSet<PromptId> = rest.into_iter().map(|p| p.id).collect();
     assert_eq!(rest.len() + got.len(), 60, "lost or duplicated prompts");
     assert!(rest.is_disjoint(&got));
+}
+
+#[test]
+fn a_failed_weight_load_stops_the_engine_and_keeps_its_batch() {
+    let mut g = Reverser::new(0);
+    g.bad_versions = [2].into_iter().collect();
+    let engine = RolloutEngine::spawn(g, 0, config(4, 64, 1000));
+    engine.submit(prompts(8));
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        got.push(engine.recv().unwrap());
+    }
+    assert!(engine.fatal().is_none());
+    engine.publish(2, 2);
+    engine.submit(prompts(16).into_iter().skip(8));
+    // No rollout is written with weights other than those published.
+    assert!(engine.recv().is_none());
+    let why = engine.fatal().expect("the engine says why it stopped");
+    assert!(
+        why.contains("version 2") && why.contains("probe mismatch"),
+        "{why}"
+    );
+    let (undelivered, failures) = engine.shutdown();
+    assert!(failures.is_empty(), "nothing is closed as failed");
+    assert_eq!(
+        undelivered.iter().map(|p| p.id.0).collect::<Vec<_>>(),
+        (8..16).collect::<Vec<_>>(),
+        "the batch it held and the queue come back for a resume"
+    );
+}
+
+#[test]
+fn a_backend_failure_stops_the_engine_but_a_bad_prompt_does_not() {
+    let mut g = Reverser::new(0);
+    g.fail = [1].into_iter().collect();
+    g.down = [9].into_iter().collect();
+    let engine = RolloutEngine::spawn(g, 0, config(4, 64, 1000));
+    engine.submit(prompts(16));
+    let mut delivered = Vec::new();
+    while let Some(d) = engine.recv() {
+        delivered.push(d);
+    }
+    // Prompts 0-3 fail (a refused prompt), 4-7 are written, then the
+    // server goes down at the batch of 8-11.
+    let failed = delivered
+        .iter()
+        .filter(|d| matches!(d, Delivery::Failed { .. }))
+        .count();
+    assert_eq!((delivered.len(), failed), (8, 4));
+    let why = engine.fatal().unwrap();
+    assert!(why.contains("cannot reach"), "{why}");
+    let (undelivered, _) = engine.shutdown();
+    assert_eq!(
+        undelivered.iter().map(|p| p.id.0).collect::<Vec<_>>(),
+        (8..16).collect::<Vec<_>>()
+    );
 }

@@ -27,7 +27,9 @@ fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("NPD_VLLM_PYTHON") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let cache = std::env::var_os("NPD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".cache/npd"));
@@ -125,7 +127,11 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     // Teacher scoring: conditioned log-probs and top-k against the
     // in-process model on the same weights.
     let seqs: Vec<Vec<TokenId>> = (0..20)
-        .map(|i| (0..12 + i % 7).map(|j| 3 + ((i * 7 + j * 5) % 29) as TokenId).collect())
+        .map(|i| {
+            (0..12 + i % 7)
+                .map(|j| 3 + ((i * 7 + j * 5) % 29) as TokenId)
+                .collect()
+        })
         .map(|s: Vec<TokenId>| [vec![1], s].concat())
         .collect();
     let requests: Vec<ScoreRequest<'_>> = seqs
@@ -169,7 +175,10 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
         .unwrap();
         worst = worst.max(max_diff(&got.logprobs.alone, &want[0].0));
     }
-    assert!(worst < 1e-4, "served and in-process log-probs differ by {worst}");
+    assert!(
+        worst < 1e-4,
+        "served and in-process log-probs differ by {worst}"
+    );
 
     // Student rollouts: the sampled tokens' log-probs are the in-process
     // model's, and responses end at the stop id or the budget.
@@ -255,6 +264,9 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
         "a dead server is a backend failure: {err}"
     );
     let err = err.to_string();
-    assert!(err.contains(server.url()) && err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains(server.url()) && err.contains("cannot reach"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
