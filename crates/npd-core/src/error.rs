@@ -38,13 +38,13 @@ pub enum Error {
         what: String,
     },
     /// A backend (model code, tokenizer, transport) failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Backend {
         /// What was being done.
         context: String,
-        /// The backend's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The backend's error (written into this error's message, so it
+        /// is not repeated as its source).
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

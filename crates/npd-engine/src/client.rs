@@ -87,7 +87,7 @@ impl Client {
     fn error(&self, method: &str, path: &str, message: String) -> Error {
         Error::Backend {
             context: format!("{method} {}", self.url(path)),
-            source: message.into(),
+            cause: message.into(),
         }
     }
 
@@ -103,8 +103,11 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(Failure::Permanent(m)) => return Err(self.error(method, path, m)),
                 Err(Failure::Transient(m)) if attempt >= self.retries => {
-                    let tries = attempt + 1;
-                    return Err(self.error(method, path, format!("{m} (after {tries} tries)")));
+                    let tries = match attempt + 1 {
+                        1 => "1 try".to_string(),
+                        n => format!("{n} tries"),
+                    };
+                    return Err(self.error(method, path, format!("{m} (after {tries})")));
                 }
                 Err(Failure::Transient(m)) => {
                     attempt += 1;

@@ -200,7 +200,7 @@ impl Launched {
     fn failed(&self, what: &str) -> Error {
         Error::Backend {
             context: format!("{} server ({})", self.role, self.command_line),
-            source: format!(
+            cause: format!(
                 "{what}; the end of its log {}:\n{}",
                 self.log.display(),
                 tail(&self.log, 25)

@@ -299,7 +299,7 @@ impl Vllm {
                 Some(_) => Ok(()),
                 None => Err(Error::Backend {
                     context: format!("POST {}{path}", self.client.base()),
-                    source: "cannot reach the server".into(),
+                    cause: "cannot reach the server".into(),
                 }),
             }
         };
@@ -332,6 +332,6 @@ fn invalid_answer(client: &Client, path: &str, what: &str, answer: &Value) -> Er
     }
     Error::Backend {
         context: format!("POST {}{path}", client.base()),
-        source: format!("unexpected answer: {what}: {text}").into(),
+        cause: format!("unexpected answer: {what}: {text}").into(),
     }
 }

@@ -64,7 +64,7 @@ impl Generator for Reverser {
         if prompts.iter().any(|p| self.down.contains(&p.id.0)) {
             return Err(Error::Backend {
                 context: "POST http://server/v1/completions".into(),
-                source: "cannot reach the server".into(),
+                cause: "cannot reach the server".into(),
             });
         }
         if let Some(p) = prompts.iter().find(|p| self.fail.contains(&p.id.0)) {

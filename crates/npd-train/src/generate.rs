@@ -184,7 +184,7 @@ fn run(
         let vocab = logits.size()[1] as usize;
         let flat = Vec::<f32>::try_from(logits.flatten(0, -1)).map_err(|e| Error::Backend {
             context: "reading logits".into(),
-            source: Box::new(e),
+            cause: Box::new(e),
         })?;
         for (b, row) in flat.chunks(vocab).enumerate() {
             let i = active[b];

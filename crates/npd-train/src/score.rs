@@ -155,7 +155,7 @@ fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu)).map_err(|e| {
         Error::Backend {
             context: "reading scores".into(),
-            source: Box::new(e),
+            cause: Box::new(e),
         }
     })
 }
@@ -163,7 +163,7 @@ fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
 fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
     Vec::<i64>::try_from(t.to_device(tch::Device::Cpu)).map_err(|e| Error::Backend {
         context: "reading top-k ids".into(),
-        source: Box::new(e),
+        cause: Box::new(e),
     })
 }
 

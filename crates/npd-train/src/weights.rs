@@ -175,7 +175,7 @@ fn to_tensor(name: &str, view: &TensorView<'_>, path: &Path) -> Result<Tensor> {
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
     Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| Error::Backend {
         context: format!("reading tensor {name} from {}", path.display()),
-        source: Box::new(e),
+        cause: Box::new(e),
     })
 }
 
@@ -203,7 +203,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         t.f_copy_data_u8(&mut bytes, numel)
             .map_err(|e| Error::Backend {
                 context: format!("copying tensor {name}"),
-                source: Box::new(e),
+                cause: Box::new(e),
             })?;
         let shape = t.size().iter().map(|&d| d as usize).collect();
         data.push((name.clone(), dtype, shape, bytes));

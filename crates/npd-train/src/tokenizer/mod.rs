@@ -20,7 +20,7 @@ pub struct Tokenizer {
 }
 
 fn backend(context: String) -> impl FnOnce(tokenizers::Error) -> Error {
-    move |e| Error::Backend { context, source: e }
+    move |e| Error::Backend { context, cause: e }
 }
 
 impl Tokenizer {
