@@ -241,7 +241,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", npd_distill::describe(&e));
             ExitCode::from(2)
         }
     }

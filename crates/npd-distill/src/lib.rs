@@ -206,6 +206,24 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     Ok((config, setup, seeds))
 }
 
+/// An error and its causes on one line, as `{:#}` writes them, leaving out
+/// a cause whose text the line already holds (errors that quote their
+/// source, such as `path: reason`, would otherwise say it twice).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The OpenMP wait policy the options call for (see
 /// [`signals::set_wait_policy`]): [`signals::SERVED_WAIT_POLICY`] when vLLM
 /// servers share the machine, else [`signals::WAIT_POLICY`]. A
@@ -584,6 +602,21 @@ mod tests {
             resume: false,
             checkpoint_every: None,
         }
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(npd_core::Error::Io {
+            path: "/x/config.json".into(),
+            source: io,
+        })
+        .context("loading the teacher");
+        assert_eq!(
+            describe(&e),
+            "loading the teacher: /x/config.json: no such file"
+        );
+        assert_eq!(format!("{e:#}").matches("no such file").count(), 2);
     }
 
     #[test]
