@@ -115,6 +115,26 @@ impl Report {
         Some((gap <= 2.0, speedup >= 3.0, gap, speedup))
     }
 
+    /// NPD's schedule in this report's runs (the first NPD outcome's), and
+    /// the mean over NPD seeds of the wall-clock projected with each role
+    /// on a device of its own (see [`Roles::projected`]).
+    pub fn schedules(&self) -> Option<(Option<npd_rollout::Schedule>, Option<f64>)> {
+        let runs: Vec<&Outcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.method == Method::NearPolicy)
+            .collect();
+        let first = runs.first()?;
+        let projected: Vec<f64> = runs
+            .iter()
+            .filter_map(|o| Roles::of(o))
+            .map(|r| r.projected())
+            .collect();
+        let mean =
+            (!projected.is_empty()).then(|| projected.iter().sum::<f64>() / projected.len() as f64);
+        Some((first.schedule, mean))
+    }
+
     /// Time to the baseline's accuracy: the target is on-policy's final
     /// held-out accuracy (mean over seeds), which on-policy reaches at its
     /// mean wall-clock; every other method's time is the wall-clock at
@@ -228,6 +248,28 @@ impl Report {
                     "- NPD at least 3x less wall-clock than on-policy: **{}** ({speedup:.2}x)",
                     if speed_ok { "met" } else { "not met" }
                 );
+                if let Some((schedule, projected)) = self.schedules() {
+                    let on = self
+                        .summary(Method::OnPolicy)
+                        .map_or(f64::NAN, |o| o.wall_s);
+                    let measured = match schedule {
+                        Some(npd_rollout::Schedule::Disaggregated) => {
+                            "disaggregated (generation apart from training, overlapping it)"
+                        }
+                        _ => "colocated (generation, scoring and training in turn)",
+                    };
+                    let projection = projected.map_or_else(
+                        || "no per-role projection (no generation time recorded)".to_string(),
+                        |p| format!(
+                            "with each role on a device of its own the same work would take about {p:.1}s, {:.2}x on-policy's wall-clock (a projection from measured busy times, not a measurement)",
+                            on / p.max(1e-9)
+                        ),
+                    );
+                    let _ = writeln!(
+                        md,
+                        "- NPD's schedule in these runs: {measured}, measured above at {speedup:.2}x on-policy's wall-clock; {projection}"
+                    );
+                }
             }
             None => md.push_str("- not evaluated: NPD or on-policy did not run\n"),
         }
@@ -577,6 +619,38 @@ mod tests {
         assert!(
             md.contains("about 26.0s") && md.contains("2.00x on-policy"),
             "{md}"
+        );
+        // The targets name the schedule that ran, its measured figure and
+        // the other schedule's projection.
+        let targets = &md[md.find("## Targets").unwrap()..];
+        assert!(
+            targets.contains("NPD's schedule in these runs: colocated")
+                && targets.contains("measured above at 0.87x")
+                && targets.contains("about 26.0s, 2.00x on-policy's wall-clock (a projection"),
+            "{targets}"
+        );
+    }
+
+    #[test]
+    fn a_disaggregated_run_is_named_as_such_in_the_targets() {
+        let mut o = outcome(Method::NearPolicy, 0, 0.7, 40.0);
+        o.schedule = Some(npd_rollout::Schedule::Disaggregated);
+        o.stages
+            .insert(crate::near_policy::GENERATOR_BUSY.into(), 30.0);
+        let report = Report {
+            setup: Vec::new(),
+            checks: Vec::new(),
+            teacher_accuracy: 0.9,
+            warm_start_accuracy: 0.3,
+            outcomes: vec![outcome(Method::OnPolicy, 0, 0.7, 60.0), o],
+        };
+        let md = report.markdown();
+        let targets = &md[md.find("## Targets").unwrap()..];
+        assert!(
+            targets.contains("schedule in these runs: disaggregated")
+                && targets.contains("measured above at 1.50x")
+                && targets.contains("about 40.0s"),
+            "{targets}"
         );
     }
 }
