@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{example, interrupt, scratch};
+use common::{example, interrupt, scratch, step_events as metrics};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,16 +30,6 @@ fn command(out: &Path, cache: &Path, resume: bool) -> Command {
     c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     c
-}
-
-/// The step events of `metrics.jsonl`.
-fn metrics(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "step")
-        .collect()
 }
 
 /// Waits until the run has written more than `lines` metrics lines.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{example, scratch};
+use common::{example, scratch, step_events as steps};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,16 +31,6 @@ fn command(out: &Path, cache: &Path, resume: bool) -> Command {
     }
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c
-}
-
-/// The step events of `metrics.jsonl`.
-fn steps(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "step")
-        .collect()
 }
 
 fn wait_for_step(child: &mut Child, out: &Path, step: u64) {

@@ -1,6 +1,6 @@
 //! Helpers of the end-to-end tests that run the examples as processes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The built `distill_openpangu` example beside this test binary:
 /// target/<profile>/deps/<test> → target/<profile>/examples/<example>.
@@ -27,4 +27,16 @@ pub fn interrupt(child: &std::process::Child) {
         .status()
         .unwrap();
     assert!(sent.success(), "kill -INT {pid} failed");
+}
+
+/// The step events of a run folder's `metrics.jsonl` (none while it does
+/// not exist).
+#[allow(dead_code)]
+pub fn step_events(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .collect()
 }

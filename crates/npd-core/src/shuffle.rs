@@ -19,6 +19,17 @@ pub fn seeded_shuffle<T>(items: &mut [T], seed: u64) {
     }
 }
 
+/// The seed of one unit of sampling (a batch named by its first prompt, or
+/// one prompt) derived from a run's seed: a resumed or retried unit draws
+/// the same noise, and units never share a stream (splitmix64's finaliser
+/// over the two).
+pub fn derive_seed(seed: u64, unit: u64) -> u64 {
+    let mut x = seed ^ unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use npd_core::shuffle::derive_seed;
 use npd_core::traits::Generator;
 use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
 
@@ -119,7 +120,7 @@ impl VllmGenerator {
     fn rollout(&self, p: &Prompt, params: &SamplingParams) -> Result<Rollout> {
         let c = self
             .server
-            .complete(&p.tokens, params, prompt_seed(params.seed, p.id.0))?;
+            .complete(&p.tokens, params, derive_seed(params.seed, p.id.0))?;
         Ok(Rollout {
             prompt_id: p.id,
             prompt: p.tokens.clone(),
@@ -163,15 +164,6 @@ pub fn verify(
         max_abs_diff,
         passed: max_abs_diff <= tolerance,
     })
-}
-
-/// The sampling seed of one prompt: a resumed run samples a prompt as the
-/// interrupted one would have.
-fn prompt_seed(seed: u64, prompt: u64) -> u64 {
-    let mut x = seed ^ prompt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^= x >> 31;
-    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x ^ (x >> 29)
 }
 
 impl Generator for VllmGenerator {

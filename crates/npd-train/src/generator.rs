@@ -2,6 +2,7 @@
 
 use tch::Tensor;
 
+use npd_core::shuffle::derive_seed;
 use npd_core::traits::Generator;
 use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
 
@@ -55,14 +56,6 @@ impl ModelGenerator {
     }
 }
 
-/// The sampling seed of a batch whose first prompt is `first`.
-fn batch_seed(seed: u64, first: u64) -> u64 {
-    let mut x = seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^= x >> 31;
-    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x ^ (x >> 29)
-}
-
 /// Copies named weights into a model with the same architecture.
 pub fn load_weights(model: &mut Llama, weights: &Weights) -> Result<()> {
     let vars = model.var_store().variables();
@@ -112,7 +105,7 @@ impl Generator for ModelGenerator {
         // batches never repeat one another's noise, and a resumed run
         // samples a prompt batch as the interrupted one would have.
         let params = SamplingParams {
-            seed: batch_seed(params.seed, prompts.first().map_or(0, |p| p.id.0)),
+            seed: derive_seed(params.seed, prompts.first().map_or(0, |p| p.id.0)),
             ..params.clone()
         };
         let out = tch::no_grad(|| generate(&self.model, &tokens, &params, Decoding::Cached))?;
