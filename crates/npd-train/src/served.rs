@@ -4,9 +4,10 @@
 //!
 //! Every published snapshot is written as a Hugging Face folder the student
 //! server reloads, with **untied** embeddings (`lm_head.weight` written out,
-//! `tie_word_embeddings: false`) whatever the student's own layout: vLLM
-//! reloads a model with tied embeddings into the wrong tensors, and the
-//! untied copy computes exactly the same function. Each snapshot carries
+//! `tie_word_embeddings: false`) whatever the student's own layout: after
+//! vLLM reloads a model with tied embeddings its log-probs do not match the
+//! checkpoint, while the untied copy computes exactly the same function and
+//! reloads exactly. Each snapshot carries
 //! a probe (a fixed sequence's log-probs under the trainer's model) that the
 //! server must reproduce after loading it.
 
