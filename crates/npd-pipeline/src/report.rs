@@ -323,9 +323,19 @@ impl Report {
             }
             if let Some(r) = Roles::of(o) {
                 let idle = |busy: f64| (o.wall_s - busy).max(0.0);
+                // Apart from training, generation is its own role (the
+                // student's thread or server), as is the teacher.
+                let (generator, scorer, trainer) = match o.schedule {
+                    Some(npd_rollout::Schedule::Disaggregated) => (
+                        "student generator (thread or server)",
+                        "teacher and filter",
+                        "trainer",
+                    ),
+                    _ => ("generation", "scoring", "training"),
+                };
                 let _ = writeln!(
                     md,
-                    "- busy (idle) time per role over {:.1}s: generation {:.1}s ({:.1}s), scoring {:.1}s ({:.1}s; teacher and filter), training {:.1}s ({:.1}s; packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
+                    "- busy (idle) time per role over {:.1}s: {generator} {:.1}s ({:.1}s), {scorer} {:.1}s ({:.1}s), {trainer} {:.1}s ({:.1}s; packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
                     o.wall_s,
                     r.generate,
                     idle(r.generate),
@@ -645,6 +655,10 @@ mod tests {
             outcomes: vec![outcome(Method::OnPolicy, 0, 0.7, 60.0), o],
         };
         let md = report.markdown();
+        assert!(
+            md.contains("student generator (thread or server) 30.0s (10.0s), teacher and filter 0.0s (40.0s), trainer 40.0s (0.0s;"),
+            "{md}"
+        );
         let targets = &md[md.find("## Targets").unwrap()..];
         assert!(
             targets.contains("schedule in these runs: disaggregated")
