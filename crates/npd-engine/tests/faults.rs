@@ -23,8 +23,7 @@ fn responder(answer: fn(usize) -> Option<(u16, String)>) -> (String, Arc<AtomicU
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
             let n = seen.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 65536];
-            let _ = s.read(&mut buf);
+            read_request(&mut s);
             match answer(n) {
                 Some((status, body)) => {
                     let _ = write!(
@@ -39,6 +38,34 @@ fn responder(answer: fn(usize) -> Option<(u16, String)>) -> (String, Arc<AtomicU
         }
     });
     (url, count)
+}
+
+/// Reads one whole request (headers, then `content-length` bytes of body):
+/// closing a connection with unread data would reset it.
+fn read_request(s: &mut std::net::TcpStream) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_start = loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => data.extend_from_slice(&buf[..k]),
+        }
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..body_start]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while data.len() < body_start + length {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => data.extend_from_slice(&buf[..k]),
+        }
+    }
 }
 
 const MODELS: &str = r#"{"data": [{"id": "m", "max_model_len": 64}]}"#;
