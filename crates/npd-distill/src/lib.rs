@@ -25,6 +25,7 @@ pub mod progress;
 pub mod run_dir;
 pub mod servers;
 pub mod signals;
+mod summary;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +36,6 @@ use anyhow::{Context, Result};
 use npd_core::config::LossKind;
 use npd_core::events::Event;
 pub use npd_engine::EngineKind;
-use npd_engine::ProbeLog;
 use npd_pipeline::Stages;
 use npd_pipeline::{Checkpoints, Comparison, Method, Report, RunEnd, Settings};
 use npd_train::TchStages;
@@ -46,6 +46,7 @@ pub use crate::config::RunConfig;
 use crate::embedded::prepare::Setup;
 use crate::inputs::Inputs;
 use crate::progress::Progress;
+use crate::summary::{budget_line, served_line, settings_line};
 
 /// What to run: the command line's choices over the configuration file.
 #[derive(Debug, Clone)]
@@ -512,74 +513,6 @@ fn run_methods<S: Stages>(
         targets,
         report: out.join("report.md"),
     })
-}
-
-/// The report's line on what each method ran with: threads, wait policy,
-/// and NPD's schedule.
-fn settings_line(
-    comparison: &Comparison<'_, TchStages<'_>>,
-    threads: Threads,
-    total_s: f64,
-) -> String {
-    let policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into());
-    let npd = match comparison.resolved().running_schedule() {
-        npd_rollout::Schedule::Disaggregated => format!(
-            "NPD disaggregated: generation on its own thread ({} libtorch threads) beside training",
-            threads.generate
-        ),
-        _ => "NPD colocated: generation, scoring and training in turn, each with every thread"
-            .to_string(),
-    };
-    format!(
-        "every method: {} libtorch threads, OMP_WAIT_POLICY={policy}; {npd}; total run time {total_s:.0}s",
-        threads.train
-    )
-}
-
-/// The report's line on what each method ran with when vLLM servers
-/// generate and score: the trainer's threads and wait policy, NPD's
-/// schedule, and the probe checks of every weight refresh.
-fn served_line(
-    comparison: &Comparison<'_, ServedStages<'_>>,
-    checks: &ProbeLog,
-    total_s: f64,
-) -> String {
-    let policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into());
-    let checks = checks.lock().unwrap_or_else(|e| e.into_inner());
-    let worst = checks.iter().map(|c| c.max_abs_diff).fold(0.0, f64::max);
-    let failed = checks.iter().filter(|c| !c.passed).count();
-    format!(
-        "vLLM servers generate and score; the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
-        comparison.stages().local().threads().train,
-        match comparison.resolved().running_schedule() {
-            npd_rollout::Schedule::Disaggregated =>
-                "disaggregated (generation on the student server, overlapping training)",
-            _ => "colocated",
-        },
-        checks.len(),
-    )
-}
-
-/// The report's budget line.
-fn budget_line(config: &RunConfig) -> String {
-    format!(
-        "budget: {} steps x {} samples per method and seed; loss {:?}, top-k {}; NPD K = {}, max lag {}, reuse {}, Δ-IFD {}",
-        config.train.steps,
-        config.train.rows_per_step,
-        config.train.loss,
-        config.train.top_k,
-        config.rollout.refresh_every,
-        config.rollout.max_lag,
-        config.rollout.reuse,
-        if config.filter.enabled {
-            format!(
-                "band [{}, {}]",
-                config.filter.lower_percentile, config.filter.upper_percentile
-            )
-        } else {
-            "off".to_string()
-        }
-    )
 }
 
 #[cfg(test)]

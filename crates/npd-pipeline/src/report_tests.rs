@@ -1,0 +1,210 @@
+//! Tests of the report: tables, targets, time to accuracy, roles.
+use super::*;
+use crate::outcome::CurvePoint;
+use std::collections::BTreeMap;
+
+fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
+    Outcome {
+        method,
+        seed,
+        accuracy,
+        curve: Vec::new(),
+        wall_s,
+        stages: BTreeMap::from([("train".to_string(), wall_s), ("pack".to_string(), 0.01)]),
+        prep_s: 0.0,
+        prep_reused: false,
+        trained_tokens: 1000,
+        token_efficiency: 0.9,
+        skipped_steps: 0,
+        filter: None,
+        schedule: None,
+        staleness: BTreeMap::new(),
+        ledger: None,
+        resumed_at: Vec::new(),
+    }
+}
+
+#[test]
+fn the_table_shows_each_run_and_the_targets_follow_the_means() {
+    let mut sft = [
+        outcome(Method::Sft, 0, 0.8, 10.0),
+        outcome(Method::Sft, 1, 0.8, 10.0),
+    ];
+    sft[0].prep_s = 4.25;
+    sft[1].prep_reused = true;
+    let report = Report {
+        setup: Vec::new(),
+        checks: Vec::new(),
+        teacher_accuracy: 0.97,
+        warm_start_accuracy: 0.6,
+        outcomes: [
+            sft.to_vec(),
+            vec![
+                outcome(Method::OnPolicy, 0, 0.70, 60.0),
+                outcome(Method::OnPolicy, 1, 0.72, 66.0),
+                outcome(Method::NearPolicy, 0, 0.69, 20.0),
+                outcome(Method::NearPolicy, 1, 0.70, 21.0),
+            ],
+        ]
+        .concat(),
+    };
+    let table = report.table();
+    assert!(table.contains("10.0s (+4.2s teacher data)"), "{table}");
+    assert!(table.contains("10.0s (teacher data reused)"), "{table}");
+    // Stages that round to 0.0 s are left out.
+    assert!(
+        table.contains("| train 60.0s |") && !table.contains("pack"),
+        "{table}"
+    );
+    let (close, fast, gap, speedup) = report.targets().unwrap();
+    assert!(close && fast);
+    assert!((gap - 1.5).abs() < 1e-9 && (speedup - 63.0 / 20.5).abs() < 1e-9);
+    let mut slow = report.clone();
+    slow.outcomes[5].wall_s = 100.0;
+    assert!(!slow.targets().unwrap().1);
+}
+
+#[test]
+fn the_chart_has_a_line_and_a_legend_entry_per_run() {
+    let mut runs = vec![
+        outcome(Method::OnPolicy, 0, 0.5, 20.0),
+        outcome(Method::NearPolicy, 0, 0.625, 12.0),
+        outcome(Method::NearPolicy, 1, 0.6, 12.5),
+    ];
+    for o in &mut runs {
+        o.curve = (0..=4)
+            .map(|i| CurvePoint {
+                step: i * 10,
+                wall_s: o.wall_s * i as f64 / 4.0,
+                accuracy: 0.3 + (o.accuracy - 0.3) * i as f64 / 4.0,
+            })
+            .collect();
+    }
+    let report = Report {
+        setup: Vec::new(),
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.3,
+        outcomes: runs,
+        checks: Vec::new(),
+    };
+    let svg = report.svg();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    for label in [
+        "on-policy seed 0: 50.0%",
+        "NPD seed 0: 62.5%",
+        "NPD seed 1: 60.0%",
+    ] {
+        assert!(svg.contains(label), "no legend entry {label:?}");
+    }
+    assert!(svg.contains("held-out accuracy") && svg.contains("wall-clock"));
+    // Seed 0 runs are solid lines (one polyline each); seed 1 is dashed.
+    assert!(svg.matches("<polyline").count() > 2);
+    std::fs::write(std::env::temp_dir().join("npd-chart-test.svg"), &svg).unwrap();
+}
+
+#[test]
+fn time_to_accuracy_reads_the_first_crossing_of_on_policys_accuracy() {
+    let curve = |pts: &[(f64, f64)]| -> Vec<CurvePoint> {
+        pts.iter()
+            .enumerate()
+            .map(|(i, &(wall_s, accuracy))| CurvePoint {
+                step: i as u64,
+                wall_s,
+                accuracy,
+            })
+            .collect()
+    };
+    let mut on = outcome(Method::OnPolicy, 0, 0.6, 40.0);
+    on.curve = curve(&[(0.0, 0.3), (20.0, 0.5), (40.0, 0.6)]);
+    let mut npd = outcome(Method::NearPolicy, 0, 0.65, 30.0);
+    npd.curve = curve(&[(0.0, 0.3), (10.0, 0.55), (20.0, 0.61), (30.0, 0.65)]);
+    let mut sft = outcome(Method::Sft, 0, 0.5, 10.0);
+    sft.curve = curve(&[(0.0, 0.3), (10.0, 0.5)]);
+    let report = Report {
+        setup: Vec::new(),
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.3,
+        outcomes: vec![sft, on, npd],
+        checks: Vec::new(),
+    };
+    let t = report.time_to_accuracy().unwrap();
+    assert_eq!((t.target, t.baseline_s), (0.6, 40.0));
+    assert_eq!(
+        t.methods,
+        vec![(Method::Sft, None), (Method::NearPolicy, Some(20.0))]
+    );
+    let md = report.markdown();
+    assert!(md.contains("| NPD | 20.0s | 2.00x |"), "{md}");
+    assert!(md.contains("| SFT | not reached | - |"), "{md}");
+}
+
+#[test]
+fn roles_project_the_busiest_one() {
+    let mut o = outcome(Method::NearPolicy, 0, 0.7, 60.0);
+    o.stages = BTreeMap::from([
+        ("generate".to_string(), 20.0),
+        ("teacher".to_string(), 25.0),
+        ("filter".to_string(), 1.0),
+        ("train".to_string(), 12.0),
+        ("pack".to_string(), 0.5),
+    ]);
+    let r = Roles::of(&o).unwrap();
+    assert_eq!(
+        (r.generate, r.score, r.train, r.projected()),
+        (20.0, 26.0, 12.5, 26.0)
+    );
+    // Without a generate stage (disaggregated, or a baseline) there is
+    // nothing to project from.
+    assert_eq!(Roles::of(&outcome(Method::OnPolicy, 0, 0.7, 60.0)), None);
+    let report = Report {
+        setup: Vec::new(),
+        checks: Vec::new(),
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.3,
+        outcomes: vec![outcome(Method::OnPolicy, 0, 0.7, 52.0), o],
+    };
+    let md = report.markdown();
+    assert!(
+        md.contains("about 26.0s") && md.contains("2.00x on-policy"),
+        "{md}"
+    );
+    // The targets name the schedule that ran, its measured figure and
+    // the other schedule's projection.
+    let targets = &md[md.find("## Targets").unwrap()..];
+    assert!(
+        targets.contains("NPD's schedule in these runs: colocated")
+            && targets.contains("measured above at 0.87x")
+            && targets.contains("about 26.0s, 2.00x on-policy's wall-clock (a projection"),
+        "{targets}"
+    );
+}
+
+#[test]
+fn a_disaggregated_run_is_named_as_such_in_the_targets() {
+    let mut o = outcome(Method::NearPolicy, 0, 0.7, 40.0);
+    o.schedule = Some(npd_rollout::Schedule::Disaggregated);
+    o.stages
+        .insert(crate::near_policy::GENERATOR_BUSY.into(), 30.0);
+    let report = Report {
+        setup: Vec::new(),
+        checks: Vec::new(),
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.3,
+        outcomes: vec![outcome(Method::OnPolicy, 0, 0.7, 60.0), o],
+    };
+    let md = report.markdown();
+    assert!(
+        md.contains("student generator (thread or server) 30.0s (10.0s), teacher and filter 0.0s (40.0s), trainer 40.0s (0.0s;"),
+        "{md}"
+    );
+    let targets = &md[md.find("## Targets").unwrap()..];
+    assert!(
+        targets.contains("schedule in these runs: disaggregated")
+            && targets.contains("measured above at 1.50x")
+            && targets.contains("about 40.0s"),
+        "{targets}"
+    );
+}
