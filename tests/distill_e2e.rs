@@ -69,7 +69,12 @@ fn quick_run_writes_the_report() {
         md.contains("trained in this run") && md.contains("student warm start 20 steps in"),
         "{md}"
     );
-    assert!(cache.join("v3-quick/meta.json").exists());
+    let teacher_json = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("teacher.json"))
+        .filter(|p| p.exists())
+        .count();
+    assert_eq!(teacher_json, 1, "one teacher cached in {}", cache.display());
     let again = out.join("again");
     let run = Command::new(example())
         .args(["--quick", "--methods", "sft", "--out"])

@@ -41,6 +41,18 @@ pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `[embedded]` keys when `model.teacher` names a folder: they
+/// would be ignored.
+pub fn refuse_embedded_keys(config: &RunConfig) -> Result<()> {
+    if config.embedded != crate::embedded::config::EmbeddedConfig::default() {
+        anyhow::bail!(
+            "[embedded] keys given with model.teacher: they choose the embedded default's task \
+             and models, which a run of your own models does not use; remove them"
+        );
+    }
+    Ok(())
+}
+
 /// Checks what the configuration can only be checked against with the
 /// models and prompts in hand, before the first step of the first method
 /// (so that no method runs and then fails on a size).

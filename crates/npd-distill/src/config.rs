@@ -18,6 +18,8 @@ use npd_pipeline::OutputConfig;
 use npd_rollout::RolloutConfig;
 use npd_train::models_config::{DataConfig, ModelsConfig};
 
+use crate::embedded::config::EmbeddedConfig;
+
 /// A whole run: models, data, rollouts, filtering, packing, training, output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +43,9 @@ pub struct RunConfig {
     /// Where rollouts and teacher scores come from: in-process or vLLM
     /// servers.
     pub engine: EngineConfig,
+    /// The embedded default's task, student and warm start (used when
+    /// `model.teacher` is not set).
+    pub embedded: EmbeddedConfig,
 }
 
 impl RunConfig {
@@ -91,7 +96,8 @@ impl RunConfig {
         section(&self.pack, &c)?;
         section(&self.train, &c)?;
         section(&self.output, &c)?;
-        section(&self.engine, &c)
+        section(&self.engine, &c)?;
+        section(&self.embedded, &c)
     }
 }
 

@@ -17,7 +17,8 @@ use npd_train::stages::check_compatible;
 use npd_train::tokenizer::Tokenizer;
 
 use crate::RunConfig;
-use crate::embedded::prepare::{Setup, answer_fn, prepare};
+use crate::embedded::config::WarmStart;
+use crate::embedded::prepare::{Setup, WarmStartRecord, answer_fn, prepare};
 use crate::embedded::{self as emb};
 use crate::progress::{Progress, Spinner};
 
@@ -57,6 +58,33 @@ pub struct Inputs {
     pub tokenizer: Tokenizer,
     /// Lines describing the setup in the report.
     pub setup: Vec<String>,
+}
+
+/// The report's line on how the embedded warm start stopped.
+fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
+    let (every, patience, gain) = setup.plateau;
+    match (setup.warm_start_stop, record) {
+        (WarmStart::Steps, _) => format!(
+            "warm start: {} steps of cross-entropy on reference responses (a student trained part-way)",
+            setup.warm_start_steps
+        ),
+        (WarmStart::Plateau, None) => "warm start: until validation accuracy plateaus".into(),
+        (WarmStart::Plateau, Some(r)) => {
+            let best = r.validation.iter().map(|c| c.1).fold(f64::NAN, f64::max);
+            format!(
+                "warm start: until validation accuracy plateaus (checks every {every} steps on {} validation prompts; stop after {patience} checks gaining less than {:.1} points): {} after {} steps, best validation {:.1}%",
+                setup.validation_prompts,
+                100.0 * gain,
+                if r.plateaued {
+                    "plateaued"
+                } else {
+                    "hit the step limit"
+                },
+                r.steps,
+                100.0 * best
+            )
+        }
+    }
 }
 
 /// The embedded default: the teacher and warm start prepared (or loaded
@@ -115,16 +143,20 @@ pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs
     Ok(Inputs {
         setup: vec![
             format!(
-                "task: chains of 3 to 8 operations modulo 47 with written intermediate values; {} training and {} held-out prompts",
+                "task `{}`: {}, intermediate values written; {} training and {} held-out prompts",
+                setup.task.name(),
+                setup.task_spec().describe(),
                 prepared.train.len(),
                 prepared.eval.len()
             ),
             format!(
-                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout; teacher and warm start cached in {}; {trained}",
+                "teacher {:?} and student {:?} (hidden, layers, heads, KV heads), openPangu layout; teacher ({} steps) and warm start cached in {}; {trained}",
                 setup.teacher,
                 setup.student,
+                prepared.teacher_steps,
                 prepared.dir.display()
             ),
+            warm_start_line(setup, prepared.warm_start_record.as_ref()),
         ],
         teacher: prepared.teacher,
         teacher_accuracy: prepared.teacher_accuracy,

@@ -123,7 +123,7 @@ pub enum Ended {
 }
 
 /// The embedded default's run configuration: the `[train]`, `[rollout]` and
-/// `[sampling]` values that fit its tiny models.
+/// `[sampling]` values that fit its tiny models and `c.embedded`'s task.
 pub fn embedded_defaults(c: &mut RunConfig) {
     c.train.steps = 200;
     c.train.lr = 3e-4;
@@ -137,7 +137,8 @@ pub fn embedded_defaults(c: &mut RunConfig) {
     c.rollout.max_lag = 2;
     c.rollout.batch_size = 64;
     c.rollout.reuse = 1;
-    c.sampling.max_new_tokens = 48;
+    // 48 for the default task's chains of at most 8 steps.
+    c.sampling.max_new_tokens = c.embedded.task_spec().response_budget().max(48);
     c.sampling.temperature = 1.0;
     c.pack.capacity = 512;
     c.rollout.queue_capacity = 128;
@@ -156,7 +157,14 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         // model folders starts from the general defaults instead.
         let over = RunConfig::from_file_over(path, &config)?;
         config = if over.model.teacher.as_os_str().is_empty() {
-            over
+            // The response budget follows the file's task lengths unless
+            // the file sets it.
+            let mut base = RunConfig {
+                embedded: over.embedded.clone(),
+                ..config
+            };
+            embedded_defaults(&mut base);
+            RunConfig::from_file_over(path, &base)?
         } else {
             RunConfig::from_file(path)?
         };
@@ -182,18 +190,13 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     if let Some(e) = o.engine {
         config.engine.kind = e;
     }
-    let mut setup = Setup::default();
+    let mut setup = Setup::from_config(&config.embedded);
     let mut seeds = o.seeds;
     if o.quick {
         if o.steps.is_none() {
             config.train.steps = config.train.steps.min(20);
         }
-        setup.teacher_steps = 60;
-        setup.warm_start_steps = 20;
-        setup.train_prompts = 400;
-        setup.eval_prompts = 64;
-        setup.teacher = (64, 2, 4, 2);
-        setup.student = (32, 1, 2, 1);
+        setup = setup.quick();
         seeds = seeds.min(1);
     }
     if config.engine.kind == EngineKind::Vllm {
@@ -203,6 +206,8 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     config.validate("flags")?;
     if config.model.teacher.as_os_str().is_empty() {
         checks::refuse_ignored_keys(&config)?;
+    } else {
+        checks::refuse_embedded_keys(&config)?;
     }
     Ok((config, setup, seeds))
 }
@@ -259,7 +264,6 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         return Ok(Ended::Checked("configuration valid\n".into()));
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
-    let served = config.engine.kind == EngineKind::Vllm;
     let out = config.output.dir.clone();
     // A wrong --out or --resume is refused before any training.
     let run_dir = run_dir::RunDir::check(
@@ -272,11 +276,9 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     )?;
     let started = Instant::now();
     let inputs = if embedded {
-        let cache = o.cache.clone().unwrap_or_else(default_cache).join(format!(
-            "v3-{}{}",
-            if o.quick { "quick" } else { "default" },
-            if served { "-hd32" } else { "" }
-        ));
+        let cache = (o.cache.clone())
+            .unwrap_or_else(default_cache)
+            .join(setup.cache_name());
         match inputs::embedded(&cache, &setup, &control.stop) {
             Ok(inputs) => inputs,
             Err(e) if control.stop.load(Ordering::SeqCst) => {

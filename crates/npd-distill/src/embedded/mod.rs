@@ -3,6 +3,7 @@
 //! student, so the whole pipeline runs with no downloads in minutes on a
 //! CPU.
 
+pub mod config;
 pub mod prepare;
 pub mod task;
 
@@ -62,8 +63,14 @@ pub fn tokenizer_json() -> serde_json::Value {
 }
 
 /// A decoder of the openPangu architecture (q/k/v/o biases, GQA, tied
-/// embeddings) sized for the task.
-pub fn model_config(hidden: usize, layers: usize, heads: usize, kv_heads: usize) -> ModelConfig {
+/// embeddings) sized for the task, holding `max_positions` tokens.
+pub fn model_config(
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    max_positions: usize,
+) -> ModelConfig {
     let json = json!({
         "architectures": ["PanguEmbeddedForCausalLM"],
         "model_type": "PanguEmbedded",
@@ -73,7 +80,7 @@ pub fn model_config(hidden: usize, layers: usize, heads: usize, kv_heads: usize)
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "max_position_embeddings": 128,
+        "max_position_embeddings": max_positions,
         "rope_theta": 10000.0,
         "rms_norm_eps": 1e-5,
         "bias": true,
@@ -93,9 +100,9 @@ mod tests {
     #[test]
     fn tokenizer_round_trips_task_text() {
         let tok = tokenizer().unwrap();
-        let p = task::problems(20, 1);
-        for prob in &p {
-            let text = format!("{}{}", prob.prompt(), prob.response());
+        let spec = task::TaskSpec::default();
+        for prob in &spec.problems(20, 1) {
+            let text = format!("{}{}", spec.prompt(prob), prob.response());
             let ids = tok.encode(&text).unwrap();
             assert_eq!(ids.len(), text.chars().count());
             assert!(

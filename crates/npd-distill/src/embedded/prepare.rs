@@ -15,7 +15,8 @@ use npd_core::traits::Learner;
 use npd_core::{PromptId, Result, SampleId, TokenId, TrainSample};
 use npd_pack::{PackOptions, pack_pool};
 
-use crate::embedded::task::{self, Problem};
+use crate::embedded::config::{EmbeddedConfig, WarmStart};
+use crate::embedded::task::{self, Problem, TaskKind, TaskSpec};
 use crate::embedded::{self as emb};
 use npd_train::checkpoint::save_pretrained;
 use npd_train::config::ModelConfig;
@@ -58,9 +59,96 @@ pub struct Setup {
     pub repair_fraction: f64,
     /// Seed of data and initialisation.
     pub seed: u64,
+    /// Which task.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// Fewest ops in a prompt.
+    #[serde(default = "default_min_steps")]
+    pub min_steps: usize,
+    /// Most ops in a prompt.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: usize,
+    /// When the warm start stops (`warm_start_steps` is then the most).
+    #[serde(default)]
+    pub warm_start_stop: WarmStart,
+    /// Plateau rule: `(steps between checks, checks without a gain,
+    /// smallest gain)` on the validation prompts.
+    #[serde(default = "default_plateau")]
+    pub plateau: (u64, u64, f64),
+    /// Validation prompts (drawn apart from the training and held-out
+    /// ones) for the plateau rule.
+    #[serde(default = "default_validation_prompts")]
+    pub validation_prompts: usize,
+}
+
+fn default_min_steps() -> usize {
+    TaskSpec::default().min_steps
+}
+
+fn default_max_steps() -> usize {
+    TaskSpec::default().max_steps
+}
+
+fn default_plateau() -> (u64, u64, f64) {
+    let c = EmbeddedConfig::default();
+    (c.plateau_every, c.plateau_patience, c.plateau_min_gain)
+}
+
+fn default_validation_prompts() -> usize {
+    256
 }
 
 impl Setup {
+    /// The default sizes and budgets with the `[embedded]` section's task,
+    /// student and warm-start rule.
+    pub fn from_config(c: &EmbeddedConfig) -> Self {
+        let [hidden, layers] = c.student;
+        let heads = (hidden / 16).max(1);
+        Self {
+            student: (hidden, layers, heads, (heads / 2).max(1)),
+            teacher_target: c.teacher_target(),
+            warm_start_steps: c.warm_start_steps,
+            task: c.task,
+            min_steps: c.min_steps,
+            max_steps: c.max_steps,
+            warm_start_stop: c.warm_start,
+            plateau: (c.plateau_every, c.plateau_patience, c.plateau_min_gain),
+            ..Self::default()
+        }
+    }
+
+    /// The task.
+    pub fn task_spec(&self) -> TaskSpec {
+        TaskSpec {
+            kind: self.task,
+            min_steps: self.min_steps,
+            max_steps: self.max_steps,
+        }
+    }
+
+    /// Positions the models hold: prompt, response and a repaired value,
+    /// rounded up to 64 (at least 128).
+    pub fn max_positions(&self) -> usize {
+        let t = self.task_spec();
+        (1 + t.prompt_width() + t.response_budget() + 3)
+            .next_multiple_of(64)
+            .max(128)
+    }
+
+    /// The small budget of `--quick`: fewer prompts and steps, smaller
+    /// models.
+    pub fn quick(mut self) -> Self {
+        self.teacher_steps = 60;
+        self.warm_start_steps = self.warm_start_steps.min(20);
+        self.train_prompts = 400;
+        self.eval_prompts = 64;
+        self.validation_prompts = 64;
+        self.teacher = (64, 2, 4, 2);
+        self.student = (32, 1, 2, 1);
+        self.plateau.0 = self.plateau.0.min(5);
+        self
+    }
+
     /// The same model widths with attention heads of `head_dim` (vLLM's CPU
     /// attention supports 32, 64, 80, 96, 112, 128 and more, not the
     /// default's 16 and 24), half as many key-value heads (one when the
@@ -92,6 +180,12 @@ impl Default for Setup {
             eval_prompts: 500,
             repair_fraction: 0.15,
             seed: 0,
+            task: TaskKind::Chain,
+            min_steps: default_min_steps(),
+            max_steps: default_max_steps(),
+            warm_start_stop: WarmStart::Steps,
+            plateau: default_plateau(),
+            validation_prompts: default_validation_prompts(),
         }
     }
 }
@@ -112,6 +206,10 @@ pub struct Prepared {
     pub warm_start: Weights,
     /// Its held-out accuracy.
     pub warm_start_accuracy: f64,
+    /// How its warm start went, when known.
+    pub warm_start_record: Option<WarmStartRecord>,
+    /// Steps the teacher trained.
+    pub teacher_steps: u64,
     /// Training prompts.
     pub train: Vec<Example>,
     /// Held-out prompts.
@@ -125,31 +223,45 @@ pub struct Prepared {
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     setup: Setup,
-    teacher_accuracy: f64,
-    teacher_steps: u64,
-    warm_start_accuracy: f64,
+    accuracy: f64,
+    steps: u64,
+    #[serde(default)]
+    warm_start: Option<WarmStartRecord>,
+}
+
+/// How the warm start went: steps taken and the validation checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmStartRecord {
+    /// Steps taken.
+    pub steps: u64,
+    /// `(step, validation accuracy)` of each plateau check (empty for a
+    /// fixed number of steps).
+    pub validation: Vec<(u64, f64)>,
+    /// The plateau rule stopped it (rather than the step limit).
+    pub plateaued: bool,
 }
 
 /// Progress callback: `(stage, done, total)`; an error (for example
 /// [`npd_core::Error::Interrupted`]) stops the preparation after that step.
 pub type Progress<'a> = dyn FnMut(&str, u64, u64) -> Result<()> + 'a;
 
-fn prompt_ids(tok: &Tokenizer, p: &Problem) -> Result<Vec<TokenId>> {
+fn prompt_ids(tok: &Tokenizer, spec: &TaskSpec, p: &Problem) -> Result<Vec<TokenId>> {
     let mut ids = vec![emb::BOS_ID];
-    ids.extend(tok.encode(&p.prompt())?);
+    ids.extend(tok.encode(&spec.prompt(p))?);
     Ok(ids)
 }
 
-/// A training sample of the reference response; with `repair`, step
-/// `repair.0` first shows the wrong value `repair.1` and `!`, the wrong
-/// digits weighted 0.
+/// A training sample answering `prompt` with the steps in `p`'s order (a
+/// reordering of `prompt`'s steps for [`TaskKind::Orders`]); with
+/// `repair`, step `repair.0` first shows the wrong value `repair.1` and
+/// `!`, the wrong digits weighted 0.
 fn reference_sample(
     tok: &Tokenizer,
     id: u64,
+    prompt: Vec<TokenId>,
     p: &Problem,
     repair: Option<(usize, u32)>,
 ) -> Result<TrainSample> {
-    let prompt = prompt_ids(tok, p)?;
     let values = p.values();
     let mut text = String::new();
     let mut masked = Vec::new();
@@ -215,6 +327,7 @@ fn train_on_references(
     progress: &mut Progress<'_>,
 ) -> Result<(Llama, u64)> {
     let (problems, tok) = data;
+    let spec = setup.task_spec();
     let Phase {
         stage,
         steps,
@@ -240,8 +353,8 @@ fn train_on_references(
         let batch: Vec<Problem> = (0..setup.batch)
             .map(|j| match fresh {
                 Some(held_out) => loop {
-                    let p = Problem::random(&mut stream);
-                    if !held_out.contains(&p.prompt()) {
+                    let p = spec.random(&mut stream);
+                    if !held_out.contains(&spec.prompt(&p)) {
                         break p;
                     }
                 },
@@ -255,13 +368,13 @@ fn train_on_references(
                 let r = step as usize * setup.batch + j;
                 let fix = (rng.random::<f64>() < repair).then(|| {
                     let at = rng.random_range(0..p.ops.len());
-                    let right = p.values()[at];
-                    (
-                        at,
-                        (right + rng.random_range(1..task::MODULUS)) % task::MODULUS,
-                    )
+                    (at, rng.random_range(1..task::MODULUS))
                 });
-                reference_sample(tok, r as u64, p, fix)
+                let prompt = prompt_ids(tok, &spec, p)?;
+                let ordered = spec.reference_order(p, &mut rng);
+                // The wrong value is off the right one of the order taken.
+                let fix = fix.map(|(at, off)| (at, (ordered.values()[at] + off) % task::MODULUS));
+                reference_sample(tok, r as u64, prompt, &ordered, fix)
             })
             .collect::<Result<Vec<_>>>()?;
         let rows = pack_pool(samples, &PackOptions::new(512))?;
@@ -275,7 +388,59 @@ fn train_on_references(
     Ok((trainer.into_model(), done))
 }
 
-/// Prepares (or loads from `dir`) the embedded default.
+/// What the teacher depends on: everything but the student's shape and
+/// warm start, so regimes that differ only there share a teacher.
+fn teacher_part(s: &Setup) -> Setup {
+    let d = Setup::default();
+    Setup {
+        student: (0, 0, 0, 0),
+        warm_start_steps: 0,
+        warm_start_lr: 0.0,
+        warm_start_stop: d.warm_start_stop,
+        plateau: d.plateau,
+        validation_prompts: d.validation_prompts,
+        ..s.clone()
+    }
+}
+
+/// A stable 64-bit hash (FNV-1a) of a setup's JSON.
+fn hash(s: &Setup) -> String {
+    let json = serde_json::to_string(s).expect("serialisable");
+    let h = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+impl Setup {
+    /// The cache folder of this setup's teacher, under the cache root:
+    /// `v4-<task>-<hash of what the teacher depends on>`. Its warm starts
+    /// live inside it, one folder per warm-start setup.
+    pub fn cache_name(&self) -> String {
+        format!("v4-{}-{}", self.task.name(), hash(&teacher_part(self)))
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn write_meta<T: Serialize>(path: &Path, meta: &T) -> Result<()> {
+    // Written last: it marks the folder's contents complete.
+    npd_core::fs::write_atomic(
+        path,
+        serde_json::to_string_pretty(meta)
+            .expect("serialisable")
+            .as_bytes(),
+    )
+}
+
+/// Prepares (or loads from `dir`, see [`Setup::cache_name`]) the embedded
+/// default: the teacher in `teacher/` (complete once `teacher.json` is
+/// written), the warm start in `warm-start-<hash>/` (complete once
+/// `warm-start-<hash>.json` is written).
 pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result<Prepared> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -283,15 +448,20 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tok = emb::tokenizer()?;
-    let problems = task::problems(setup.train_prompts + setup.eval_prompts, setup.seed);
-    let (train_p, eval_p) = problems.split_at(setup.train_prompts);
+    let spec = setup.task_spec();
+    let problems = spec.problems(
+        setup.train_prompts + setup.eval_prompts + setup.validation_prompts,
+        setup.seed,
+    );
+    let (train_p, rest) = problems.split_at(setup.train_prompts);
+    let (eval_p, validation_p) = rest.split_at(setup.eval_prompts);
     let to_examples = |ps: &[Problem], offset: u64| -> Result<Vec<Example>> {
         ps.iter()
             .enumerate()
             .map(|(i, p)| {
                 Ok(Example {
                     id: PromptId(offset + i as u64),
-                    prompt: prompt_ids(&tok, p)?,
+                    prompt: prompt_ids(&tok, &spec, p)?,
                     answer: Some(format!("{:02}", p.answer())),
                 })
             })
@@ -299,141 +469,143 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     };
     let train = to_examples(train_p, 0)?;
     let eval = to_examples(eval_p, setup.train_prompts as u64)?;
-    let held_out: HashSet<String> = eval_p.iter().map(Problem::prompt).collect();
+    let validation = to_examples(
+        validation_p,
+        (setup.train_prompts + setup.eval_prompts) as u64,
+    )?;
+    let held_out: HashSet<String> = eval_p.iter().map(|p| spec.prompt(p)).collect();
     let answer = answer_fn(&tok);
     let stop = [emb::EOS_ID];
-    let acc = |m: &Llama| accuracy(m, &eval, &answer, 48, &stop);
-    // Early stopping looks at a slice of the held-out set; reported
-    // accuracies use all of it.
+    let budget = spec.response_budget();
+    let acc = |m: &Llama, on: &[Example]| accuracy(m, on, &answer, budget, &stop);
+    // The teacher's early stop looks at a slice of the held-out set;
+    // reported accuracies use all of it.
     let probe = &eval[..eval.len().min(128)];
-    let quick_acc = |m: &Llama| accuracy(m, probe, &answer, 48, &stop);
 
-    let meta_path = dir.join("meta.json");
-    let old: Option<Meta> = std::fs::read_to_string(&meta_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    // The teacher depends on everything but the student's shape and
-    // warm-start budget, so changing those keeps the cached teacher.
-    let teacher_part = |s: &Setup| Setup {
-        student: (0, 0, 0, 0),
-        warm_start_steps: 0,
-        warm_start_lr: 0.0,
-        ..s.clone()
-    };
-    let same_teacher = old
-        .as_ref()
-        .is_some_and(|m| teacher_part(&m.setup) == teacher_part(setup));
-    let same_warm = same_teacher && old.as_ref().is_some_and(|m| m.setup == *setup);
-    if !same_warm {
-        // Whatever is retrained below, the folder is incomplete until the
-        // new meta.json is written.
-        let _ = std::fs::remove_file(&meta_path);
-    }
+    let teacher_meta = dir.join("teacher.json");
     let mut trained = Vec::new();
     let clock = Instant::now();
-    let (teacher, teacher_accuracy, teacher_steps) = match (&old, same_teacher) {
-        (Some(m), true) => (
-            Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
-            m.teacher_accuracy,
-            m.teacher_steps,
-        ),
-        _ => {
-            let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
-                ps.iter()
-                    .enumerate()
-                    .map(|(i, p)| PromptRecord {
-                        id: Some(offset + i as u64),
-                        prompt: Some(p.prompt()),
-                        messages: None,
-                        answer: Some(format!("{:02}", p.answer())),
-                        response: Some(p.response()),
-                    })
-                    .collect()
-            };
-            write_records(&dir.join("prompts-train.jsonl"), &records(train_p, 0))?;
-            write_records(
-                &dir.join("prompts-eval.jsonl"),
-                &records(eval_p, setup.train_prompts as u64),
-            )?;
-            tok.save(&dir.join("tokenizer.json"))?;
-            let (h, l, nh, kv) = setup.teacher;
-            let mut teacher = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
-            teacher.init_random(setup.seed, 0.02);
-            let phase = Phase {
-                stage: "teacher",
-                steps: setup.teacher_steps,
-                lr: setup.teacher_lr,
-                repair: setup.repair_fraction,
-                fresh: Some(&held_out),
-            };
-            let (teacher, steps) = train_on_references(
-                teacher,
-                setup,
-                (train_p, &tok),
-                phase,
-                |m, step| {
-                    if step % 100 == 0 && step < setup.teacher_steps {
-                        return Ok(quick_acc(m)? >= setup.teacher_target + 0.02);
-                    }
-                    Ok(false)
-                },
-                progress,
-            )?;
-            save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
-            tok.save(&dir.join("teacher").join("tokenizer.json"))?;
-            let a = acc(&teacher)?;
-            trained.push(("teacher", steps, clock.elapsed().as_secs_f64()));
-            (teacher, a, steps)
-        }
-    };
+    let (teacher, teacher_accuracy, teacher_steps) =
+        match read_meta::<Meta>(&teacher_meta).filter(|m| m.setup == teacher_part(setup)) {
+            Some(m) => (
+                Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
+                m.accuracy,
+                m.steps,
+            ),
+            None => {
+                let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
+                    ps.iter()
+                        .enumerate()
+                        .map(|(i, p)| PromptRecord {
+                            id: Some(offset + i as u64),
+                            prompt: Some(spec.prompt(p)),
+                            messages: None,
+                            answer: Some(format!("{:02}", p.answer())),
+                            response: Some(p.response()),
+                        })
+                        .collect()
+                };
+                write_records(&dir.join("prompts-train.jsonl"), &records(train_p, 0))?;
+                write_records(
+                    &dir.join("prompts-eval.jsonl"),
+                    &records(eval_p, setup.train_prompts as u64),
+                )?;
+                tok.save(&dir.join("tokenizer.json"))?;
+                let (h, l, nh, kv) = setup.teacher;
+                let config = emb::model_config(h, l, nh, kv, setup.max_positions());
+                let mut teacher = Llama::new(config, Device::Cpu);
+                teacher.init_random(setup.seed, 0.02);
+                let phase = Phase {
+                    stage: "teacher",
+                    steps: setup.teacher_steps,
+                    lr: setup.teacher_lr,
+                    repair: setup.repair_fraction,
+                    fresh: Some(&held_out),
+                };
+                let (teacher, steps) = train_on_references(
+                    teacher,
+                    setup,
+                    (train_p, &tok),
+                    phase,
+                    |m, step| {
+                        if step % 100 == 0 && step < setup.teacher_steps {
+                            return Ok(acc(m, probe)? >= setup.teacher_target + 0.02);
+                        }
+                        Ok(false)
+                    },
+                    progress,
+                )?;
+                save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
+                tok.save(&dir.join("teacher").join("tokenizer.json"))?;
+                let a = acc(&teacher, &eval)?;
+                trained.push(("teacher", steps, clock.elapsed().as_secs_f64()));
+                let meta = Meta {
+                    setup: teacher_part(setup),
+                    accuracy: a,
+                    steps,
+                    warm_start: None,
+                };
+                write_meta(&teacher_meta, &meta)?;
+                (teacher, a, steps)
+            }
+        };
     let clock = Instant::now();
-    let (warm, warm_start_accuracy) = match (&old, same_warm) {
-        (Some(m), true) => (
-            Llama::load(&dir.join("student-warm-start"), Device::Cpu, Kind::Float)?,
-            m.warm_start_accuracy,
-        ),
-        _ => {
-            let (h, l, nh, kv) = setup.student;
-            let mut student = Llama::new(emb::model_config(h, l, nh, kv), Device::Cpu);
-            student.init_random(setup.seed + 1, 0.02);
-            let phase = Phase {
-                stage: "student warm start",
-                steps: setup.warm_start_steps,
-                lr: setup.warm_start_lr,
-                repair: 0.0,
-                fresh: None,
-            };
-            let (warm, _) = train_on_references(
-                student,
-                setup,
-                (train_p, &tok),
-                phase,
-                |_, _| Ok(false),
-                progress,
-            )?;
-            save_pretrained(&warm, &dir.join("student-warm-start"), None, usize::MAX)?;
-            tok.save(&dir.join("student-warm-start").join("tokenizer.json"))?;
-            let a = acc(&warm)?;
-            let seconds = clock.elapsed().as_secs_f64();
-            trained.push(("student warm start", setup.warm_start_steps, seconds));
-            (warm, a)
-        }
-    };
-    let meta = Meta {
-        setup: setup.clone(),
-        teacher_accuracy,
-        teacher_steps,
-        warm_start_accuracy,
-    };
-    if !same_warm {
-        // Written last: it marks the folder's contents complete.
-        npd_core::fs::write_atomic(
-            &meta_path,
-            serde_json::to_string_pretty(&meta)
-                .expect("serialisable")
-                .as_bytes(),
-        )?;
-    }
+    let warm_dir = dir.join(format!("warm-start-{}", hash(setup)));
+    let warm_meta = dir.join(format!("warm-start-{}.json", hash(setup)));
+    let (warm, warm_start_accuracy, record) =
+        match read_meta::<Meta>(&warm_meta).filter(|m| m.setup == *setup) {
+            Some(m) => (
+                Llama::load(&warm_dir, Device::Cpu, Kind::Float)?,
+                m.accuracy,
+                m.warm_start,
+            ),
+            None => {
+                let (h, l, nh, kv) = setup.student;
+                let config = emb::model_config(h, l, nh, kv, setup.max_positions());
+                let mut student = Llama::new(config, Device::Cpu);
+                student.init_random(setup.seed + 1, 0.02);
+                let phase = Phase {
+                    stage: "student warm start",
+                    steps: setup.warm_start_steps,
+                    lr: setup.warm_start_lr,
+                    repair: 0.0,
+                    fresh: None,
+                };
+                let mut plateau = Plateau::new(setup.plateau);
+                let (warm, steps) = train_on_references(
+                    student,
+                    setup,
+                    (train_p, &tok),
+                    phase,
+                    |m, step| match setup.warm_start_stop {
+                        WarmStart::Steps => Ok(false),
+                        WarmStart::Plateau if step % setup.plateau.0 == 0 => {
+                            Ok(plateau.check(step, acc(m, &validation)?))
+                        }
+                        WarmStart::Plateau => Ok(false),
+                    },
+                    progress,
+                )?;
+                save_pretrained(&warm, &warm_dir, None, usize::MAX)?;
+                tok.save(&warm_dir.join("tokenizer.json"))?;
+                let a = acc(&warm, &eval)?;
+                let seconds = clock.elapsed().as_secs_f64();
+                trained.push(("student warm start", steps, seconds));
+                let record = WarmStartRecord {
+                    steps,
+                    plateaued: plateau.stopped,
+                    validation: plateau.checks,
+                };
+                let meta = Meta {
+                    setup: setup.clone(),
+                    accuracy: a,
+                    steps,
+                    warm_start: Some(record.clone()),
+                };
+                write_meta(&warm_meta, &meta)?;
+                (warm, a, Some(record))
+            }
+        };
     let student = warm.config().clone();
     let warm_start = warm.named_parameters();
     drop(answer);
@@ -441,12 +613,92 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
         dir: dir.to_path_buf(),
         tokenizer: tok,
         teacher,
-        teacher_accuracy: meta.teacher_accuracy,
+        teacher_accuracy,
+        teacher_steps,
         student,
         warm_start,
-        warm_start_accuracy: meta.warm_start_accuracy,
+        warm_start_accuracy,
+        warm_start_record: record,
         train,
         eval,
         trained,
     })
+}
+
+/// The plateau rule: stop once `patience` checks in a row gained less than
+/// `min_gain` over the best check before them.
+struct Plateau {
+    patience: u64,
+    min_gain: f64,
+    best: f64,
+    since_best: u64,
+    checks: Vec<(u64, f64)>,
+    stopped: bool,
+}
+
+impl Plateau {
+    fn new((_, patience, min_gain): (u64, u64, f64)) -> Self {
+        Self {
+            patience,
+            min_gain,
+            best: f64::NEG_INFINITY,
+            since_best: 0,
+            checks: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Records a check; true when the warm start should stop.
+    fn check(&mut self, step: u64, accuracy: f64) -> bool {
+        self.checks.push((step, accuracy));
+        if accuracy >= self.best + self.min_gain {
+            self.best = accuracy;
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+        }
+        self.stopped = self.since_best >= self.patience;
+        self.stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plateau_rule_waits_for_patience_checks_without_a_gain() {
+        let mut p = Plateau::new((100, 3, 0.01));
+        let seq = [0.2, 0.4, 0.5, 0.505, 0.52, 0.515, 0.51, 0.525];
+        let stops: Vec<bool> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| p.check(100 * (i as u64 + 1), a))
+            .collect();
+        // 0.505 is no gain over 0.5; 0.52 is; then 0.515, 0.51, 0.525 are
+        // three checks within 0.01 of 0.52.
+        assert_eq!(
+            stops,
+            [false, false, false, false, false, false, false, true]
+        );
+        assert_eq!(p.checks.len(), 8);
+    }
+
+    #[test]
+    fn setups_that_share_a_teacher_share_its_cache_folder() {
+        let a = Setup::default();
+        let b = Setup {
+            warm_start_stop: WarmStart::Plateau,
+            student: (32, 1, 2, 1),
+            ..a.clone()
+        };
+        let c = Setup {
+            task: TaskKind::Orders,
+            ..a.clone()
+        };
+        assert_eq!(a.cache_name(), b.cache_name());
+        assert_ne!(hash(&a), hash(&b));
+        assert_ne!(a.cache_name(), c.cache_name());
+        assert!(c.cache_name().starts_with("v4-orders-"));
+    }
 }

@@ -1,22 +1,145 @@
-//! The embedded task: evaluate a chain of operations modulo 47, writing
-//! every intermediate value.
+//! The embedded tasks: evaluate operations modulo 47, writing every
+//! intermediate value.
 //!
 //! A prompt is `r0 op1 d1 op2 d2 ... =`, with `r0` in 0..47 written with two
-//! digits and each op `+d`, `-d` (d in 0..=9) or `*d` (d in 1..=9), 3 to 8
-//! steps, left-padded with spaces to a fixed width. The response writes
-//! each step as the op, its digit and the running value (two digits), comma
-//! separated, then `#` and the final value: `37*3-9-9+9 =` is answered by
-//! `*317,-908,-946,+908#08`. Every op is a bijection modulo 47, so one wrong
-//! intermediate value makes the final answer wrong.
+//! digits and each op `+d`, `-d` (d in 0..=9) or `*d` (d in 1..=9),
+//! left-padded with spaces to a fixed width. The response writes each step
+//! as the op, its digit and the running value (two digits), comma
+//! separated, then `#` and the final value. Every op is a bijection modulo
+//! 47, so one wrong intermediate value makes the final answer wrong.
+//!
+//! - [`TaskKind::Chain`]: the ops apply in the written order, so each prompt
+//!   has exactly one correct response: `37*3-9-9+9 =` is answered by
+//!   `*317,-908,-946,+908#08`.
+//! - [`TaskKind::Orders`]: only `+d` and `-d`, which commute, so the steps
+//!   may be taken in any order: `37+3-9-9+9 =` is answered by
+//!   `+340,-931,-922,+931#31` or `-928,+937,+340,-931#31` or any of the
+//!   other orders. The teacher learns from random orders, so its
+//!   next-token distribution spreads over the ops not yet used.
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The modulus.
 pub const MODULUS: u32 = 47;
-/// Width the prompt is padded to (the longest chain plus `=`).
-pub const PROMPT_WIDTH: usize = 2 + 8 * 2 + 1;
+
+/// Which task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Ops in the written order: one correct response per prompt.
+    #[default]
+    Chain,
+    /// Commuting ops in any order: many correct responses per prompt.
+    Orders,
+}
+
+impl TaskKind {
+    /// Its name in configuration files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Chain => "chain",
+            TaskKind::Orders => "orders",
+        }
+    }
+}
+
+/// A task and its chain lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// Which task.
+    pub kind: TaskKind,
+    /// Fewest ops in a prompt.
+    pub min_steps: usize,
+    /// Most ops in a prompt.
+    pub max_steps: usize,
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        Self {
+            kind: TaskKind::Chain,
+            min_steps: 3,
+            max_steps: 8,
+        }
+    }
+}
+
+impl TaskSpec {
+    /// Width the prompt is padded to (the longest chain plus `=`).
+    pub fn prompt_width(&self) -> usize {
+        2 + 2 * self.max_steps + 1
+    }
+
+    /// Most response tokens, end-of-sequence included: five per step
+    /// (op, digit, two-digit value, comma or `#`), the final value and the
+    /// end.
+    pub fn response_budget(&self) -> usize {
+        5 * self.max_steps + 3
+    }
+
+    /// A random problem.
+    pub fn random(&self, rng: &mut StdRng) -> Problem {
+        let steps = rng.random_range(self.min_steps..=self.max_steps);
+        let ops = (0..steps)
+            .map(|_| match (self.kind, rng.random_range(0..3)) {
+                (TaskKind::Chain, 0) => ('+', rng.random_range(0..=9)),
+                (TaskKind::Chain, 1) => ('-', rng.random_range(0..=9)),
+                (TaskKind::Chain, _) => ('*', rng.random_range(1..=9)),
+                (TaskKind::Orders, k) => {
+                    (if k % 2 == 0 { '+' } else { '-' }, rng.random_range(1..=9))
+                }
+            })
+            .collect();
+        Problem {
+            start: rng.random_range(0..MODULUS),
+            ops,
+        }
+    }
+
+    /// The prompt text of `p`, padded to [`TaskSpec::prompt_width`].
+    pub fn prompt(&self, p: &Problem) -> String {
+        let mut s = format!("{:02}", p.start);
+        for (op, d) in &p.ops {
+            s.push(*op);
+            s.push(char::from_digit(*d, 10).expect("a digit"));
+        }
+        format!("{s:<w$}=", w = self.prompt_width() - 1)
+    }
+
+    /// The order in which a reference response takes `p`'s steps: as
+    /// written for [`TaskKind::Chain`], a random order for
+    /// [`TaskKind::Orders`].
+    pub fn reference_order(&self, p: &Problem, rng: &mut StdRng) -> Problem {
+        let mut q = p.clone();
+        if self.kind == TaskKind::Orders {
+            q.ops.shuffle(rng);
+        }
+        q
+    }
+
+    /// `n` seeded problems.
+    pub fn problems(&self, n: usize, seed: u64) -> Vec<Problem> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| self.random(&mut rng)).collect()
+    }
+
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            TaskKind::Chain => format!(
+                "chains of {} to {} operations modulo 47, applied in the written order (one correct response per prompt)",
+                self.min_steps, self.max_steps
+            ),
+            TaskKind::Orders => format!(
+                "{} to {} additions and subtractions modulo 47, taken in any order (many correct responses per prompt; the teacher learns from random orders)",
+                self.min_steps, self.max_steps
+            ),
+        }
+    }
+}
 
 /// One problem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,23 +151,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A random problem with 3 to 8 steps.
-    pub fn random(rng: &mut StdRng) -> Self {
-        let steps = rng.random_range(3..=8);
-        let ops = (0..steps)
-            .map(|_| match rng.random_range(0..3) {
-                0 => ('+', rng.random_range(0..=9)),
-                1 => ('-', rng.random_range(0..=9)),
-                _ => ('*', rng.random_range(1..=9)),
-            })
-            .collect();
-        Self {
-            start: rng.random_range(0..MODULUS),
-            ops,
-        }
-    }
-
-    /// The running values after each op.
+    /// The running values after each op, in the written order.
     pub fn values(&self) -> Vec<u32> {
         let mut v = self.start;
         self.ops
@@ -65,17 +172,7 @@ impl Problem {
         *self.values().last().expect("at least one op")
     }
 
-    /// The prompt text, padded to [`PROMPT_WIDTH`].
-    pub fn prompt(&self) -> String {
-        let mut s = format!("{:02}", self.start);
-        for (op, d) in &self.ops {
-            s.push(*op);
-            s.push(char::from_digit(*d, 10).expect("a digit"));
-        }
-        format!("{s:<w$}=", w = PROMPT_WIDTH - 1)
-    }
-
-    /// The reference response.
+    /// The response taking the steps in the written order.
     pub fn response(&self) -> String {
         let steps: Vec<String> = self
             .ops
@@ -99,25 +196,20 @@ pub fn final_answer(response: &str) -> Option<u32> {
     }
 }
 
-/// `n` seeded problems.
-pub fn problems(n: usize, seed: u64) -> Vec<Problem> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| Problem::random(&mut rng)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn worked_example() {
+        let spec = TaskSpec::default();
         let p = Problem {
             start: 37,
             ops: vec![('*', 3), ('-', 9), ('-', 9), ('+', 9)],
         };
         assert_eq!(p.response(), "*317,-908,-946,+908#08");
-        assert_eq!(p.prompt(), "37*3-9-9+9        =");
-        assert_eq!(p.prompt().len(), PROMPT_WIDTH);
+        assert_eq!(spec.prompt(&p), "37*3-9-9+9        =");
+        assert_eq!(spec.prompt(&p).len(), spec.prompt_width());
         assert_eq!(final_answer(&p.response()), Some(8));
         assert_eq!(final_answer("*317,-9"), None);
         assert_eq!(final_answer("#4"), None);
@@ -125,13 +217,51 @@ mod tests {
 
     #[test]
     fn problems_are_seeded_and_within_limits() {
-        let a = problems(200, 3);
-        assert_eq!(a, problems(200, 3));
-        assert_ne!(a, problems(200, 4));
-        for p in &a {
-            assert!((3..=8).contains(&p.ops.len()) && p.start < MODULUS);
-            assert!(p.ops.iter().all(|&(op, d)| d <= 9 && (op != '*' || d >= 1)));
-            assert_eq!(p.prompt().len(), PROMPT_WIDTH);
+        for (kind, min, max) in [(TaskKind::Chain, 3, 8), (TaskKind::Orders, 20, 30)] {
+            let spec = TaskSpec {
+                kind,
+                min_steps: min,
+                max_steps: max,
+            };
+            let a = spec.problems(200, 3);
+            assert_eq!(a, spec.problems(200, 3));
+            assert_ne!(a, spec.problems(200, 4));
+            for p in &a {
+                assert!((min..=max).contains(&p.ops.len()) && p.start < MODULUS);
+                assert!(p.ops.iter().all(|&(op, d)| d <= 9 && (op != '*' || d >= 1)));
+                assert_eq!(spec.prompt(p).len(), spec.prompt_width());
+                assert!(p.response().len() < spec.response_budget());
+                if kind == TaskKind::Orders {
+                    assert!(p.ops.iter().all(|&(op, _)| op != '*'));
+                }
+            }
         }
+    }
+
+    #[test]
+    fn every_order_of_an_orders_problem_has_the_same_answer() {
+        let spec = TaskSpec {
+            kind: TaskKind::Orders,
+            ..TaskSpec::default()
+        };
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut responses = std::collections::HashSet::new();
+        for p in spec.problems(50, 9) {
+            for _ in 0..6 {
+                let q = spec.reference_order(&p, &mut rng);
+                assert_eq!(q.answer(), p.answer());
+                let mut sorted = q.ops.clone();
+                sorted.sort_unstable();
+                let mut original = p.ops.clone();
+                original.sort_unstable();
+                assert_eq!(sorted, original);
+                responses.insert(q.response());
+            }
+        }
+        // Orders differ: many distinct responses per prompt.
+        assert!(responses.len() > 150, "{}", responses.len());
+        let chain = TaskSpec::default();
+        let p = chain.problems(1, 2).remove(0);
+        assert_eq!(chain.reference_order(&p, &mut rng), p);
     }
 }
