@@ -4,10 +4,16 @@ use std::path::{Path, PathBuf};
 
 /// The built `distill_openpangu` example beside this test binary:
 /// target/<profile>/deps/<test> → target/<profile>/examples/<example>.
+#[allow(dead_code)]
 pub fn example() -> PathBuf {
+    example_named("distill_openpangu")
+}
+
+/// The built example `name` beside this test binary.
+pub fn example_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join("distill_openpangu")
+    dir.join("examples").join(name)
 }
 
 /// An empty scratch path, unique to this test process, named `what`.

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod run_dir;
 pub mod servers;
 pub mod signals;
+pub mod study;
 mod summary;
 
 use std::io::Write;

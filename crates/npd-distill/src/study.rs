@@ -1,0 +1,685 @@
+//! A reproduction study: a grid of regimes (task, warm start, student size,
+//! loss, temperature, Δ-IFD on or off, refresh interval K) from a TOML
+//! file, each regime run by [`distill`](crate::distill) with every method
+//! and seed, and one table of held-out accuracy (mean and spread over the
+//! seeds) and wall-clock per regime.
+//!
+//! Each run has its own folder under `<out>/runs/`, so a study goes on
+//! where it stopped: finished runs are read back from their `report.json`,
+//! an unfinished one continues from its checkpoints, and the rest start.
+//! `study.md` and `study.json` are rewritten after every run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use npd_core::config::LossKind;
+use npd_pipeline::Method;
+
+use crate::embedded::config::WarmStart;
+use crate::embedded::task::TaskKind;
+use crate::{Control, Ended, Options};
+
+/// The study file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyFile {
+    /// What every regime runs.
+    pub study: StudySection,
+    /// Run-configuration keys every run starts from (any section of the
+    /// run configuration, e.g. `[base.train] steps = 200`).
+    #[serde(default)]
+    pub base: toml::Table,
+    /// The axes; each regime is one combination of their values. An axis
+    /// left out keeps the base (or default) value.
+    #[serde(default)]
+    pub grid: Grid,
+}
+
+/// `[study]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudySection {
+    /// Methods every regime runs (`sft`, `on-policy`, `npd`).
+    pub methods: Vec<String>,
+    /// Seeds per method (at least 1).
+    pub seeds: u64,
+    /// The `--quick` budget (for smoke tests of a grid).
+    #[serde(default)]
+    pub quick: bool,
+}
+
+/// `[grid]`: the values each axis takes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    /// `embedded.task`.
+    pub task: Option<Vec<TaskKind>>,
+    /// `embedded.warm_start`.
+    pub warm_start: Option<Vec<WarmStart>>,
+    /// `embedded.student` (`[hidden, layers]`).
+    pub student: Option<Vec<[usize; 2]>>,
+    /// `train.loss`.
+    pub loss: Option<Vec<LossKind>>,
+    /// `sampling.temperature`.
+    pub temperature: Option<Vec<f64>>,
+    /// `filter.enabled`: the first value runs every method; each other
+    /// value runs NPD alone (SFT and on-policy do not filter).
+    pub filter: Option<Vec<bool>>,
+    /// `rollout.refresh_every` (K).
+    pub refresh_every: Option<Vec<u64>>,
+}
+
+/// One run of the study: a regime with one filter setting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyRun {
+    /// Folder name under `<out>/runs/`, and the regime's label.
+    pub name: String,
+    /// The regime it belongs to (the name without the filter).
+    pub regime: String,
+    /// Axis values, in grid order, for the table.
+    pub axes: Vec<(&'static str, String)>,
+    /// Δ-IFD on.
+    pub filter: bool,
+    /// Methods it runs.
+    pub methods: Vec<Method>,
+    /// Its run configuration, as TOML.
+    pub config: String,
+}
+
+fn axis<T: Clone>(values: &Option<Vec<T>>) -> Vec<Option<T>> {
+    match values {
+        Some(v) => v.iter().cloned().map(Some).collect(),
+        None => vec![None],
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_string(), value);
+    }
+}
+
+fn value<T: Serialize>(v: &T) -> toml::Value {
+    toml::Value::try_from(v).expect("axis values serialise")
+}
+
+impl StudyFile {
+    /// Reads and checks a study file; errors name the file, and the key or
+    /// line.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses study TOML; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let file: StudyFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+        if file.study.seeds == 0 {
+            bail!("{origin}: `study.seeds` must be at least 1");
+        }
+        if file.study.methods.is_empty() {
+            bail!("{origin}: `study.methods` names no method (sft, on-policy, npd)");
+        }
+        for m in &file.study.methods {
+            if Method::from_slug(m).is_none() {
+                bail!("{origin}: `study.methods`: unknown method {m:?} (sft, on-policy, npd)");
+            }
+        }
+        let g = &file.grid;
+        let empty = [
+            ("task", g.task.as_ref().map(Vec::len)),
+            ("warm_start", g.warm_start.as_ref().map(Vec::len)),
+            ("student", g.student.as_ref().map(Vec::len)),
+            ("loss", g.loss.as_ref().map(Vec::len)),
+            ("temperature", g.temperature.as_ref().map(Vec::len)),
+            ("filter", g.filter.as_ref().map(Vec::len)),
+            ("refresh_every", g.refresh_every.as_ref().map(Vec::len)),
+        ];
+        if let Some((key, _)) = empty.iter().find(|(_, n)| *n == Some(0)) {
+            bail!("{origin}: `grid.{key}` is empty; give it a value or leave it out");
+        }
+        Ok(file)
+    }
+
+    /// The methods, in order.
+    pub fn methods(&self) -> Vec<Method> {
+        (self.study.methods.iter())
+            .filter_map(|m| Method::from_slug(m))
+            .collect()
+    }
+
+    /// Every run of the grid, regime by regime.
+    pub fn runs(&self) -> Vec<StudyRun> {
+        let g = &self.grid;
+        let methods = self.methods();
+        let filters = g.filter.clone().unwrap_or_else(|| vec![true]);
+        let mut runs = Vec::new();
+        for task in axis(&g.task) {
+            for warm in axis(&g.warm_start) {
+                for student in axis(&g.student) {
+                    for loss in axis(&g.loss) {
+                        for temperature in axis(&g.temperature) {
+                            for k in axis(&g.refresh_every) {
+                                let mut table = self.base.clone();
+                                let mut axes = Vec::new();
+                                let mut slug = Vec::new();
+                                if let Some(t) = task {
+                                    set(&mut table, "embedded", "task", value(&t));
+                                    axes.push(("task", t.name().to_string()));
+                                    slug.push(t.name().to_string());
+                                }
+                                if let Some(w) = warm {
+                                    set(&mut table, "embedded", "warm_start", value(&w));
+                                    axes.push(("warm start", w.name().to_string()));
+                                    slug.push(w.name().to_string());
+                                }
+                                if let Some([h, l]) = student {
+                                    set(&mut table, "embedded", "student", value(&[h, l]));
+                                    axes.push(("student", format!("{h}x{l}")));
+                                    slug.push(format!("{h}x{l}"));
+                                }
+                                if let Some(loss) = loss {
+                                    let name = value(&loss).as_str().unwrap_or("").to_string();
+                                    set(&mut table, "train", "loss", value(&loss));
+                                    axes.push(("loss", name.clone()));
+                                    slug.push(name);
+                                }
+                                if let Some(t) = temperature {
+                                    set(&mut table, "sampling", "temperature", value(&t));
+                                    axes.push(("T", format!("{t}")));
+                                    slug.push(format!("t{t}"));
+                                }
+                                if let Some(k) = k {
+                                    set(&mut table, "rollout", "refresh_every", value(&k));
+                                    axes.push(("K", k.to_string()));
+                                    slug.push(format!("k{k}"));
+                                }
+                                let regime = if slug.is_empty() {
+                                    "default".to_string()
+                                } else {
+                                    slug.join("-")
+                                };
+                                for (i, &filter) in filters.iter().enumerate() {
+                                    let mut table = table.clone();
+                                    set(&mut table, "filter", "enabled", value(&filter));
+                                    let methods: Vec<Method> = if i == 0 {
+                                        methods.clone()
+                                    } else {
+                                        (methods.iter().copied())
+                                            .filter(|m| *m == Method::NearPolicy)
+                                            .collect()
+                                    };
+                                    if methods.is_empty() {
+                                        continue;
+                                    }
+                                    let name = if filter {
+                                        regime.clone()
+                                    } else {
+                                        format!("{regime}-no-ifd")
+                                    };
+                                    runs.push(StudyRun {
+                                        name,
+                                        regime: regime.clone(),
+                                        axes: axes.clone(),
+                                        filter,
+                                        methods,
+                                        config: toml::to_string(&table)
+                                            .expect("a table serialises"),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        runs
+    }
+}
+
+/// One method's results in one run: accuracy and wall-clock per seed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Held-out accuracy per seed.
+    pub accuracy: Vec<f64>,
+    /// Wall-clock seconds per seed (evaluation excluded).
+    pub wall_s: Vec<f64>,
+}
+
+/// A finished run's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run's name.
+    pub name: String,
+    /// Its regime.
+    pub regime: String,
+    /// Axis values.
+    pub axes: Vec<(String, String)>,
+    /// Δ-IFD on.
+    pub filter: bool,
+    /// Teacher held-out accuracy.
+    pub teacher_accuracy: f64,
+    /// Warm-start held-out accuracy.
+    pub warm_start_accuracy: f64,
+    /// How the warm start stopped (the report's line).
+    pub warm_start: String,
+    /// Per method (its name, e.g. `NPD`).
+    pub methods: BTreeMap<String, Cell>,
+}
+
+/// Reads a finished run's `report.json`.
+fn read_result(run: &StudyRun, dir: &Path) -> Result<RunResult> {
+    let path = dir.join("report.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let number = |key: &str| report.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut methods: BTreeMap<String, Cell> = BTreeMap::new();
+    for o in report
+        .get("outcomes")
+        .and_then(|o| o.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let method: Method = serde_json::from_value(o.get("method").cloned().unwrap_or_default())
+            .with_context(|| format!("{}: an outcome's method", path.display()))?;
+        let cell = methods.entry(method.name().to_string()).or_default();
+        let get = |k: &str| o.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        cell.accuracy.push(get("accuracy"));
+        cell.wall_s.push(get("wall_s"));
+    }
+    let warm_start = report
+        .get("setup")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.starts_with("warm start:"))
+        .unwrap_or("")
+        .to_string();
+    Ok(RunResult {
+        name: run.name.clone(),
+        regime: run.regime.clone(),
+        axes: (run.axes.iter())
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        filter: run.filter,
+        teacher_accuracy: number("teacher_accuracy"),
+        warm_start_accuracy: number("warm_start_accuracy"),
+        warm_start,
+        methods,
+    })
+}
+
+/// Whether a run folder holds a finished run, an unfinished one, or none.
+fn state(dir: &Path) -> Result<Option<bool>> {
+    let path = dir.join("run.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+            let finished = v.get("finished").and_then(|f| f.as_bool()) == Some(true);
+            Ok(Some(finished && dir.join("report.json").exists()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
+/// How [`study`] ended.
+#[derive(Debug)]
+pub enum StudyEnd {
+    /// Every run finished; the table is written.
+    Finished {
+        /// `study.md`'s table.
+        table: String,
+        /// `study.md`.
+        path: PathBuf,
+    },
+    /// Ctrl-C stopped a run; the same command continues it.
+    Stopped(String),
+}
+
+/// Runs (or continues) the study of `file` into `out`; `cache` as
+/// [`Options::cache`].
+pub fn study(
+    file: &Path,
+    out: &Path,
+    cache: Option<PathBuf>,
+    control: &Control,
+) -> Result<StudyEnd> {
+    let grid = StudyFile::read(file)?;
+    let runs = grid.runs();
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let copy = out.join("study.toml");
+    match std::fs::read_to_string(&copy) {
+        Ok(was) if was != text => bail!(
+            "{} holds a study of another grid ({}); continue it with that file, or choose \
+             another --out",
+            out.display(),
+            copy.display()
+        ),
+        Ok(_) => {}
+        Err(_) => crate::run_dir::write(&copy, &text)?,
+    }
+    // Every run's configuration is checked before the first one starts.
+    let configs = out.join("configs");
+    std::fs::create_dir_all(&configs).with_context(|| configs.display().to_string())?;
+    let mut planned = Vec::new();
+    for run in &runs {
+        let path = configs.join(format!("{}.toml", run.name));
+        crate::run_dir::write(&path, &run.config)?;
+        let options = Options {
+            config: Some(path.clone()),
+            out: Some(out.join("runs").join(&run.name)),
+            methods: run.methods.clone(),
+            seeds: grid.study.seeds,
+            steps: None,
+            no_filter: false,
+            refresh_every: None,
+            loss: None,
+            quick: grid.study.quick,
+            engine: None,
+            cache: cache.clone(),
+            resume: false,
+            checkpoint_every: None,
+        };
+        crate::configure(&options)
+            .with_context(|| format!("{}: regime {}", file.display(), run.name))?;
+        planned.push(options);
+    }
+    let mut results = Vec::new();
+    for (i, (run, mut options)) in runs.iter().zip(planned).enumerate() {
+        let dir = options.out.clone().expect("set above");
+        let what = format!("study run {}/{}: {}", i + 1, runs.len(), run.name);
+        match state(&dir)? {
+            Some(true) => {
+                tracing::info!("{what}: finished earlier, read from {}", dir.display());
+            }
+            resumed => {
+                options.resume = resumed.is_some();
+                tracing::info!(
+                    "{what}: {}",
+                    if options.resume {
+                        "continuing"
+                    } else {
+                        "starting"
+                    }
+                );
+                match crate::distill(&options, control, false, false)
+                    .with_context(|| format!("study run {}", run.name))?
+                {
+                    Ended::Finished { .. } => {}
+                    Ended::Stopped {
+                        method, seed, step, ..
+                    } => {
+                        return Ok(StudyEnd::Stopped(format!(
+                            "{what}: {} seed {seed} stopped after step {step}",
+                            method.name()
+                        )));
+                    }
+                    Ended::Interrupted(why) => {
+                        return Ok(StudyEnd::Stopped(format!("{what}: {why}")));
+                    }
+                    Ended::Checked(_) => unreachable!("neither printed nor checked"),
+                }
+            }
+        }
+        results.push(read_result(run, &dir)?);
+        write_tables(out, &grid, &results, runs.len())?;
+    }
+    let table = table(&grid, &results);
+    Ok(StudyEnd::Finished {
+        table,
+        path: out.join("study.md"),
+    })
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn cell(c: Option<&Cell>) -> String {
+    match c {
+        Some(c) if !c.accuracy.is_empty() => {
+            let (m, sd) = mean_sd(&c.accuracy);
+            let lo = c.accuracy.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = c.accuracy.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!(
+                "{:.1} ± {:.1} ({:.1}–{:.1})",
+                100.0 * m,
+                100.0 * sd,
+                100.0 * lo,
+                100.0 * hi
+            )
+        }
+        _ => "–".into(),
+    }
+}
+
+fn mean_of(c: Option<&Cell>) -> Option<f64> {
+    c.filter(|c| !c.accuracy.is_empty())
+        .map(|c| mean_sd(&c.accuracy).0)
+}
+
+/// The study's table: one row per regime.
+pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
+    let mut regimes: Vec<&str> = Vec::new();
+    for r in results {
+        if !regimes.contains(&r.regime.as_str()) {
+            regimes.push(&r.regime);
+        }
+    }
+    let axes: Vec<String> = results
+        .first()
+        .map(|r| r.axes.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let mut header: Vec<String> = axes.clone();
+    header.extend(
+        [
+            "teacher",
+            "warm start",
+            "SFT",
+            "on-policy",
+            "NPD",
+            "NPD w/o Δ-IFD",
+            "NPD − SFT",
+            "NPD − on-policy",
+            "Δ-IFD gain",
+            "wall-clock s (SFT / on-policy / NPD / w/o Δ-IFD)",
+        ]
+        .map(String::from),
+    );
+    let mut s = format!(
+        "Held-out accuracy, %: mean ± sample standard deviation (min–max) over {} seed(s); \
+         differences in points between means.\n\n| {} |\n|{}|\n",
+        grid.study.seeds,
+        header.join(" | "),
+        vec!["---"; header.len()].join("|")
+    );
+    for regime in regimes {
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.regime == regime).collect();
+        let find = |filter: bool, method: &str| {
+            runs.iter()
+                .find(|r| r.filter == filter && r.methods.contains_key(method))
+                .and_then(|r| r.methods.get(method))
+        };
+        let main = runs[0];
+        let method = |name: &str| {
+            find(true, name).or_else(|| {
+                (!runs.iter().any(|r| r.filter))
+                    .then(|| find(false, name))
+                    .flatten()
+            })
+        };
+        let npd = find(true, "NPD");
+        let npd_off = find(false, "NPD");
+        let diff = |a: Option<&Cell>, b: Option<&Cell>| match (mean_of(a), mean_of(b)) {
+            (Some(a), Some(b)) => format!("{:+.1}", 100.0 * (a - b)),
+            _ => "–".into(),
+        };
+        let wall = |c: Option<&Cell>| {
+            c.filter(|c| !c.wall_s.is_empty())
+                .map_or("–".into(), |c| format!("{:.0}", mean_sd(&c.wall_s).0))
+        };
+        let mut row: Vec<String> = main.axes.iter().map(|(_, v)| v.clone()).collect();
+        row.extend([
+            format!("{:.1}", 100.0 * main.teacher_accuracy),
+            format!("{:.1}", 100.0 * main.warm_start_accuracy),
+            cell(method("SFT")),
+            cell(method("on-policy")),
+            cell(npd),
+            cell(npd_off),
+            diff(npd, method("SFT")),
+            diff(npd, method("on-policy")),
+            diff(npd, npd_off),
+            format!(
+                "{} / {} / {} / {}",
+                wall(method("SFT")),
+                wall(method("on-policy")),
+                wall(npd),
+                wall(npd_off)
+            ),
+        ]);
+        s.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    s
+}
+
+fn write_tables(out: &Path, grid: &StudyFile, results: &[RunResult], total: usize) -> Result<()> {
+    let mut md = format!(
+        "# Study\n\n{} of {} runs finished.\n\n{}\n## Warm starts\n\n",
+        results.len(),
+        total,
+        table(grid, results)
+    );
+    for r in results.iter().filter(|r| r.filter) {
+        md.push_str(&format!("- {}: {}\n", r.regime, r.warm_start));
+    }
+    crate::run_dir::write(&out.join("study.md"), &md)?;
+    crate::run_dir::write(
+        &out.join("study.json"),
+        &serde_json::to_string_pretty(results).context("study.json")?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRID: &str = r#"
+[study]
+methods = ["sft", "on-policy", "npd"]
+seeds = 3
+
+[base.train]
+steps = 50
+
+[grid]
+task = ["chain", "orders"]
+warm_start = ["plateau"]
+filter = [true, false]
+"#;
+
+    #[test]
+    fn a_grid_expands_to_regimes_and_filter_runs() {
+        let file = StudyFile::parse(GRID, "g.toml").unwrap();
+        let runs = file.runs();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "chain-plateau",
+                "chain-plateau-no-ifd",
+                "orders-plateau",
+                "orders-plateau-no-ifd"
+            ]
+        );
+        assert_eq!(runs[0].methods, Method::ALL.to_vec());
+        assert_eq!(runs[1].methods, vec![Method::NearPolicy]);
+        let config: toml::Table = toml::from_str(&runs[3].config).unwrap();
+        assert_eq!(config["embedded"]["task"].as_str(), Some("orders"));
+        assert_eq!(config["embedded"]["warm_start"].as_str(), Some("plateau"));
+        assert_eq!(config["filter"]["enabled"].as_bool(), Some(false));
+        assert_eq!(config["train"]["steps"].as_integer(), Some(50));
+    }
+
+    #[test]
+    fn bad_study_files_are_named() {
+        for (text, needle) in [
+            ("[study]\nmethods = [\"sft\"]\nseeds = 0\n", "study.seeds"),
+            ("[study]\nmethods = [\"dpo\"]\nseeds = 1\n", "dpo"),
+            (
+                "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\ntask = [\"sort\"]\n",
+                "sort",
+            ),
+            (
+                "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\nloss = []\n",
+                "grid.loss",
+            ),
+            ("[study]\nmethods = [\"sft\"]\nseed = 1\n", "seed"),
+        ] {
+            let err = format!("{:#}", StudyFile::parse(text, "g.toml").unwrap_err());
+            assert!(
+                err.contains("g.toml") && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_gives_mean_spread_and_differences() {
+        let file = StudyFile::parse(GRID, "g.toml").unwrap();
+        let cell = |a: &[f64]| Cell {
+            accuracy: a.to_vec(),
+            wall_s: vec![10.0; a.len()],
+        };
+        let result = |filter: bool, methods: Vec<(&str, Cell)>| RunResult {
+            name: String::new(),
+            regime: "chain-plateau".into(),
+            axes: vec![("task".into(), "chain".into())],
+            filter,
+            teacher_accuracy: 0.9,
+            warm_start_accuracy: 0.5,
+            warm_start: String::new(),
+            methods: methods
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        };
+        let results = [
+            result(
+                true,
+                vec![
+                    ("SFT", cell(&[0.5, 0.6, 0.7])),
+                    ("on-policy", cell(&[0.7, 0.7, 0.7])),
+                    ("NPD", cell(&[0.65, 0.7, 0.75])),
+                ],
+            ),
+            result(false, vec![("NPD", cell(&[0.6, 0.6, 0.6]))]),
+        ];
+        let t = table(&file, &results);
+        let row = t.lines().last().unwrap();
+        assert!(row.contains("60.0 ± 10.0 (50.0–70.0)"), "{row}");
+        assert!(row.contains("| +10.0 | +0.0 | +10.0 |"), "{row}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("| chain")).count(), 1);
+    }
+}
