@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use npd_core::config::LossKind;
 use npd_pipeline::Method;
+use npd_rollout::Schedule;
 
 use crate::embedded::config::WarmStart;
 use crate::embedded::task::TaskKind;
@@ -70,6 +71,10 @@ pub struct Grid {
     pub filter: Option<Vec<bool>>,
     /// `rollout.refresh_every` (K).
     pub refresh_every: Option<Vec<u64>>,
+    /// `embedded.max_steps`: response length (5 tokens per step).
+    pub max_steps: Option<Vec<usize>>,
+    /// `rollout.schedule`: NPD's colocated or disaggregated schedule.
+    pub schedule: Option<Vec<Schedule>>,
 }
 
 /// One run of the study: a regime with one filter setting.
@@ -87,13 +92,6 @@ pub struct StudyRun {
     pub methods: Vec<Method>,
     /// Its run configuration, as TOML.
     pub config: String,
-}
-
-fn axis<T: Clone>(values: &Option<Vec<T>>) -> Vec<Option<T>> {
-    match values {
-        Some(v) => v.iter().cloned().map(Some).collect(),
-        None => vec![None],
-    }
 }
 
 fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
@@ -142,6 +140,8 @@ impl StudyFile {
             ("temperature", g.temperature.as_ref().map(Vec::len)),
             ("filter", g.filter.as_ref().map(Vec::len)),
             ("refresh_every", g.refresh_every.as_ref().map(Vec::len)),
+            ("max_steps", g.max_steps.as_ref().map(Vec::len)),
+            ("schedule", g.schedule.as_ref().map(Vec::len)),
         ];
         if let Some((key, _)) = empty.iter().find(|(_, n)| *n == Some(0)) {
             bail!("{origin}: `grid.{key}` is empty; give it a value or leave it out");
@@ -156,93 +156,165 @@ impl StudyFile {
             .collect()
     }
 
+    /// The grid's axes other than the filter: each a list of settings.
+    fn axes(&self) -> Vec<Vec<Setting>> {
+        let g = &self.grid;
+        let mut axes = Vec::new();
+        fn push<T: Serialize>(
+            axes: &mut Vec<Vec<Setting>>,
+            values: &Option<Vec<T>>,
+            at: (&'static str, &'static str, &'static str),
+            label: impl Fn(&T) -> String,
+            slug: impl Fn(&T) -> String,
+        ) {
+            if let Some(values) = values {
+                axes.push(
+                    values
+                        .iter()
+                        .map(|v| Setting {
+                            section: at.0,
+                            key: at.1,
+                            column: at.2,
+                            value: value(v),
+                            label: label(v),
+                            slug: slug(v),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        let name = |v: toml::Value| v.as_str().unwrap_or("").to_string();
+        push(
+            &mut axes,
+            &g.task,
+            ("embedded", "task", "task"),
+            |t| t.name().into(),
+            |t| t.name().into(),
+        );
+        push(
+            &mut axes,
+            &g.max_steps,
+            ("embedded", "max_steps", "most steps"),
+            |m| m.to_string(),
+            |m| format!("len{m}"),
+        );
+        push(
+            &mut axes,
+            &g.warm_start,
+            ("embedded", "warm_start", "warm start"),
+            |w| w.name().into(),
+            |w| w.name().into(),
+        );
+        push(
+            &mut axes,
+            &g.student,
+            ("embedded", "student", "student"),
+            |[h, l]| format!("{h}x{l}"),
+            |[h, l]| format!("{h}x{l}"),
+        );
+        push(
+            &mut axes,
+            &g.loss,
+            ("train", "loss", "loss"),
+            |l| name(value(l)),
+            |l| name(value(l)),
+        );
+        push(
+            &mut axes,
+            &g.temperature,
+            ("sampling", "temperature", "T"),
+            |t| format!("{t}"),
+            |t| format!("t{t}"),
+        );
+        push(
+            &mut axes,
+            &g.refresh_every,
+            ("rollout", "refresh_every", "K"),
+            |k| k.to_string(),
+            |k| format!("k{k}"),
+        );
+        push(
+            &mut axes,
+            &g.schedule,
+            ("rollout", "schedule", "schedule"),
+            |s| name(value(s)),
+            |s| name(value(s)),
+        );
+        axes
+    }
+
     /// Every run of the grid, regime by regime.
     pub fn runs(&self) -> Vec<StudyRun> {
-        let g = &self.grid;
         let methods = self.methods();
-        let filters = g.filter.clone().unwrap_or_else(|| vec![true]);
+        let filters = self.grid.filter.clone().unwrap_or_else(|| vec![true]);
+        // Every combination of the axes' settings, the first axis slowest.
+        let mut regimes: Vec<Vec<Setting>> = vec![Vec::new()];
+        for axis in self.axes() {
+            regimes = regimes
+                .into_iter()
+                .flat_map(|r| {
+                    axis.iter().map(move |s| {
+                        let mut r = r.clone();
+                        r.push(s.clone());
+                        r
+                    })
+                })
+                .collect();
+        }
         let mut runs = Vec::new();
-        for task in axis(&g.task) {
-            for warm in axis(&g.warm_start) {
-                for student in axis(&g.student) {
-                    for loss in axis(&g.loss) {
-                        for temperature in axis(&g.temperature) {
-                            for k in axis(&g.refresh_every) {
-                                let mut table = self.base.clone();
-                                let mut axes = Vec::new();
-                                let mut slug = Vec::new();
-                                if let Some(t) = task {
-                                    set(&mut table, "embedded", "task", value(&t));
-                                    axes.push(("task", t.name().to_string()));
-                                    slug.push(t.name().to_string());
-                                }
-                                if let Some(w) = warm {
-                                    set(&mut table, "embedded", "warm_start", value(&w));
-                                    axes.push(("warm start", w.name().to_string()));
-                                    slug.push(w.name().to_string());
-                                }
-                                if let Some([h, l]) = student {
-                                    set(&mut table, "embedded", "student", value(&[h, l]));
-                                    axes.push(("student", format!("{h}x{l}")));
-                                    slug.push(format!("{h}x{l}"));
-                                }
-                                if let Some(loss) = loss {
-                                    let name = value(&loss).as_str().unwrap_or("").to_string();
-                                    set(&mut table, "train", "loss", value(&loss));
-                                    axes.push(("loss", name.clone()));
-                                    slug.push(name);
-                                }
-                                if let Some(t) = temperature {
-                                    set(&mut table, "sampling", "temperature", value(&t));
-                                    axes.push(("T", format!("{t}")));
-                                    slug.push(format!("t{t}"));
-                                }
-                                if let Some(k) = k {
-                                    set(&mut table, "rollout", "refresh_every", value(&k));
-                                    axes.push(("K", k.to_string()));
-                                    slug.push(format!("k{k}"));
-                                }
-                                let regime = if slug.is_empty() {
-                                    "default".to_string()
-                                } else {
-                                    slug.join("-")
-                                };
-                                for (i, &filter) in filters.iter().enumerate() {
-                                    let mut table = table.clone();
-                                    set(&mut table, "filter", "enabled", value(&filter));
-                                    let methods: Vec<Method> = if i == 0 {
-                                        methods.clone()
-                                    } else {
-                                        (methods.iter().copied())
-                                            .filter(|m| *m == Method::NearPolicy)
-                                            .collect()
-                                    };
-                                    if methods.is_empty() {
-                                        continue;
-                                    }
-                                    let name = if filter {
-                                        regime.clone()
-                                    } else {
-                                        format!("{regime}-no-ifd")
-                                    };
-                                    runs.push(StudyRun {
-                                        name,
-                                        regime: regime.clone(),
-                                        axes: axes.clone(),
-                                        filter,
-                                        methods,
-                                        config: toml::to_string(&table)
-                                            .expect("a table serialises"),
-                                    });
-                                }
-                            }
-                        }
-                    }
+        for settings in regimes {
+            let mut table = self.base.clone();
+            for s in &settings {
+                set(&mut table, s.section, s.key, s.value.clone());
+            }
+            let regime = if settings.is_empty() {
+                "default".to_string()
+            } else {
+                let slugs: Vec<&str> = settings.iter().map(|s| s.slug.as_str()).collect();
+                slugs.join("-")
+            };
+            let axes: Vec<(&'static str, String)> = settings
+                .iter()
+                .map(|s| (s.column, s.label.clone()))
+                .collect();
+            for (i, &filter) in filters.iter().enumerate() {
+                let mut table = table.clone();
+                set(&mut table, "filter", "enabled", value(&filter));
+                // SFT and on-policy do not filter: they run once per regime.
+                let methods: Vec<Method> = (methods.iter().copied())
+                    .filter(|m| i == 0 || *m == Method::NearPolicy)
+                    .collect();
+                if methods.is_empty() {
+                    continue;
                 }
+                runs.push(StudyRun {
+                    name: if filter {
+                        regime.clone()
+                    } else {
+                        format!("{regime}-no-ifd")
+                    },
+                    regime: regime.clone(),
+                    axes: axes.clone(),
+                    filter,
+                    methods,
+                    config: toml::to_string(&table).expect("a table serialises"),
+                });
             }
         }
         runs
     }
+}
+
+/// One value of one axis: where it goes in the run configuration and how
+/// the table and folder names show it.
+#[derive(Debug, Clone)]
+struct Setting {
+    section: &'static str,
+    key: &'static str,
+    column: &'static str,
+    value: toml::Value,
+    label: String,
+    slug: String,
 }
 
 /// One method's results in one run: accuracy and wall-clock per seed.
@@ -505,6 +577,7 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
             "NPD − on-policy",
             "Δ-IFD gain",
             "wall-clock s (SFT / on-policy / NPD / w/o Δ-IFD)",
+            "NPD ÷ on-policy wall-clock",
         ]
         .map(String::from),
     );
@@ -536,10 +609,11 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
             (Some(a), Some(b)) => format!("{:+.1}", 100.0 * (a - b)),
             _ => "–".into(),
         };
-        let wall = |c: Option<&Cell>| {
+        let wall_mean = |c: Option<&Cell>| {
             c.filter(|c| !c.wall_s.is_empty())
-                .map_or("–".into(), |c| format!("{:.0}", mean_sd(&c.wall_s).0))
+                .map(|c| mean_sd(&c.wall_s).0)
         };
+        let wall = |c: Option<&Cell>| wall_mean(c).map_or("–".into(), |w| format!("{w:.0}"));
         let mut row: Vec<String> = main.axes.iter().map(|(_, v)| v.clone()).collect();
         row.extend([
             format!("{:.1}", 100.0 * main.teacher_accuracy),
@@ -558,6 +632,10 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
                 wall(npd),
                 wall(npd_off)
             ),
+            match (wall_mean(npd), wall_mean(method("on-policy"))) {
+                (Some(a), Some(b)) => format!("{:.2}", a / b),
+                _ => "–".into(),
+            },
         ]);
         s.push_str(&format!("| {} |\n", row.join(" | ")));
     }
@@ -598,6 +676,37 @@ task = ["chain", "orders"]
 warm_start = ["plateau"]
 filter = [true, false]
 "#;
+
+    #[test]
+    fn every_axis_reaches_its_key() {
+        let text = r#"
+[study]
+methods = ["on-policy", "npd"]
+seeds = 2
+
+[grid]
+max_steps = [8, 24]
+student = [[32, 1]]
+loss = ["jsd"]
+temperature = [0.7]
+refresh_every = [5]
+schedule = ["colocated", "disaggregated"]
+"#;
+        let runs = StudyFile::parse(text, "g.toml").unwrap().runs();
+        assert_eq!(runs.len(), 4);
+        assert_eq!(runs[1].name, "len8-32x1-jsd-t0.7-k5-disaggregated");
+        let c: toml::Table = toml::from_str(&runs[1].config).unwrap();
+        assert_eq!(c["embedded"]["max_steps"].as_integer(), Some(8));
+        assert_eq!(c["embedded"]["student"].as_array().unwrap().len(), 2);
+        assert_eq!(c["train"]["loss"].as_str(), Some("jsd"));
+        assert_eq!(c["sampling"]["temperature"].as_float(), Some(0.7));
+        assert_eq!(c["rollout"]["refresh_every"].as_integer(), Some(5));
+        assert_eq!(c["rollout"]["schedule"].as_str(), Some("disaggregated"));
+        // Every generated configuration is a valid run configuration.
+        for run in &runs {
+            crate::RunConfig::from_toml(&run.config, &run.name).unwrap();
+        }
+    }
 
     #[test]
     fn a_grid_expands_to_regimes_and_filter_runs() {
@@ -680,6 +789,7 @@ filter = [true, false]
         let row = t.lines().last().unwrap();
         assert!(row.contains("60.0 ± 10.0 (50.0–70.0)"), "{row}");
         assert!(row.contains("| +10.0 | +0.0 | +10.0 |"), "{row}");
+        assert!(row.ends_with("| 10 / 10 / 10 / 10 | 1.00 |"), "{row}");
         assert_eq!(t.lines().filter(|l| l.starts_with("| chain")).count(), 1);
     }
 }

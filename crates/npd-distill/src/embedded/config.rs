@@ -17,7 +17,7 @@ pub enum WarmStart {
     #[default]
     Steps,
     /// When accuracy on a validation split stops improving (at most
-    /// `warm_start_steps` steps): a post-trained student.
+    /// `plateau_max_steps` steps): a post-trained student.
     Plateau,
 }
 
@@ -51,8 +51,10 @@ pub struct EmbeddedConfig {
     pub student: [usize; 2],
     /// `steps` or `plateau`.
     pub warm_start: WarmStart,
-    /// Warm-start steps: exactly (`steps`) or at most (`plateau`).
+    /// `steps`: warm-start steps.
     pub warm_start_steps: u64,
+    /// `plateau`: the most warm-start steps.
+    pub plateau_max_steps: u64,
     /// `plateau`: steps between validation checks.
     pub plateau_every: u64,
     /// `plateau`: stop after this many checks without a gain.
@@ -71,6 +73,7 @@ impl Default for EmbeddedConfig {
             student: [64, 2],
             warm_start: WarmStart::Steps,
             warm_start_steps: 1500,
+            plateau_max_steps: 10_000,
             plateau_every: 200,
             plateau_patience: 4,
             plateau_min_gain: 0.01,
@@ -128,6 +131,7 @@ impl Section for EmbeddedConfig {
             format!("{:?}", self.student),
         )?;
         c.at_least("warm_start_steps", self.warm_start_steps, 1)?;
+        c.at_least("plateau_max_steps", self.plateau_max_steps, 1)?;
         c.at_least("plateau_every", self.plateau_every, 1)?;
         c.at_least("plateau_patience", self.plateau_patience, 1)?;
         c.non_negative("plateau_min_gain", self.plateau_min_gain, "")

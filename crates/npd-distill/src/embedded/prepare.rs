@@ -107,7 +107,10 @@ impl Setup {
         Self {
             student: (hidden, layers, heads, (heads / 2).max(1)),
             teacher_target: c.teacher_target(),
-            warm_start_steps: c.warm_start_steps,
+            warm_start_steps: match c.warm_start {
+                WarmStart::Steps => c.warm_start_steps,
+                WarmStart::Plateau => c.plateau_max_steps,
+            },
             task: c.task,
             min_steps: c.min_steps,
             max_steps: c.max_steps,

@@ -11,11 +11,12 @@
 //! - [`TaskKind::Chain`]: the ops apply in the written order, so each prompt
 //!   has exactly one correct response: `37*3-9-9+9 =` is answered by
 //!   `*317,-908,-946,+908#08`.
-//! - [`TaskKind::Orders`]: only `+d` and `-d`, which commute, so the steps
-//!   may be taken in any order: `37+3-9-9+9 =` is answered by
-//!   `+340,-931,-922,+931#31` or `-928,+937,+340,-931#31` or any of the
-//!   other orders. The teacher learns from random orders, so its
-//!   next-token distribution spreads over the ops not yet used.
+//! - [`TaskKind::Orders`]: only multiplications `*d` (d in 2..=9) of a
+//!   non-zero start, which commute, so the steps may be taken in any order:
+//!   `37*3*9*5 =` is answered by `*317,*912,*513#13`, by
+//!   `*904,*520,*313#13`, or by any other order of the three. The teacher
+//!   learns from random orders, so its next-token distribution spreads over
+//!   the ops not yet used.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -88,15 +89,15 @@ impl TaskSpec {
                 (TaskKind::Chain, 0) => ('+', rng.random_range(0..=9)),
                 (TaskKind::Chain, 1) => ('-', rng.random_range(0..=9)),
                 (TaskKind::Chain, _) => ('*', rng.random_range(1..=9)),
-                (TaskKind::Orders, k) => {
-                    (if k % 2 == 0 { '+' } else { '-' }, rng.random_range(1..=9))
-                }
+                (TaskKind::Orders, _) => ('*', rng.random_range(2..=9)),
             })
             .collect();
-        Problem {
-            start: rng.random_range(0..MODULUS),
-            ops,
-        }
+        let start = match self.kind {
+            TaskKind::Chain => rng.random_range(0..MODULUS),
+            // Zero would absorb every product.
+            TaskKind::Orders => rng.random_range(1..MODULUS),
+        };
+        Problem { start, ops }
     }
 
     /// The prompt text of `p`, padded to [`TaskSpec::prompt_width`].
@@ -134,7 +135,7 @@ impl TaskSpec {
                 self.min_steps, self.max_steps
             ),
             TaskKind::Orders => format!(
-                "{} to {} additions and subtractions modulo 47, taken in any order (many correct responses per prompt; the teacher learns from random orders)",
+                "{} to {} multiplications modulo 47, taken in any order (many correct responses per prompt; the teacher learns from random orders)",
                 self.min_steps, self.max_steps
             ),
         }
@@ -232,7 +233,7 @@ mod tests {
                 assert_eq!(spec.prompt(p).len(), spec.prompt_width());
                 assert!(p.response().len() < spec.response_budget());
                 if kind == TaskKind::Orders {
-                    assert!(p.ops.iter().all(|&(op, _)| op != '*'));
+                    assert!(p.start > 0 && p.ops.iter().all(|&(op, d)| op == '*' && d >= 2));
                 }
             }
         }
