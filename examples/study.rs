@@ -53,7 +53,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    npd_distill::signals::set_wait_policy(npd_distill::signals::WAIT_POLICY);
+    npd_distill::signals::set_wait_policy(npd_distill::study::wait_policy(&args.grid));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

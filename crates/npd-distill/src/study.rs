@@ -34,9 +34,30 @@ pub struct StudyFile {
     #[serde(default)]
     pub base: toml::Table,
     /// The axes; each regime is one combination of their values. An axis
-    /// left out keeps the base (or default) value.
-    #[serde(default)]
-    pub grid: Grid,
+    /// left out keeps the base (or default) value. Several `[[grid]]`
+    /// tables give several grids, run one after the other.
+    #[serde(default = "one_grid", deserialize_with = "grids")]
+    pub grid: Vec<Grid>,
+}
+
+fn one_grid() -> Vec<Grid> {
+    vec![Grid::default()]
+}
+
+/// `[grid]` or `[[grid]]` tables.
+fn grids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Grid>, D::Error> {
+    use serde::de::Error;
+    let grid = |v: toml::Value| {
+        v.try_into::<Grid>()
+            .map_err(|e| D::Error::custom(format!("grid: {}", e.to_string().trim_end())))
+    };
+    match toml::Value::deserialize(d)? {
+        t @ toml::Value::Table(_) => Ok(vec![grid(t)?]),
+        toml::Value::Array(a) => a.into_iter().map(grid).collect(),
+        _ => Err(D::Error::custom(
+            "grid: expected a [grid] table or [[grid]] tables",
+        )),
+    }
 }
 
 /// `[study]`.
@@ -131,7 +152,39 @@ impl StudyFile {
                 bail!("{origin}: `study.methods`: unknown method {m:?} (sft, on-policy, npd)");
             }
         }
-        let g = &file.grid;
+        if file.grid.is_empty() {
+            bail!("{origin}: `grid` holds no table");
+        }
+        for g in &file.grid {
+            g.check(origin)?;
+        }
+        Ok(file)
+    }
+
+    /// The methods, in order.
+    pub fn methods(&self) -> Vec<Method> {
+        (self.study.methods.iter())
+            .filter_map(|m| Method::from_slug(m))
+            .collect()
+    }
+
+    /// Every run of every grid, regime by regime.
+    pub fn runs(&self) -> Vec<StudyRun> {
+        let mut runs: Vec<StudyRun> = Vec::new();
+        for g in &self.grid {
+            for run in g.runs(&self.base, &self.methods()) {
+                if !runs.iter().any(|r| r.name == run.name) {
+                    runs.push(run);
+                }
+            }
+        }
+        runs
+    }
+}
+
+impl Grid {
+    fn check(&self, origin: &str) -> Result<()> {
+        let g = self;
         let empty = [
             ("task", g.task.as_ref().map(Vec::len)),
             ("warm_start", g.warm_start.as_ref().map(Vec::len)),
@@ -146,19 +199,12 @@ impl StudyFile {
         if let Some((key, _)) = empty.iter().find(|(_, n)| *n == Some(0)) {
             bail!("{origin}: `grid.{key}` is empty; give it a value or leave it out");
         }
-        Ok(file)
-    }
-
-    /// The methods, in order.
-    pub fn methods(&self) -> Vec<Method> {
-        (self.study.methods.iter())
-            .filter_map(|m| Method::from_slug(m))
-            .collect()
+        Ok(())
     }
 
     /// The grid's axes other than the filter: each a list of settings.
     fn axes(&self) -> Vec<Vec<Setting>> {
-        let g = &self.grid;
+        let g = self;
         let mut axes = Vec::new();
         fn push<T: Serialize>(
             axes: &mut Vec<Vec<Setting>>,
@@ -243,10 +289,9 @@ impl StudyFile {
         axes
     }
 
-    /// Every run of the grid, regime by regime.
-    pub fn runs(&self) -> Vec<StudyRun> {
-        let methods = self.methods();
-        let filters = self.grid.filter.clone().unwrap_or_else(|| vec![true]);
+    /// Every run of the grid over `base`, regime by regime.
+    fn runs(&self, base: &toml::Table, methods: &[Method]) -> Vec<StudyRun> {
+        let filters = self.filter.clone().unwrap_or_else(|| vec![true]);
         // Every combination of the axes' settings, the first axis slowest.
         let mut regimes: Vec<Vec<Setting>> = vec![Vec::new()];
         for axis in self.axes() {
@@ -263,7 +308,7 @@ impl StudyFile {
         }
         let mut runs = Vec::new();
         for settings in regimes {
-            let mut table = self.base.clone();
+            let mut table = base.clone();
             for s in &settings {
                 set(&mut table, s.section, s.key, s.value.clone());
             }
@@ -517,6 +562,23 @@ pub fn study(
     })
 }
 
+/// The OpenMP wait policy for a study (see [`crate::wait_policy`]): the
+/// served one when any run uses vLLM servers. A file that does not parse
+/// gets the default; its error is reported when the study starts.
+pub fn wait_policy(file: &Path) -> &'static str {
+    let served = StudyFile::read(file).is_ok_and(|g| {
+        g.runs().iter().any(|r| {
+            crate::RunConfig::from_toml(&r.config, &r.name)
+                .is_ok_and(|c| c.engine.kind == crate::EngineKind::Vllm)
+        })
+    });
+    if served {
+        crate::signals::SERVED_WAIT_POLICY
+    } else {
+        crate::signals::WAIT_POLICY
+    }
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -560,10 +622,13 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
             regimes.push(&r.regime);
         }
     }
-    let axes: Vec<String> = results
-        .first()
-        .map(|r| r.axes.iter().map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default();
+    // Every grid's axis columns, in order of first appearance.
+    let mut axes: Vec<String> = Vec::new();
+    for (k, _) in results.iter().flat_map(|r| &r.axes) {
+        if !axes.contains(k) {
+            axes.push(k.clone());
+        }
+    }
     let mut header: Vec<String> = axes.clone();
     header.extend(
         [
@@ -614,7 +679,13 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
                 .map(|c| mean_sd(&c.wall_s).0)
         };
         let wall = |c: Option<&Cell>| wall_mean(c).map_or("–".into(), |w| format!("{w:.0}"));
-        let mut row: Vec<String> = main.axes.iter().map(|(_, v)| v.clone()).collect();
+        let mut row: Vec<String> = (axes.iter())
+            .map(|a| {
+                (main.axes.iter())
+                    .find(|(k, _)| k == a)
+                    .map_or("–".into(), |(_, v)| v.clone())
+            })
+            .collect();
         row.extend([
             format!("{:.1}", 100.0 * main.teacher_accuracy),
             format!("{:.1}", 100.0 * main.warm_start_accuracy),
@@ -676,6 +747,32 @@ task = ["chain", "orders"]
 warm_start = ["plateau"]
 filter = [true, false]
 "#;
+
+    #[test]
+    fn several_grids_run_one_after_the_other() {
+        let text = r#"
+[study]
+methods = ["npd"]
+seeds = 1
+
+[[grid]]
+task = ["chain"]
+student = [[64, 2]]
+
+[[grid]]
+task = ["orders"]
+student = [[32, 1]]
+warm_start = ["plateau"]
+"#;
+        let runs = StudyFile::parse(text, "g.toml").unwrap().runs();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["chain-64x2", "orders-plateau-32x1"]);
+        let err = format!(
+            "{:#}",
+            StudyFile::parse(&text.replace("[[32, 1]]", "[[32]]"), "g.toml").unwrap_err()
+        );
+        assert!(err.contains("g.toml") && err.contains("grid"), "{err}");
+    }
 
     #[test]
     fn every_axis_reaches_its_key() {

@@ -583,7 +583,12 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                     |m, step| match setup.warm_start_stop {
                         WarmStart::Steps => Ok(false),
                         WarmStart::Plateau if step % setup.plateau.0 == 0 => {
-                            Ok(plateau.check(step, acc(m, &validation)?))
+                            let a = acc(m, &validation)?;
+                            tracing::info!(
+                                "warm start step {step}: validation accuracy {:.1}%",
+                                100.0 * a
+                            );
+                            Ok(plateau.check(step, a))
                         }
                         WarmStart::Plateau => Ok(false),
                     },
