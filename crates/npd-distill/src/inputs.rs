@@ -62,26 +62,34 @@ pub struct Inputs {
 
 /// The report's line on how the embedded warm start stopped.
 fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
-    let (every, patience, gain) = setup.plateau;
+    let rule = setup.plateau;
     match (setup.warm_start_stop, record) {
         (WarmStart::Steps, _) => format!(
             "warm start: {} steps of cross-entropy on reference responses (a student trained part-way)",
             setup.warm_start_steps
         ),
-        (WarmStart::Plateau, None) => "warm start: until validation accuracy plateaus".into(),
+        (WarmStart::Plateau, None) => "warm start: until the validation loss plateaus".into(),
         (WarmStart::Plateau, Some(r)) => {
-            let best = r.validation.iter().map(|c| c.1).fold(f64::NAN, f64::max);
+            let (best_step, best) = (r.validation.iter())
+                .copied()
+                .fold((0, f64::INFINITY), |b, c| if c.1 < b.1 { c } else { b });
+            let checks: Vec<String> = (r.validation.iter())
+                .map(|(step, loss)| format!("{step}: {loss:.3}"))
+                .collect();
             format!(
-                "warm start: until validation accuracy plateaus (checks every {every} steps on {} validation prompts; stop after {patience} checks gaining less than {:.1} points): {} after {} steps, best validation {:.1}%",
+                "warm start: until the validation loss plateaus (teacher-forced on the reference responses of {} validation prompts, checked every {} steps; stop after {} checks in a row lowering it by less than {}% of the best, after at least {} steps): {} after {} steps, lowest {best:.4} nats per token at step {best_step}; checks (step: loss) {}",
                 setup.validation_prompts,
-                100.0 * gain,
+                rule.every,
+                rule.patience,
+                100.0 * rule.min_gain,
+                rule.min_steps,
                 if r.plateaued {
                     "plateaued"
                 } else {
                     "hit the step limit"
                 },
                 r.steps,
-                100.0 * best
+                checks.join(", ")
             )
         }
     }

@@ -139,7 +139,7 @@ pub fn embedded_defaults(c: &mut RunConfig) {
     c.rollout.batch_size = 64;
     c.rollout.reuse = 1;
     // 48 for the default task's chains of at most 8 steps.
-    c.sampling.max_new_tokens = c.embedded.task_spec().response_budget().max(48);
+    c.sampling.max_new_tokens = c.embedded.task_spec().response_budget();
     c.sampling.temperature = 1.0;
     c.pack.capacity = 512;
     c.rollout.queue_capacity = 128;

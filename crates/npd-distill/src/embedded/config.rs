@@ -59,8 +59,11 @@ pub struct EmbeddedConfig {
     pub plateau_every: u64,
     /// `plateau`: stop after this many checks without a gain.
     pub plateau_patience: u64,
-    /// `plateau`: a gain in validation accuracy smaller than this is none.
+    /// `plateau`: a relative decrease of the validation loss smaller than
+    /// this is no gain.
     pub plateau_min_gain: f64,
+    /// `plateau`: the fewest warm-start steps.
+    pub plateau_min_steps: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -77,6 +80,7 @@ impl Default for EmbeddedConfig {
             plateau_every: 200,
             plateau_patience: 4,
             plateau_min_gain: 0.01,
+            plateau_min_steps: 2000,
         }
     }
 }
@@ -134,6 +138,15 @@ impl Section for EmbeddedConfig {
         c.at_least("plateau_max_steps", self.plateau_max_steps, 1)?;
         c.at_least("plateau_every", self.plateau_every, 1)?;
         c.at_least("plateau_patience", self.plateau_patience, 1)?;
+        c.that(
+            self.plateau_min_steps <= self.plateau_max_steps,
+            "plateau_min_steps",
+            format!(
+                "at most embedded.plateau_max_steps ({})",
+                self.plateau_max_steps
+            ),
+            self.plateau_min_steps,
+        )?;
         c.non_negative("plateau_min_gain", self.plateau_min_gain, "")
     }
 }

@@ -24,6 +24,7 @@ use npd_train::data::{Example, PromptRecord, write_records};
 use npd_train::eval::accuracy;
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
+use npd_train::score::ModelScorer;
 use npd_train::tokenizer::Tokenizer;
 use npd_train::train::{TrainOptions, Trainer};
 
@@ -71,10 +72,9 @@ pub struct Setup {
     /// When the warm start stops (`warm_start_steps` is then the most).
     #[serde(default)]
     pub warm_start_stop: WarmStart,
-    /// Plateau rule: `(steps between checks, checks without a gain,
-    /// smallest gain)` on the validation prompts.
-    #[serde(default = "default_plateau")]
-    pub plateau: (u64, u64, f64),
+    /// The plateau rule of [`WarmStart::Plateau`].
+    #[serde(default)]
+    pub plateau: PlateauRule,
     /// Validation prompts (drawn apart from the training and held-out
     /// ones) for the plateau rule.
     #[serde(default = "default_validation_prompts")]
@@ -89,9 +89,75 @@ fn default_max_steps() -> usize {
     TaskSpec::default().max_steps
 }
 
-fn default_plateau() -> (u64, u64, f64) {
-    let c = EmbeddedConfig::default();
-    (c.plateau_every, c.plateau_patience, c.plateau_min_gain)
+/// When a plateau warm start stops: once `patience` checks in a row (one
+/// every `every` steps) lowered the validation loss by less than the
+/// fraction `min_gain` of the best loss before them, and at least
+/// `min_steps` steps were taken.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlateauRule {
+    /// Steps between checks.
+    pub every: u64,
+    /// Checks in a row without a gain.
+    pub patience: u64,
+    /// Smallest relative decrease of the validation loss that counts.
+    pub min_gain: f64,
+    /// Fewest steps.
+    pub min_steps: u64,
+}
+
+impl Default for PlateauRule {
+    fn default() -> Self {
+        Self::from_config(&EmbeddedConfig::default())
+    }
+}
+
+impl PlateauRule {
+    /// The `[embedded]` section's rule.
+    pub fn from_config(c: &EmbeddedConfig) -> Self {
+        Self {
+            every: c.plateau_every,
+            patience: c.plateau_patience,
+            min_gain: c.plateau_min_gain,
+            min_steps: c.plateau_min_steps,
+        }
+    }
+}
+
+/// What a teacher depends on: everything but the student's shape and warm
+/// start, so regimes that differ only there share a teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TeacherKey {
+    teacher: (usize, usize, usize, usize),
+    teacher_steps: u64,
+    teacher_target: f64,
+    teacher_lr: f64,
+    batch: usize,
+    train_prompts: usize,
+    eval_prompts: usize,
+    repair_fraction: f64,
+    seed: u64,
+    task: TaskKind,
+    min_steps: usize,
+    max_steps: usize,
+}
+
+impl TeacherKey {
+    fn of(s: &Setup) -> Self {
+        Self {
+            teacher: s.teacher,
+            teacher_steps: s.teacher_steps,
+            teacher_target: s.teacher_target,
+            teacher_lr: s.teacher_lr,
+            batch: s.batch,
+            train_prompts: s.train_prompts,
+            eval_prompts: s.eval_prompts,
+            repair_fraction: s.repair_fraction,
+            seed: s.seed,
+            task: s.task,
+            min_steps: s.min_steps,
+            max_steps: s.max_steps,
+        }
+    }
 }
 
 fn default_validation_prompts() -> usize {
@@ -115,7 +181,7 @@ impl Setup {
             min_steps: c.min_steps,
             max_steps: c.max_steps,
             warm_start_stop: c.warm_start,
-            plateau: (c.plateau_every, c.plateau_patience, c.plateau_min_gain),
+            plateau: PlateauRule::from_config(c),
             ..Self::default()
         }
     }
@@ -148,7 +214,8 @@ impl Setup {
         self.validation_prompts = 64;
         self.teacher = (64, 2, 4, 2);
         self.student = (32, 1, 2, 1);
-        self.plateau.0 = self.plateau.0.min(5);
+        self.plateau.every = self.plateau.every.min(5);
+        self.plateau.min_steps = self.plateau.min_steps.min(10);
         self
     }
 
@@ -187,7 +254,7 @@ impl Default for Setup {
             min_steps: default_min_steps(),
             max_steps: default_max_steps(),
             warm_start_stop: WarmStart::Steps,
-            plateau: default_plateau(),
+            plateau: PlateauRule::default(),
             validation_prompts: default_validation_prompts(),
         }
     }
@@ -224,12 +291,17 @@ pub struct Prepared {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Meta {
-    setup: Setup,
+struct TeacherMeta {
+    teacher: TeacherKey,
     accuracy: f64,
     steps: u64,
-    #[serde(default)]
-    warm_start: Option<WarmStartRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WarmMeta {
+    setup: Setup,
+    accuracy: f64,
+    warm_start: WarmStartRecord,
 }
 
 /// How the warm start went: steps taken and the validation checks.
@@ -237,8 +309,8 @@ struct Meta {
 pub struct WarmStartRecord {
     /// Steps taken.
     pub steps: u64,
-    /// `(step, validation accuracy)` of each plateau check (empty for a
-    /// fixed number of steps).
+    /// `(step, validation loss in nats per response token)` of each
+    /// plateau check (empty for a fixed number of steps).
     pub validation: Vec<(u64, f64)>,
     /// The plateau rule stopped it (rather than the step limit).
     pub plateaued: bool,
@@ -391,24 +463,9 @@ fn train_on_references(
     Ok((trainer.into_model(), done))
 }
 
-/// What the teacher depends on: everything but the student's shape and
-/// warm start, so regimes that differ only there share a teacher.
-fn teacher_part(s: &Setup) -> Setup {
-    let d = Setup::default();
-    Setup {
-        student: (0, 0, 0, 0),
-        warm_start_steps: 0,
-        warm_start_lr: 0.0,
-        warm_start_stop: d.warm_start_stop,
-        plateau: d.plateau,
-        validation_prompts: d.validation_prompts,
-        ..s.clone()
-    }
-}
-
-/// A stable 64-bit hash (FNV-1a) of a setup's JSON.
-fn hash(s: &Setup) -> String {
-    let json = serde_json::to_string(s).expect("serialisable");
+/// A stable 64-bit hash (FNV-1a) of a value's JSON.
+fn hash<T: Serialize>(v: &T) -> String {
+    let json = serde_json::to_string(v).expect("serialisable");
     let h = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -420,7 +477,7 @@ impl Setup {
     /// `v4-<task>-<hash of what the teacher depends on>`. Its warm starts
     /// live inside it, one folder per warm-start setup.
     pub fn cache_name(&self) -> String {
-        format!("v4-{}-{}", self.task.name(), hash(&teacher_part(self)))
+        format!("v4-{}-{}", self.task.name(), hash(&TeacherKey::of(self)))
     }
 }
 
@@ -472,10 +529,16 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     };
     let train = to_examples(train_p, 0)?;
     let eval = to_examples(eval_p, setup.train_prompts as u64)?;
-    let validation = to_examples(
-        validation_p,
-        (setup.train_prompts + setup.eval_prompts) as u64,
-    )?;
+    // Validation: reference responses (in a seeded random order for
+    // `orders`), scored teacher-forced by the plateau rule.
+    let mut order = StdRng::seed_from_u64(setup.seed ^ 0x7a11);
+    let validation = (validation_p.iter().enumerate())
+        .map(|(i, p)| {
+            let prompt = prompt_ids(&tok, &spec, p)?;
+            let ordered = spec.reference_order(p, &mut order);
+            reference_sample(&tok, i as u64, prompt, &ordered, None)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let held_out: HashSet<String> = eval_p.iter().map(|p| spec.prompt(p)).collect();
     let answer = answer_fn(&tok);
     let stop = [emb::EOS_ID];
@@ -488,79 +551,79 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     let teacher_meta = dir.join("teacher.json");
     let mut trained = Vec::new();
     let clock = Instant::now();
-    let (teacher, teacher_accuracy, teacher_steps) =
-        match read_meta::<Meta>(&teacher_meta).filter(|m| m.setup == teacher_part(setup)) {
-            Some(m) => (
-                Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
-                m.accuracy,
-                m.steps,
-            ),
-            None => {
-                let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
-                    ps.iter()
-                        .enumerate()
-                        .map(|(i, p)| PromptRecord {
-                            id: Some(offset + i as u64),
-                            prompt: Some(spec.prompt(p)),
-                            messages: None,
-                            answer: Some(format!("{:02}", p.answer())),
-                            response: Some(p.response()),
-                        })
-                        .collect()
-                };
-                write_records(&dir.join("prompts-train.jsonl"), &records(train_p, 0))?;
-                write_records(
-                    &dir.join("prompts-eval.jsonl"),
-                    &records(eval_p, setup.train_prompts as u64),
-                )?;
-                tok.save(&dir.join("tokenizer.json"))?;
-                let (h, l, nh, kv) = setup.teacher;
-                let config = emb::model_config(h, l, nh, kv, setup.max_positions());
-                let mut teacher = Llama::new(config, Device::Cpu);
-                teacher.init_random(setup.seed, 0.02);
-                let phase = Phase {
-                    stage: "teacher",
-                    steps: setup.teacher_steps,
-                    lr: setup.teacher_lr,
-                    repair: setup.repair_fraction,
-                    fresh: Some(&held_out),
-                };
-                let (teacher, steps) = train_on_references(
-                    teacher,
-                    setup,
-                    (train_p, &tok),
-                    phase,
-                    |m, step| {
-                        if step % 100 == 0 && step < setup.teacher_steps {
-                            return Ok(acc(m, probe)? >= setup.teacher_target + 0.02);
-                        }
-                        Ok(false)
-                    },
-                    progress,
-                )?;
-                save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
-                tok.save(&dir.join("teacher").join("tokenizer.json"))?;
-                let a = acc(&teacher, &eval)?;
-                trained.push(("teacher", steps, clock.elapsed().as_secs_f64()));
-                let meta = Meta {
-                    setup: teacher_part(setup),
-                    accuracy: a,
-                    steps,
-                    warm_start: None,
-                };
-                write_meta(&teacher_meta, &meta)?;
-                (teacher, a, steps)
-            }
-        };
+    let (teacher, teacher_accuracy, teacher_steps) = match read_meta::<TeacherMeta>(&teacher_meta)
+        .filter(|m| m.teacher == TeacherKey::of(setup))
+    {
+        Some(m) => (
+            Llama::load(&dir.join("teacher"), Device::Cpu, Kind::Float)?,
+            m.accuracy,
+            m.steps,
+        ),
+        None => {
+            let records = |ps: &[Problem], offset: u64| -> Vec<PromptRecord> {
+                ps.iter()
+                    .enumerate()
+                    .map(|(i, p)| PromptRecord {
+                        id: Some(offset + i as u64),
+                        prompt: Some(spec.prompt(p)),
+                        messages: None,
+                        answer: Some(format!("{:02}", p.answer())),
+                        response: Some(p.response()),
+                    })
+                    .collect()
+            };
+            write_records(&dir.join("prompts-train.jsonl"), &records(train_p, 0))?;
+            write_records(
+                &dir.join("prompts-eval.jsonl"),
+                &records(eval_p, setup.train_prompts as u64),
+            )?;
+            tok.save(&dir.join("tokenizer.json"))?;
+            let (h, l, nh, kv) = setup.teacher;
+            let config = emb::model_config(h, l, nh, kv, setup.max_positions());
+            let mut teacher = Llama::new(config, Device::Cpu);
+            teacher.init_random(setup.seed, 0.02);
+            let phase = Phase {
+                stage: "teacher",
+                steps: setup.teacher_steps,
+                lr: setup.teacher_lr,
+                repair: setup.repair_fraction,
+                fresh: Some(&held_out),
+            };
+            let (teacher, steps) = train_on_references(
+                teacher,
+                setup,
+                (train_p, &tok),
+                phase,
+                |m, step| {
+                    if step % 100 == 0 && step < setup.teacher_steps {
+                        return Ok(acc(m, probe)? >= setup.teacher_target + 0.02);
+                    }
+                    Ok(false)
+                },
+                progress,
+            )?;
+            save_pretrained(&teacher, &dir.join("teacher"), None, usize::MAX)?;
+            tok.save(&dir.join("teacher").join("tokenizer.json"))?;
+            let a = acc(&teacher, &eval)?;
+            trained.push(("teacher", steps, clock.elapsed().as_secs_f64()));
+            let meta = TeacherMeta {
+                teacher: TeacherKey::of(setup),
+                accuracy: a,
+                steps,
+            };
+            write_meta(&teacher_meta, &meta)?;
+            (teacher, a, steps)
+        }
+    };
     let clock = Instant::now();
     let warm_dir = dir.join(format!("warm-start-{}", hash(setup)));
     let warm_meta = dir.join(format!("warm-start-{}.json", hash(setup)));
     let (warm, warm_start_accuracy, record) =
-        match read_meta::<Meta>(&warm_meta).filter(|m| m.setup == *setup) {
+        match read_meta::<WarmMeta>(&warm_meta).filter(|m| m.setup == *setup) {
             Some(m) => (
                 Llama::load(&warm_dir, Device::Cpu, Kind::Float)?,
                 m.accuracy,
-                m.warm_start,
+                Some(m.warm_start),
             ),
             None => {
                 let (h, l, nh, kv) = setup.student;
@@ -582,13 +645,12 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                     phase,
                     |m, step| match setup.warm_start_stop {
                         WarmStart::Steps => Ok(false),
-                        WarmStart::Plateau if step % setup.plateau.0 == 0 => {
-                            let a = acc(m, &validation)?;
+                        WarmStart::Plateau if step % setup.plateau.every == 0 => {
+                            let loss = validation_loss(m, &validation)?;
                             tracing::info!(
-                                "warm start step {step}: validation accuracy {:.1}%",
-                                100.0 * a
+                                "warm start step {step}: validation loss {loss:.4} nats per token"
                             );
-                            Ok(plateau.check(step, a))
+                            Ok(plateau.check(step, loss))
                         }
                         WarmStart::Plateau => Ok(false),
                     },
@@ -604,11 +666,10 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                     plateaued: plateau.stopped,
                     validation: plateau.checks,
                 };
-                let meta = Meta {
+                let meta = WarmMeta {
                     setup: setup.clone(),
                     accuracy: a,
-                    steps,
-                    warm_start: Some(record.clone()),
+                    warm_start: record.clone(),
                 };
                 write_meta(&warm_meta, &meta)?;
                 (warm, a, Some(record))
@@ -633,11 +694,22 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     })
 }
 
-/// The plateau rule: stop once `patience` checks in a row gained less than
-/// `min_gain` over the best check before them.
+/// Mean negative log-likelihood per response token of `samples` under
+/// `m`, teacher-forced.
+fn validation_loss(m: &Llama, samples: &[TrainSample]) -> Result<f64> {
+    let seqs: Vec<(&[TokenId], usize)> = (samples.iter())
+        .map(|s| (s.tokens.as_slice(), s.prompt_len))
+        .collect();
+    let scores = ModelScorer::new(m).response_scores(&seqs, None)?;
+    let (sum, n) = (scores.iter())
+        .flat_map(|(lp, _)| lp)
+        .fold((0.0f64, 0usize), |(s, n), &lp| (s - f64::from(lp), n + 1));
+    Ok(sum / n.max(1) as f64)
+}
+
+/// The plateau rule ([`PlateauRule`]) over validation losses.
 struct Plateau {
-    patience: u64,
-    min_gain: f64,
+    rule: PlateauRule,
     best: f64,
     since_best: u64,
     checks: Vec<(u64, f64)>,
@@ -645,11 +717,10 @@ struct Plateau {
 }
 
 impl Plateau {
-    fn new((_, patience, min_gain): (u64, u64, f64)) -> Self {
+    fn new(rule: PlateauRule) -> Self {
         Self {
-            patience,
-            min_gain,
-            best: f64::NEG_INFINITY,
+            rule,
+            best: f64::INFINITY,
             since_best: 0,
             checks: Vec::new(),
             stopped: false,
@@ -657,15 +728,16 @@ impl Plateau {
     }
 
     /// Records a check; true when the warm start should stop.
-    fn check(&mut self, step: u64, accuracy: f64) -> bool {
-        self.checks.push((step, accuracy));
-        if accuracy >= self.best + self.min_gain {
-            self.best = accuracy;
+    fn check(&mut self, step: u64, loss: f64) -> bool {
+        self.checks.push((step, loss));
+        if loss <= self.best * (1.0 - self.rule.min_gain) {
+            self.best = loss;
             self.since_best = 0;
         } else {
+            self.best = self.best.min(loss);
             self.since_best += 1;
         }
-        self.stopped = self.since_best >= self.patience;
+        self.stopped = self.since_best >= self.rule.patience && step >= self.rule.min_steps;
         self.stopped
     }
 }
@@ -676,20 +748,32 @@ mod tests {
 
     #[test]
     fn the_plateau_rule_waits_for_patience_checks_without_a_gain() {
-        let mut p = Plateau::new((100, 3, 0.01));
-        let seq = [0.2, 0.4, 0.5, 0.505, 0.52, 0.515, 0.51, 0.525];
-        let stops: Vec<bool> = seq
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| p.check(100 * (i as u64 + 1), a))
-            .collect();
-        // 0.505 is no gain over 0.5; 0.52 is; then 0.515, 0.51, 0.525 are
-        // three checks within 0.01 of 0.52.
+        let rule = PlateauRule {
+            every: 100,
+            patience: 3,
+            min_gain: 0.01,
+            min_steps: 0,
+        };
+        let run = |rule: PlateauRule, losses: &[f64]| -> Vec<bool> {
+            let mut p = Plateau::new(rule);
+            (losses.iter().enumerate())
+                .map(|(i, &l)| p.check(100 * (i as u64 + 1), l))
+                .collect()
+        };
+        // 0.995 is no gain over 1.0 (less than 1%); 0.98 is; then 0.979,
+        // 0.975 and 0.972 are three checks within 1% of 0.98.
+        let losses = [2.0, 1.5, 1.0, 0.995, 0.98, 0.979, 0.975, 0.972];
         assert_eq!(
-            stops,
+            run(rule, &losses),
             [false, false, false, false, false, false, false, true]
         );
-        assert_eq!(p.checks.len(), 8);
+        // Not before min_steps.
+        let late = PlateauRule {
+            min_steps: 900,
+            ..rule
+        };
+        assert!(!run(late, &losses).contains(&true));
+        assert!(run(late, &[losses.as_slice(), &[0.971]].concat())[8]);
     }
 
     #[test]
@@ -706,6 +790,11 @@ mod tests {
         };
         assert_eq!(a.cache_name(), b.cache_name());
         assert_ne!(hash(&a), hash(&b));
+        let c2 = Setup {
+            teacher_target: 0.5,
+            ..a.clone()
+        };
+        assert_ne!(a.cache_name(), c2.cache_name());
         assert_ne!(a.cache_name(), c.cache_name());
         assert!(c.cache_name().starts_with("v4-orders-"));
     }

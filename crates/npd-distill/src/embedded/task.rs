@@ -74,11 +74,11 @@ impl TaskSpec {
         2 + 2 * self.max_steps + 1
     }
 
-    /// Most response tokens, end-of-sequence included: five per step
-    /// (op, digit, two-digit value, comma or `#`), the final value and the
-    /// end.
+    /// Most response tokens: five per step (op, digit, two-digit value,
+    /// comma or `#`), the final value and the end, and room for one
+    /// repaired value (`dd!`) and two more: 48 for chains of 8.
     pub fn response_budget(&self) -> usize {
-        5 * self.max_steps + 3
+        5 * self.max_steps + 8
     }
 
     /// A random problem.
