@@ -63,10 +63,15 @@ pub struct Inputs {
 /// The report's line on how the embedded warm start stopped.
 fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
     let rule = setup.plateau;
+    let data = if setup.warm_start_max_ops < setup.max_ops {
+        format!(" of prompts with at most {} ops", setup.warm_start_max_ops)
+    } else {
+        String::new()
+    };
     match (setup.warm_start_stop, record) {
         (WarmStart::Steps, _) => format!(
-            "warm start: {} steps of cross-entropy on reference responses (a student trained part-way)",
-            setup.warm_start_steps
+            "warm start: {} steps of cross-entropy on reference responses{} (a student trained part-way)",
+            setup.warm_start_steps, data
         ),
         (WarmStart::Plateau, None) => "warm start: until the validation loss plateaus".into(),
         (WarmStart::Plateau, Some(r)) => {
@@ -77,12 +82,12 @@ fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
                 .map(|(step, loss)| format!("{step}: {loss:.3}"))
                 .collect();
             format!(
-                "warm start: until the validation loss plateaus (teacher-forced on the reference responses of {} validation prompts, checked every {} steps; stop after {} checks in a row lowering it by less than {}% of the best, after at least {} steps): {} after {} steps, lowest {best:.4} nats per token at step {best_step}; checks (step: loss) {}",
+                "warm start{data}: until the validation loss plateaus (teacher-forced on the reference responses of {} validation prompts, checked every {} steps; stop after {} checks in a row lowering it by less than {}% of the best, after at least {} steps): {} after {} steps, lowest {best:.4} nats per token at step {best_step}; checks (step: loss) {}",
                 setup.validation_prompts,
                 rule.every,
                 rule.patience,
                 100.0 * rule.min_gain,
-                rule.min_steps,
+                rule.fewest_steps,
                 if r.plateaued {
                     "plateaued"
                 } else {

@@ -92,8 +92,10 @@ pub struct Grid {
     pub filter: Option<Vec<bool>>,
     /// `rollout.refresh_every` (K).
     pub refresh_every: Option<Vec<u64>>,
-    /// `embedded.max_steps`: response length (5 tokens per step).
-    pub max_steps: Option<Vec<usize>>,
+    /// `embedded.max_ops`: response length (5 tokens per step).
+    pub max_ops: Option<Vec<usize>>,
+    /// `embedded.warm_start_max_ops`: the warm start's longest prompts.
+    pub warm_start_max_ops: Option<Vec<usize>>,
     /// `rollout.schedule`: NPD's colocated or disaggregated schedule.
     pub schedule: Option<Vec<Schedule>>,
 }
@@ -193,8 +195,12 @@ impl Grid {
             ("temperature", g.temperature.as_ref().map(Vec::len)),
             ("filter", g.filter.as_ref().map(Vec::len)),
             ("refresh_every", g.refresh_every.as_ref().map(Vec::len)),
-            ("max_steps", g.max_steps.as_ref().map(Vec::len)),
+            ("max_ops", g.max_ops.as_ref().map(Vec::len)),
             ("schedule", g.schedule.as_ref().map(Vec::len)),
+            (
+                "warm_start_max_ops",
+                g.warm_start_max_ops.as_ref().map(Vec::len),
+            ),
         ];
         if let Some((key, _)) = empty.iter().find(|(_, n)| *n == Some(0)) {
             bail!("{origin}: `grid.{key}` is empty; give it a value or leave it out");
@@ -239,8 +245,8 @@ impl Grid {
         );
         push(
             &mut axes,
-            &g.max_steps,
-            ("embedded", "max_steps", "most steps"),
+            &g.max_ops,
+            ("embedded", "max_ops", "most ops"),
             |m| m.to_string(),
             |m| format!("len{m}"),
         );
@@ -250,6 +256,13 @@ impl Grid {
             ("embedded", "warm_start", "warm start"),
             |w| w.name().into(),
             |w| w.name().into(),
+        );
+        push(
+            &mut axes,
+            &g.warm_start_max_ops,
+            ("embedded", "warm_start_max_ops", "warm-start ops"),
+            |m| format!("≤{m}"),
+            |m| format!("upto{m}"),
         );
         push(
             &mut axes,
@@ -782,7 +795,7 @@ methods = ["on-policy", "npd"]
 seeds = 2
 
 [grid]
-max_steps = [8, 24]
+max_ops = [8, 24]
 student = [[32, 1]]
 loss = ["jsd"]
 temperature = [0.7]
@@ -793,7 +806,7 @@ schedule = ["colocated", "disaggregated"]
         assert_eq!(runs.len(), 4);
         assert_eq!(runs[1].name, "len8-32x1-jsd-t0.7-k5-disaggregated");
         let c: toml::Table = toml::from_str(&runs[1].config).unwrap();
-        assert_eq!(c["embedded"]["max_steps"].as_integer(), Some(8));
+        assert_eq!(c["embedded"]["max_ops"].as_integer(), Some(8));
         assert_eq!(c["embedded"]["student"].as_array().unwrap().len(), 2);
         assert_eq!(c["train"]["loss"].as_str(), Some("jsd"));
         assert_eq!(c["sampling"]["temperature"].as_float(), Some(0.7));

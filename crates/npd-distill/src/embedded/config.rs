@@ -39,9 +39,9 @@ pub struct EmbeddedConfig {
     /// order, so the teacher's distribution has real entropy).
     pub task: TaskKind,
     /// Fewest ops in a prompt.
-    pub min_steps: usize,
+    pub min_ops: usize,
     /// Most ops in a prompt (each adds 5 response tokens).
-    pub max_steps: usize,
+    pub max_ops: usize,
     /// Teacher training stops once held-out accuracy on a 128-prompt
     /// probe reaches this plus 0.02; unset: 0.95 for `chain`, 0.85 for
     /// `orders` (a good but not perfect teacher).
@@ -51,6 +51,11 @@ pub struct EmbeddedConfig {
     pub student: [usize; 2],
     /// `steps` or `plateau`.
     pub warm_start: WarmStart,
+    /// Most ops in the warm start's prompts; unset: `max_ops`. Fewer
+    /// makes a student post-trained on easier data than it is then
+    /// distilled on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_start_max_ops: Option<usize>,
     /// `steps`: warm-start steps.
     pub warm_start_steps: u64,
     /// `plateau`: the most warm-start steps.
@@ -70,11 +75,12 @@ impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
             task: TaskKind::Chain,
-            min_steps: 3,
-            max_steps: 8,
+            min_ops: 3,
+            max_ops: 8,
             teacher_target: None,
             student: [64, 2],
             warm_start: WarmStart::Steps,
+            warm_start_max_ops: None,
             warm_start_steps: 1500,
             plateau_max_steps: 10_000,
             plateau_every: 200,
@@ -90,8 +96,8 @@ impl EmbeddedConfig {
     pub fn task_spec(&self) -> TaskSpec {
         TaskSpec {
             kind: self.task,
-            min_steps: self.min_steps,
-            max_steps: self.max_steps,
+            min_ops: self.min_ops,
+            max_ops: self.max_ops,
         }
     }
 
@@ -108,16 +114,24 @@ impl Section for EmbeddedConfig {
     const NAME: &'static str = "embedded";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("min_steps", self.min_steps, 1)?;
+        c.at_least("min_ops", self.min_ops, 1)?;
         c.that(
-            (self.min_steps..=64).contains(&self.max_steps),
-            "max_steps",
-            format!(
-                "an integer from embedded.min_steps ({}) to 64",
-                self.min_steps
-            ),
-            self.max_steps,
+            (self.min_ops..=64).contains(&self.max_ops),
+            "max_ops",
+            format!("an integer from embedded.min_ops ({}) to 64", self.min_ops),
+            self.max_ops,
         )?;
+        if let Some(m) = self.warm_start_max_ops {
+            c.that(
+                (self.min_ops..=self.max_ops).contains(&m),
+                "warm_start_max_ops",
+                format!(
+                    "an integer from embedded.min_ops ({}) to embedded.max_ops ({})",
+                    self.min_ops, self.max_ops
+                ),
+                m,
+            )?;
+        }
         if let Some(t) = self.teacher_target {
             c.fraction("teacher_target", t, false, true)?;
         }

@@ -64,14 +64,17 @@ pub struct Setup {
     #[serde(default)]
     pub task: TaskKind,
     /// Fewest ops in a prompt.
-    #[serde(default = "default_min_steps")]
-    pub min_steps: usize,
+    #[serde(default = "default_min_ops")]
+    pub min_ops: usize,
     /// Most ops in a prompt.
-    #[serde(default = "default_max_steps")]
-    pub max_steps: usize,
+    #[serde(default = "default_max_ops")]
+    pub max_ops: usize,
     /// When the warm start stops (`warm_start_steps` is then the most).
     #[serde(default)]
     pub warm_start_stop: WarmStart,
+    /// Most ops in the warm start's training and validation prompts.
+    #[serde(default = "default_max_ops")]
+    pub warm_start_max_ops: usize,
     /// The plateau rule of [`WarmStart::Plateau`].
     #[serde(default)]
     pub plateau: PlateauRule,
@@ -81,18 +84,18 @@ pub struct Setup {
     pub validation_prompts: usize,
 }
 
-fn default_min_steps() -> usize {
-    TaskSpec::default().min_steps
+fn default_min_ops() -> usize {
+    TaskSpec::default().min_ops
 }
 
-fn default_max_steps() -> usize {
-    TaskSpec::default().max_steps
+fn default_max_ops() -> usize {
+    TaskSpec::default().max_ops
 }
 
 /// When a plateau warm start stops: once `patience` checks in a row (one
 /// every `every` steps) lowered the validation loss by less than the
 /// fraction `min_gain` of the best loss before them, and at least
-/// `min_steps` steps were taken.
+/// `fewest_steps` steps were taken.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PlateauRule {
     /// Steps between checks.
@@ -102,7 +105,7 @@ pub struct PlateauRule {
     /// Smallest relative decrease of the validation loss that counts.
     pub min_gain: f64,
     /// Fewest steps.
-    pub min_steps: u64,
+    pub fewest_steps: u64,
 }
 
 impl Default for PlateauRule {
@@ -118,7 +121,7 @@ impl PlateauRule {
             every: c.plateau_every,
             patience: c.plateau_patience,
             min_gain: c.plateau_min_gain,
-            min_steps: c.plateau_min_steps,
+            fewest_steps: c.plateau_min_steps,
         }
     }
 }
@@ -137,8 +140,8 @@ struct TeacherKey {
     repair_fraction: f64,
     seed: u64,
     task: TaskKind,
-    min_steps: usize,
-    max_steps: usize,
+    min_ops: usize,
+    max_ops: usize,
 }
 
 impl TeacherKey {
@@ -154,8 +157,8 @@ impl TeacherKey {
             repair_fraction: s.repair_fraction,
             seed: s.seed,
             task: s.task,
-            min_steps: s.min_steps,
-            max_steps: s.max_steps,
+            min_ops: s.min_ops,
+            max_ops: s.max_ops,
         }
     }
 }
@@ -178,9 +181,10 @@ impl Setup {
                 WarmStart::Plateau => c.plateau_max_steps,
             },
             task: c.task,
-            min_steps: c.min_steps,
-            max_steps: c.max_steps,
+            min_ops: c.min_ops,
+            max_ops: c.max_ops,
             warm_start_stop: c.warm_start,
+            warm_start_max_ops: c.warm_start_max_ops.unwrap_or(c.max_ops),
             plateau: PlateauRule::from_config(c),
             ..Self::default()
         }
@@ -190,8 +194,8 @@ impl Setup {
     pub fn task_spec(&self) -> TaskSpec {
         TaskSpec {
             kind: self.task,
-            min_steps: self.min_steps,
-            max_steps: self.max_steps,
+            min_ops: self.min_ops,
+            max_ops: self.max_ops,
         }
     }
 
@@ -215,7 +219,7 @@ impl Setup {
         self.teacher = (64, 2, 4, 2);
         self.student = (32, 1, 2, 1);
         self.plateau.every = self.plateau.every.min(5);
-        self.plateau.min_steps = self.plateau.min_steps.min(10);
+        self.plateau.fewest_steps = self.plateau.fewest_steps.min(10);
         self
     }
 
@@ -251,9 +255,10 @@ impl Default for Setup {
             repair_fraction: 0.15,
             seed: 0,
             task: TaskKind::Chain,
-            min_steps: default_min_steps(),
-            max_steps: default_max_steps(),
+            min_ops: default_min_ops(),
+            max_ops: default_max_ops(),
             warm_start_stop: WarmStart::Steps,
+            warm_start_max_ops: default_max_ops(),
             plateau: PlateauRule::default(),
             validation_prompts: default_validation_prompts(),
         }
@@ -532,7 +537,9 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     // Validation: reference responses (in a seeded random order for
     // `orders`), scored teacher-forced by the plateau rule.
     let mut order = StdRng::seed_from_u64(setup.seed ^ 0x7a11);
-    let validation = (validation_p.iter().enumerate())
+    let short = |p: &&Problem| p.ops.len() <= setup.warm_start_max_ops;
+    let warm_p: Vec<Problem> = train_p.iter().filter(short).cloned().collect();
+    let validation = (validation_p.iter().filter(short).enumerate())
         .map(|(i, p)| {
             let prompt = prompt_ids(&tok, &spec, p)?;
             let ordered = spec.reference_order(p, &mut order);
@@ -641,7 +648,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                 let (warm, steps) = train_on_references(
                     student,
                     setup,
-                    (train_p, &tok),
+                    (&warm_p, &tok),
                     phase,
                     |m, step| match setup.warm_start_stop {
                         WarmStart::Steps => Ok(false),
@@ -737,7 +744,7 @@ impl Plateau {
             self.best = self.best.min(loss);
             self.since_best += 1;
         }
-        self.stopped = self.since_best >= self.rule.patience && step >= self.rule.min_steps;
+        self.stopped = self.since_best >= self.rule.patience && step >= self.rule.fewest_steps;
         self.stopped
     }
 }
@@ -752,7 +759,7 @@ mod tests {
             every: 100,
             patience: 3,
             min_gain: 0.01,
-            min_steps: 0,
+            fewest_steps: 0,
         };
         let run = |rule: PlateauRule, losses: &[f64]| -> Vec<bool> {
             let mut p = Plateau::new(rule);
@@ -767,9 +774,9 @@ mod tests {
             run(rule, &losses),
             [false, false, false, false, false, false, false, true]
         );
-        // Not before min_steps.
+        // Not before fewest_steps.
         let late = PlateauRule {
-            min_steps: 900,
+            fewest_steps: 900,
             ..rule
         };
         assert!(!run(late, &losses).contains(&true));

@@ -53,17 +53,17 @@ pub struct TaskSpec {
     /// Which task.
     pub kind: TaskKind,
     /// Fewest ops in a prompt.
-    pub min_steps: usize,
+    pub min_ops: usize,
     /// Most ops in a prompt.
-    pub max_steps: usize,
+    pub max_ops: usize,
 }
 
 impl Default for TaskSpec {
     fn default() -> Self {
         Self {
             kind: TaskKind::Chain,
-            min_steps: 3,
-            max_steps: 8,
+            min_ops: 3,
+            max_ops: 8,
         }
     }
 }
@@ -71,19 +71,19 @@ impl Default for TaskSpec {
 impl TaskSpec {
     /// Width the prompt is padded to (the longest chain plus `=`).
     pub fn prompt_width(&self) -> usize {
-        2 + 2 * self.max_steps + 1
+        2 + 2 * self.max_ops + 1
     }
 
     /// Most response tokens: five per step (op, digit, two-digit value,
     /// comma or `#`), the final value and the end, and room for one
     /// repaired value (`dd!`) and two more: 48 for chains of 8.
     pub fn response_budget(&self) -> usize {
-        5 * self.max_steps + 8
+        5 * self.max_ops + 8
     }
 
     /// A random problem.
     pub fn random(&self, rng: &mut StdRng) -> Problem {
-        let steps = rng.random_range(self.min_steps..=self.max_steps);
+        let steps = rng.random_range(self.min_ops..=self.max_ops);
         let ops = (0..steps)
             .map(|_| match (self.kind, rng.random_range(0..3)) {
                 (TaskKind::Chain, 0) => ('+', rng.random_range(0..=9)),
@@ -132,11 +132,11 @@ impl TaskSpec {
         match self.kind {
             TaskKind::Chain => format!(
                 "chains of {} to {} operations modulo 47, applied in the written order (one correct response per prompt)",
-                self.min_steps, self.max_steps
+                self.min_ops, self.max_ops
             ),
             TaskKind::Orders => format!(
                 "{} to {} multiplications modulo 47, taken in any order (many correct responses per prompt; the teacher learns from random orders)",
-                self.min_steps, self.max_steps
+                self.min_ops, self.max_ops
             ),
         }
     }
@@ -221,8 +221,8 @@ mod tests {
         for (kind, min, max) in [(TaskKind::Chain, 3, 8), (TaskKind::Orders, 20, 30)] {
             let spec = TaskSpec {
                 kind,
-                min_steps: min,
-                max_steps: max,
+                min_ops: min,
+                max_ops: max,
             };
             let a = spec.problems(200, 3);
             assert_eq!(a, spec.problems(200, 3));
