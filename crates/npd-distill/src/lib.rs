@@ -573,6 +573,27 @@ mod tests {
                 "{text}: {err}"
             );
         }
+        std::fs::write(
+            &path,
+            "[model]\nteacher = \"t\"\nstudent = \"s\"\n[embedded]\ntask = \"orders\"\n",
+        )
+        .unwrap();
+        let err = configure(&options(Some(path.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[embedded]"), "{err}");
+        std::fs::write(&path, "[embedded]\nmax_ops = 24\n").unwrap();
+        let (config, setup, _) = configure(&options(Some(path.clone()))).unwrap();
+        // The response budget follows the task's lengths.
+        assert_eq!(config.sampling.max_new_tokens, 5 * 24 + 8);
+        assert_eq!(setup.max_ops, 24);
+        std::fs::write(
+            &path,
+            "[embedded]\nmax_ops = 24\n[sampling]\nmax_new_tokens = 200\n",
+        )
+        .unwrap();
+        let (config, _, _) = configure(&options(Some(path.clone()))).unwrap();
+        assert_eq!(config.sampling.max_new_tokens, 200);
         std::fs::write(&path, "[train]\nsteps = 7\n").unwrap();
         let (config, _, _) = configure(&options(Some(path.clone()))).unwrap();
         assert_eq!(config.train.steps, 7);
