@@ -646,7 +646,7 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
     header.extend(
         [
             "teacher",
-            "warm start",
+            "student at start",
             "SFT",
             "on-policy",
             "NPD",
