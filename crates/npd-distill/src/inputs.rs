@@ -60,11 +60,20 @@ pub struct Inputs {
     pub setup: Vec<String>,
 }
 
+/// A loss in nats: three decimals, or three significant digits below 0.01.
+fn nats(loss: f64) -> String {
+    if loss >= 0.01 {
+        format!("{loss:.3}")
+    } else {
+        format!("{loss:.2e}")
+    }
+}
+
 /// The report's line on how the embedded warm start stopped.
 fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
     let rule = setup.plateau;
     let data = if setup.warm_start_max_ops < setup.max_ops {
-        format!(" of prompts with at most {} ops", setup.warm_start_max_ops)
+        format!(" on prompts of at most {} ops", setup.warm_start_max_ops)
     } else {
         String::new()
     };
@@ -79,10 +88,10 @@ fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
                 .copied()
                 .fold((0, f64::INFINITY), |b, c| if c.1 < b.1 { c } else { b });
             let checks: Vec<String> = (r.validation.iter())
-                .map(|(step, loss)| format!("{step}: {loss:.3}"))
+                .map(|(step, loss)| format!("{step}: {}", nats(*loss)))
                 .collect();
             format!(
-                "warm start{data}: until the validation loss plateaus (teacher-forced on the reference responses of {} validation prompts, checked every {} steps; stop after {} checks in a row lowering it by less than {}% of the best, after at least {} steps): {} after {} steps, lowest {best:.4} nats per token at step {best_step}; checks (step: loss) {}",
+                "warm start: until the validation loss plateaus{data} (teacher-forced on the reference responses of {} validation prompts, checked every {} steps; stop after {} checks in a row lowering it by less than {}% of the best, after at least {} steps): {} after {} steps, lowest {} nats per token at step {best_step}; checks (step: loss) {}",
                 setup.validation_prompts,
                 rule.every,
                 rule.patience,
@@ -94,6 +103,7 @@ fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
                     "hit the step limit"
                 },
                 r.steps,
+                nats(best),
                 checks.join(", ")
             )
         }
@@ -306,4 +316,43 @@ fn split(mut examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>,
     };
     let eval = examples.split_off(n - held);
     (examples, eval)
+}
+
+#[cfg(test)]
+mod warm_start_line_tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_start_line_names_the_rule_and_every_check() {
+        let setup = Setup {
+            warm_start_stop: WarmStart::Plateau,
+            warm_start_max_ops: 5,
+            ..Setup::default()
+        };
+        let record = WarmStartRecord {
+            steps: 600,
+            validation: vec![(200, 0.5), (400, 3.2e-5), (600, 4.1e-5)],
+            plateaued: true,
+        };
+        let line = warm_start_line(&setup, Some(&record));
+        assert!(
+            line.starts_with(
+                "warm start: until the validation loss plateaus on prompts of at most 5 ops"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("plateaued after 600 steps, lowest 3.20e-5 nats per token at step 400"),
+            "{line}"
+        );
+        assert!(
+            line.contains("200: 0.500, 400: 3.20e-5, 600: 4.10e-5"),
+            "{line}"
+        );
+        let steps = warm_start_line(&Setup::default(), None);
+        assert!(
+            steps.starts_with("warm start: 1500 steps") && !steps.contains("at most"),
+            "{steps}"
+        );
+    }
 }
