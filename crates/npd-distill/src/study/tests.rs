@@ -1,0 +1,158 @@
+//! Tests of the study: grid expansion, bad files, the table.
+use super::*;
+
+const GRID: &str = r#"
+[study]
+methods = ["sft", "on-policy", "npd"]
+seeds = 3
+
+[base.train]
+steps = 50
+
+[grid]
+task = ["chain", "orders"]
+warm_start = ["plateau"]
+filter = [true, false]
+"#;
+
+#[test]
+fn several_grids_run_one_after_the_other() {
+    let text = r#"
+[study]
+methods = ["npd"]
+seeds = 1
+
+[[grid]]
+task = ["chain"]
+student = [[64, 2]]
+
+[[grid]]
+task = ["orders"]
+student = [[32, 1]]
+warm_start = ["plateau"]
+"#;
+    let runs = StudyFile::parse(text, "g.toml").unwrap().runs();
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["chain-64x2", "orders-plateau-32x1"]);
+    let err = format!(
+        "{:#}",
+        StudyFile::parse(&text.replace("[[32, 1]]", "[[32]]"), "g.toml").unwrap_err()
+    );
+    assert!(err.contains("g.toml") && err.contains("grid"), "{err}");
+}
+
+#[test]
+fn every_axis_reaches_its_key() {
+    let text = r#"
+[study]
+methods = ["on-policy", "npd"]
+seeds = 2
+
+[grid]
+max_ops = [8, 24]
+student = [[32, 1]]
+loss = ["jsd"]
+temperature = [0.7]
+refresh_every = [5]
+schedule = ["colocated", "disaggregated"]
+"#;
+    let runs = StudyFile::parse(text, "g.toml").unwrap().runs();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(runs[1].name, "len8-32x1-jsd-t0.7-k5-disaggregated");
+    let c: toml::Table = toml::from_str(&runs[1].config).unwrap();
+    assert_eq!(c["embedded"]["max_ops"].as_integer(), Some(8));
+    assert_eq!(c["embedded"]["student"].as_array().unwrap().len(), 2);
+    assert_eq!(c["train"]["loss"].as_str(), Some("jsd"));
+    assert_eq!(c["sampling"]["temperature"].as_float(), Some(0.7));
+    assert_eq!(c["rollout"]["refresh_every"].as_integer(), Some(5));
+    assert_eq!(c["rollout"]["schedule"].as_str(), Some("disaggregated"));
+    // Every generated configuration is a valid run configuration.
+    for run in &runs {
+        crate::RunConfig::from_toml(&run.config, &run.name).unwrap();
+    }
+}
+
+#[test]
+fn a_grid_expands_to_regimes_and_filter_runs() {
+    let file = StudyFile::parse(GRID, "g.toml").unwrap();
+    let runs = file.runs();
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "chain-plateau",
+            "chain-plateau-no-ifd",
+            "orders-plateau",
+            "orders-plateau-no-ifd"
+        ]
+    );
+    assert_eq!(runs[0].methods, Method::ALL.to_vec());
+    assert_eq!(runs[1].methods, vec![Method::NearPolicy]);
+    let config: toml::Table = toml::from_str(&runs[3].config).unwrap();
+    assert_eq!(config["embedded"]["task"].as_str(), Some("orders"));
+    assert_eq!(config["embedded"]["warm_start"].as_str(), Some("plateau"));
+    assert_eq!(config["filter"]["enabled"].as_bool(), Some(false));
+    assert_eq!(config["train"]["steps"].as_integer(), Some(50));
+}
+
+#[test]
+fn bad_study_files_are_named() {
+    for (text, needle) in [
+        ("[study]\nmethods = [\"sft\"]\nseeds = 0\n", "study.seeds"),
+        ("[study]\nmethods = [\"dpo\"]\nseeds = 1\n", "dpo"),
+        (
+            "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\ntask = [\"sort\"]\n",
+            "sort",
+        ),
+        (
+            "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\nloss = []\n",
+            "grid.loss",
+        ),
+        ("[study]\nmethods = [\"sft\"]\nseed = 1\n", "seed"),
+    ] {
+        let err = format!("{:#}", StudyFile::parse(text, "g.toml").unwrap_err());
+        assert!(
+            err.contains("g.toml") && err.contains(needle),
+            "{text}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_table_gives_mean_spread_and_differences() {
+    let file = StudyFile::parse(GRID, "g.toml").unwrap();
+    let cell = |a: &[f64]| Cell {
+        accuracy: a.to_vec(),
+        wall_s: vec![10.0; a.len()],
+    };
+    let result = |filter: bool, methods: Vec<(&str, Cell)>| RunResult {
+        name: String::new(),
+        regime: "chain-plateau".into(),
+        axes: vec![("task".into(), "chain".into())],
+        filter,
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.5,
+        warm_start: String::new(),
+        methods: methods
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    };
+    let results = [
+        result(
+            true,
+            vec![
+                ("SFT", cell(&[0.5, 0.6, 0.7])),
+                ("on-policy", cell(&[0.7, 0.7, 0.7])),
+                ("NPD", cell(&[0.65, 0.7, 0.75])),
+            ],
+        ),
+        result(false, vec![("NPD", cell(&[0.6, 0.6, 0.6]))]),
+    ];
+    let t = table(&file, &results);
+    let row = t.lines().last().unwrap();
+    assert!(row.contains("60.0 ± 10.0 (50.0–70.0)"), "{row}");
+    assert!(row.contains("| +10.0 | +0.0 | +10.0 |"), "{row}");
+    assert!(row.ends_with("| 10 / 10 / 10 / 10 | 1.00 |"), "{row}");
+    assert_eq!(t.lines().filter(|l| l.starts_with("| chain")).count(), 1);
+}
