@@ -4,6 +4,7 @@
 //! CPU.
 
 pub mod config;
+pub mod plateau;
 pub mod prepare;
 pub mod task;
 
