@@ -175,6 +175,32 @@ impl StudyFile {
             .collect()
     }
 
+    /// The options that run `run` from its configuration file `config`
+    /// into `out`.
+    pub fn options(
+        &self,
+        run: &StudyRun,
+        config: PathBuf,
+        out: PathBuf,
+        cache: Option<PathBuf>,
+    ) -> Options {
+        Options {
+            config: Some(config),
+            out: Some(out),
+            methods: run.methods.clone(),
+            seeds: self.study.seeds,
+            steps: None,
+            no_filter: false,
+            refresh_every: None,
+            loss: None,
+            quick: self.study.quick,
+            engine: None,
+            cache,
+            resume: false,
+            checkpoint_every: None,
+        }
+    }
+
     /// Every run of every grid, regime by regime.
     pub fn runs(&self) -> Vec<StudyRun> {
         let mut runs: Vec<StudyRun> = Vec::new();
@@ -514,21 +540,7 @@ pub fn study(
     for run in &runs {
         let path = configs.join(format!("{}.toml", run.name));
         crate::run_dir::write(&path, &run.config)?;
-        let options = Options {
-            config: Some(path.clone()),
-            out: Some(out.join("runs").join(&run.name)),
-            methods: run.methods.clone(),
-            seeds: grid.study.seeds,
-            steps: None,
-            no_filter: false,
-            refresh_every: None,
-            loss: None,
-            quick: grid.study.quick,
-            engine: None,
-            cache: cache.clone(),
-            resume: false,
-            checkpoint_every: None,
-        };
+        let options = grid.options(run, path, out.join("runs").join(&run.name), cache.clone());
         crate::configure(&options)
             .with_context(|| format!("{}: regime {}", file.display(), run.name))?;
         planned.push(options);

@@ -156,3 +156,33 @@ fn the_table_gives_mean_spread_and_differences() {
     assert!(row.ends_with("| 10 / 10 / 10 / 10 | 1.00 |"), "{row}");
     assert_eq!(t.lines().filter(|l| l.starts_with("| chain")).count(), 1);
 }
+
+/// The grids the docs tell users to run (every `docs/*.toml` with a
+/// `[study]` section) parse, and every regime's run configuration passes the
+/// same checks `study()` makes before its first run.
+#[test]
+fn documented_grids_are_valid() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let dir = std::env::temp_dir().join(format!("npd-doc-grids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&docs).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if path.extension().is_none_or(|e| e != "toml") || !text.contains("[study]") {
+            continue;
+        }
+        let grid = StudyFile::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        for run in grid.runs() {
+            let config = dir.join(format!("{}.toml", run.name));
+            std::fs::write(&config, &run.config).unwrap();
+            let options = grid.options(&run, config, dir.join(&run.name), None);
+            crate::configure(&options)
+                .unwrap_or_else(|e| panic!("{}: regime {}: {e:#}", path.display(), run.name));
+        }
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    checked.sort();
+    assert_eq!(checked, ["lengths.toml", "schedules.toml", "study.toml"]);
+}
