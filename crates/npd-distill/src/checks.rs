@@ -70,14 +70,15 @@ pub fn check_fit(config: &RunConfig, inputs: &Inputs, methods: &[Method]) -> Res
         .unwrap_or(0);
     let longest = longest_prompt + config.sampling.max_new_tokens;
     let p = &config.pack;
-    if methods.contains(&Method::NearPolicy)
-        && p.oversize == npd_pack::OversizePolicy::Reject
-        && p.capacity < longest
-    {
+    // NPD always packs; SFT and on-policy when pack.baselines says so.
+    let packs = methods
+        .iter()
+        .any(|m| *m == Method::NearPolicy || p.baselines == npd_pack::BaselineRows::Packed);
+    if packs && p.oversize == npd_pack::OversizePolicy::Reject && p.capacity < longest {
         anyhow::bail!(
-            "pack.capacity = {}: expected at least the longest sample NPD can write, {longest} \
-             tokens (the longest prompt, {longest_prompt}, plus sampling.max_new_tokens, {}); \
-             raise it, or set pack.oversize = \"truncate\"",
+            "pack.capacity = {}: expected at least the longest sample a method can write, \
+             {longest} tokens (the longest prompt, {longest_prompt}, plus \
+             sampling.max_new_tokens, {}); raise it, or set pack.oversize = \"truncate\"",
             p.capacity,
             config.sampling.max_new_tokens
         );

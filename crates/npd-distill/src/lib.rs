@@ -313,6 +313,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         (config.sampling.max_new_tokens, inputs.stop_ids.clone()),
     )?
     .with_threads(Threads::new(config.train.threads, config.rollout.threads))
+    .with_baselines(config.pack.baselines)
     .with_alone_prefix(
         (config.filter.enabled && config.filter.form.needs_alone())
             .then(|| inputs.alone_prefix.clone()),

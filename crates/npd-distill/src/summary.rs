@@ -59,9 +59,14 @@ pub(crate) fn served_line(
 /// The report's budget line.
 pub(crate) fn budget_line(config: &RunConfig) -> String {
     format!(
-        "budget: {} steps x {} samples per method and seed; loss {:?}, top-k {}; NPD K = {}, max lag {}, reuse {}, Δ-IFD {}",
+        "budget: {} steps x {} samples per method and seed, {}; loss {:?}, top-k {}; NPD K = {}, max lag {}, reuse {}, Δ-IFD {}",
         config.train.steps,
         config.train.rows_per_step,
+        match config.pack.baselines {
+            npd_pack::BaselineRows::Packed => "every method on packed rows",
+            npd_pack::BaselineRows::Padded =>
+                "SFT and on-policy on padded batches, NPD on packed rows",
+        },
         config.train.loss,
         config.train.top_k,
         config.rollout.refresh_every,

@@ -15,6 +15,18 @@ pub enum OversizePolicy {
     Truncate,
 }
 
+/// How the synchronous methods (SFT, on-policy) lay out a step's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineRows {
+    /// Packed into rows of `capacity` tokens by best-fit decreasing, as NPD
+    /// trains: every method trains on the same row layout.
+    #[default]
+    Packed,
+    /// One sample per row, every row as wide as the step's longest sample.
+    Padded,
+}
+
 /// Sequence packing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +35,8 @@ pub struct PackConfig {
     pub capacity: usize,
     /// Samples longer than `capacity`.
     pub oversize: OversizePolicy,
+    /// How SFT and on-policy lay out each step's samples (NPD always packs).
+    pub baselines: BaselineRows,
 }
 
 impl Default for PackConfig {
@@ -30,6 +44,7 @@ impl Default for PackConfig {
         Self {
             capacity: 4096,
             oversize: OversizePolicy::Reject,
+            baselines: BaselineRows::Packed,
         }
     }
 }

@@ -36,7 +36,7 @@ pub mod row;
 pub mod stats;
 pub mod stream;
 
-pub use config::{OversizePolicy, PackConfig};
+pub use config::{BaselineRows, OversizePolicy, PackConfig};
 pub use npd_core::PackedRow;
 pub use pack::{PackOptions, pack_pool, prepare};
 pub use stats::PackStats;

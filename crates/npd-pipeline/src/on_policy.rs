@@ -1,6 +1,6 @@
 //! Synchronous on-policy distillation: every step samples from the current
-//! student, the teacher scores the samples, and the student trains on one
-//! padded batch.
+//! student, the teacher scores the samples, and the student trains on them
+//! (packed rows, or one padded batch: `pack.baselines`).
 
 use npd_core::traits::{
     Evaluator, Generator, Learner, Persist, ScoreOptions, ScoreRequest, Scorer,
@@ -100,7 +100,7 @@ where
                 .zip(scores)
                 .map(|(r, sc)| sample(r.prompt_id.0, &r.prompt, &r.response, sc.topk))
                 .collect();
-            let next = run.padded_step(cx, learner, evaluator, samples, step + 1)?;
+            let next = run.synchronous_step(cx, learner, evaluator, samples, step + 1)?;
             if let Next::Stop(end) = next {
                 return Ok(end);
             }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use npd_core::events::{EvalEvent, Event, StepEvent};
 use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
 use npd_core::{Method, PackedRow, Prompt, PromptId, TokenId};
+use npd_pack::BaselineRows;
 
 use crate::checkpoints::{SavedNpd, SavedRun};
 use crate::clock::Clock;
@@ -206,9 +207,10 @@ impl Run {
         })
     }
 
-    /// One step of a synchronous method: `samples` as a padded batch,
-    /// trained on and recorded as step `step`.
-    pub fn padded_step<L, E>(
+    /// One step of a synchronous method: `samples` laid out as
+    /// `pack.baselines` says (packed rows, or a padded batch), trained on and
+    /// recorded as step `step`.
+    pub fn synchronous_step<L, E>(
         &mut self,
         cx: &mut Loop<'_>,
         learner: &mut L,
@@ -220,7 +222,15 @@ impl Run {
         L: Learner + Persist,
         E: Evaluator<L> + ?Sized,
     {
-        let rows = padded_rows(samples, cx.settings.pad_id)?;
+        let rows = self
+            .clock
+            .time("pack", || match cx.settings.pack.baselines {
+                BaselineRows::Packed => Ok(npd_pack::pack_pool(
+                    samples,
+                    &npd_pack::PackOptions::from_config(&cx.settings.pack, cx.settings.pad_id),
+                )?),
+                BaselineRows::Padded => padded_rows(samples, cx.settings.pad_id),
+            })?;
         let stats = self.clock.time("train", || learner.step(&rows))?;
         let extra = StepExtra::default();
         self.after_step(cx, learner, evaluator, step, &stats, &rows, extra, || None)
@@ -288,7 +298,7 @@ pub(crate) fn sample(
 }
 
 /// One sample per row, each row as wide as the longest sample of the step:
-/// the padded batch of the baselines.
+/// the baselines' padded batch (`pack.baselines = "padded"`).
 fn padded_rows(samples: Vec<npd_core::TrainSample>, pad_id: TokenId) -> Result<Vec<PackedRow>> {
     let width = samples.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
     let mut options = npd_pack::PackOptions::new(width);

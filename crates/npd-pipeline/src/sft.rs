@@ -1,5 +1,5 @@
-//! SFT: cross-entropy on teacher-written responses, one padded batch per
-//! step.
+//! SFT: cross-entropy on teacher-written responses, a step's samples in
+//! packed rows or one padded batch (`pack.baselines`).
 
 use npd_core::traits::{Evaluator, Generator, Learner, Persist};
 use npd_core::{Method, Prompt, SamplingParams, TokenId, TrainSample};
@@ -86,7 +86,7 @@ where
                     sample(r, &cx.prompts[i].tokens, &responses[i], None)
                 })
                 .collect();
-            let next = run.padded_step(cx, learner, evaluator, samples, step + 1)?;
+            let next = run.synchronous_step(cx, learner, evaluator, samples, step + 1)?;
             if let Next::Stop(end) = next {
                 return Ok(end);
             }

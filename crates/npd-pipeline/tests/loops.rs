@@ -11,7 +11,7 @@ use npd_core::config::{SamplingConfig, TrainConfig};
 use npd_core::events::Event;
 use npd_core::{Method, Prompt, PromptId};
 use npd_filter::FilterConfig;
-use npd_pack::PackConfig;
+use npd_pack::{BaselineRows, PackConfig};
 use npd_pipeline::{
     Checkpoints, Comparison, Loop, NearPolicy, OnPolicy, RunEnd, Settings, Sft, Stages,
 };
@@ -349,6 +349,57 @@ fn the_configured_seeds_take_effect() {
         run(&base, Method::OnPolicy).hash,
         run(&other, Method::OnPolicy).hash
     );
+}
+
+#[test]
+fn the_baselines_train_the_same_samples_in_packed_or_padded_rows() {
+    let data = prompts(20);
+    let responses = npd_pipeline::write_responses(
+        &mut EchoGenerator::default(),
+        &data,
+        &settings(false).sampling,
+    )
+    .unwrap();
+    // Sample ids and rows per step of on-policy and SFT.
+    let run = |rows: BaselineRows| {
+        let mut s = settings(false);
+        s.pack.baselines = rows;
+        let mut on = HashLearner::default();
+        OnPolicy::new(
+            &mut on,
+            &mut EchoGenerator::default(),
+            &mut FixedTeacher::default(),
+            &mut StepsEval,
+        )
+        .run(&mut Loop::new(&s, &data), 0)
+        .unwrap();
+        let mut sft = HashLearner::default();
+        Sft::new(&mut sft, &mut StepsEval, &responses)
+            .run(&mut Loop::new(&s, &data), 0)
+            .unwrap();
+        [(on.log, on.rows), (sft.log, sft.rows)]
+    };
+    let sorted = |ids: &[Vec<u64>]| -> Vec<Vec<u64>> {
+        ids.iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                v
+            })
+            .collect()
+    };
+    let samples = settings(false).samples_per_step;
+    for ((ids_packed, rows_packed), (ids_padded, rows_padded)) in run(BaselineRows::Packed)
+        .into_iter()
+        .zip(run(BaselineRows::Padded))
+    {
+        assert_eq!(ids_packed.len() as u64, STEPS);
+        // The same samples every step, laid out differently: one per row
+        // padded, several per row packed.
+        assert_eq!(sorted(&ids_packed), sorted(&ids_padded));
+        assert!(rows_padded.iter().all(|&r| r == samples), "{rows_padded:?}");
+        assert!(rows_packed.iter().all(|&r| r < samples), "{rows_packed:?}");
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::generator::{ModelGenerator, Weights, load_weights};
 use crate::model::Llama;
 use crate::score::ModelScorer;
 use crate::train::{Layout, TrainOptions, Trainer};
+use npd_pack::BaselineRows;
 
 /// libtorch intra-op threads per role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +134,7 @@ pub struct TchStages<'a> {
     stop_ids: Vec<TokenId>,
     alone_prefix: Option<Vec<TokenId>>,
     student_config_json: Option<String>,
+    baselines: BaselineRows,
 }
 
 impl<'a> TchStages<'a> {
@@ -166,6 +168,7 @@ impl<'a> TchStages<'a> {
             stop_ids,
             alone_prefix: None,
             student_config_json: None,
+            baselines: BaselineRows::default(),
         })
     }
 
@@ -179,6 +182,14 @@ impl<'a> TchStages<'a> {
     /// The student's own `config.json`, written into its checkpoints.
     pub fn with_student_config_json(mut self, json: Option<String>) -> Self {
         self.student_config_json = json;
+        self
+    }
+
+    /// How the pipeline lays out SFT's and on-policy's rows
+    /// (`pack.baselines`; packed unless set): their trainers read the same
+    /// layout.
+    pub fn with_baselines(mut self, rows: BaselineRows) -> Self {
+        self.baselines = rows;
         self
     }
 
@@ -215,16 +226,19 @@ impl<'a> Stages for TchStages<'a> {
     type Evaluator = HeldOut<'a>;
 
     /// Sets the training thread's libtorch threads and seed, then builds a
-    /// trainer at the warm start: padded rows for the baselines, packed rows
-    /// for NPD; SFT trains with cross-entropy whatever the distillation
-    /// loss.
+    /// trainer at the warm start: packed rows for NPD, the layout of
+    /// [`TchStages::with_baselines`] for SFT and on-policy; SFT trains with
+    /// cross-entropy whatever the distillation loss.
     fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<Trainer> {
         tch::set_num_threads(self.threads.train);
         tch::manual_seed((seed ^ self.train_seed) as i64);
         let mut options = self.train.clone();
         options.layout = match method {
             Method::NearPolicy => Layout::Packed,
-            Method::Sft | Method::OnPolicy => Layout::Padded,
+            Method::Sft | Method::OnPolicy => match self.baselines {
+                BaselineRows::Packed => Layout::Packed,
+                BaselineRows::Padded => Layout::Padded,
+            },
         };
         if method == Method::Sft {
             options.loss = LossKind::Ce;

@@ -22,6 +22,8 @@ pub struct HashLearner {
     pub hash: u64,
     /// Sample ids per step taken by this instance.
     pub log: Vec<Vec<u64>>,
+    /// Rows per step taken by this instance.
+    pub rows: Vec<usize>,
     /// Calls to `step` (1-based) that report a non-finite loss and change
     /// nothing.
     pub skip: Vec<usize>,
@@ -55,6 +57,7 @@ impl Learner for HashLearner {
         }
         self.steps += 1;
         self.log.push(ids);
+        self.rows.push(rows.len());
         Ok(StepStats {
             loss: 1.0 / self.steps as f64,
             target_tokens: rows.iter().map(PackedRow::targets).sum(),
