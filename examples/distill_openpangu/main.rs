@@ -152,6 +152,12 @@ enum LossArg {
     ReverseKl,
     /// Generalised Jensen-Shannon divergence (train.jsd_beta).
     Jsd,
+    /// DistiLLM's skew KL (train.skew_alpha).
+    SkewForwardKl,
+    /// DistiLLM's skew reverse KL (train.skew_alpha).
+    SkewReverseKl,
+    /// Reverse KL from the sampled token's log-ratio (policy-gradient form).
+    SampledReverseKl,
     /// Cross-entropy on the sampled tokens.
     Ce,
 }
@@ -176,6 +182,9 @@ impl Args {
                 LossArg::ForwardKl => LossKind::ForwardKl,
                 LossArg::ReverseKl => LossKind::ReverseKl,
                 LossArg::Jsd => LossKind::Jsd,
+                LossArg::SkewForwardKl => LossKind::SkewForwardKl,
+                LossArg::SkewReverseKl => LossKind::SkewReverseKl,
+                LossArg::SampledReverseKl => LossKind::SampledReverseKl,
                 LossArg::Ce => LossKind::Ce,
             }),
             quick: self.quick,

@@ -222,8 +222,25 @@ pub enum LossKind {
     ReverseKl,
     /// Generalised Jensen-Shannon divergence with weight `jsd_beta`.
     Jsd,
+    /// Skew KL (DistiLLM): `KL(teacher ‖ α·teacher + (1 − α)·student)`
+    /// with α = `skew_alpha`; bounded where the student puts no mass.
+    SkewForwardKl,
+    /// Skew reverse KL (DistiLLM): `KL(student ‖ α·student + (1 − α)·teacher)`.
+    SkewReverseKl,
+    /// Reverse KL estimated from the sampled token alone: the per-token
+    /// log-ratio `log q(y) − log p(y)` of the student's own token as a
+    /// policy-gradient reward (the on-policy distillation recipe of
+    /// Thinking Machines and Qwen3), on the same top-k buckets.
+    SampledReverseKl,
     /// Cross-entropy on the sampled tokens only.
     Ce,
+}
+
+impl LossKind {
+    /// Whether the loss reads the teacher's top-k targets.
+    pub fn needs_topk(self) -> bool {
+        self != LossKind::Ce
+    }
 }
 
 /// Optimisation.
@@ -258,6 +275,16 @@ pub struct TrainConfig {
     pub top_k: usize,
     /// Interpolation weight of the generalised JSD.
     pub jsd_beta: f64,
+    /// Skew of the skew KL losses (DistiLLM's α).
+    pub skew_alpha: f64,
+    /// Temperature of the distillation targets: teacher and student
+    /// distributions are both softened by it in the loss. Apart from
+    /// `sampling.temperature`, which only shapes the rollouts.
+    pub target_temperature: f64,
+    /// Fraction of each on-policy step's samples that are teacher-written
+    /// responses (greedy, as SFT's) instead of the student's own; GKD's
+    /// student-data fraction λ is `1 - teacher_fraction`.
+    pub teacher_fraction: f64,
     /// Abort after this many consecutive steps with a non-finite loss.
     pub max_nonfinite_steps: u32,
     /// libtorch intra-op threads of the training thread (teacher scoring
@@ -286,6 +313,9 @@ impl Default for TrainConfig {
             ce_weight: 0.0,
             top_k: 20,
             jsd_beta: 0.5,
+            skew_alpha: 0.1,
+            target_temperature: 1.0,
+            teacher_fraction: 0.0,
             max_nonfinite_steps: 5,
             threads: 0,
             seed: 0,
@@ -323,6 +353,9 @@ impl Section for TrainConfig {
         c.non_negative("ce_weight", self.ce_weight, "")?;
         c.at_least("top_k", self.top_k, 1)?;
         c.fraction("jsd_beta", self.jsd_beta, false, false)?;
+        c.fraction("skew_alpha", self.skew_alpha, false, false)?;
+        c.positive("target_temperature", self.target_temperature)?;
+        c.fraction("teacher_fraction", self.teacher_fraction, true, false)?;
         c.at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)
     }
 }

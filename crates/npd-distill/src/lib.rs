@@ -305,6 +305,8 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         inputs.alone_prefix.clone(),
         inputs.pad_id,
     );
+    // The in-process backend resolves `auto` to the colocated schedule.
+    let colocated = config.rollout.schedule != npd_rollout::Schedule::Disaggregated;
     let stages = TchStages::new(
         &inputs.teacher,
         (inputs.student.clone(), &inputs.warm_start),
@@ -312,7 +314,11 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         &config.train,
         (config.sampling.max_new_tokens, inputs.stop_ids.clone()),
     )?
-    .with_threads(Threads::new(config.train.threads, config.rollout.threads))
+    .with_threads(Threads::for_schedule(
+        config.train.threads,
+        config.rollout.threads,
+        colocated,
+    ))
     .with_baselines(config.pack.baselines)
     .with_alone_prefix(
         (config.filter.enabled && config.filter.form.needs_alone())

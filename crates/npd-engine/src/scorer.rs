@@ -122,7 +122,7 @@ pub fn alone_logprobs<'r>(
 }
 
 /// Top-k entries per position as [`TopKTargets`], with the tail mass
-/// `log(1 - Σ p)` (`-inf` when the top k hold all of it).
+/// `log(1 - Σ p)`, computed so that it does not cancel (see [`tail_logprob`]).
 pub fn topk_targets(k: usize, positions: &[Vec<(TokenId, f32)>]) -> TopKTargets {
     let mut t = TopKTargets {
         k,
@@ -131,14 +131,37 @@ pub fn topk_targets(k: usize, positions: &[Vec<(TokenId, f32)>]) -> TopKTargets 
         tail_logprob: Vec::with_capacity(positions.len()),
     };
     for entries in positions {
-        let mass: f64 = entries.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
         for &(id, lp) in entries {
             t.ids.push(id);
             t.logprobs.push(lp);
         }
-        t.tail_logprob.push((-mass.min(1.0)).ln_1p() as f32);
+        let lps: Vec<f32> = entries.iter().map(|&(_, lp)| lp).collect();
+        t.tail_logprob.push(tail_logprob(&lps));
     }
     t
+}
+
+/// The log of the mass outside the top-k log-probs `lps` (a server returns
+/// no more of the distribution). `1 - p_1` is taken as `-expm1(log p_1)` in
+/// f64, so a confident row (top-1 log-prob near 0) keeps its small tail
+/// instead of cancelling to `-inf`. When that leaves nothing (a top-1
+/// log-prob of exactly 0 in f32), the tail is below f32's resolution near
+/// 1 and is taken as `ln(2^-24)`, about -16.6 nats.
+pub fn tail_logprob(lps: &[f32]) -> f32 {
+    let floor = (f64::from(f32::EPSILON) / 2.0).ln();
+    let Some(top) = (0..lps.len()).max_by(|&a, &b| lps[a].total_cmp(&lps[b])) else {
+        return 0.0;
+    };
+    let others: f64 = (lps.iter().enumerate())
+        .filter(|&(i, _)| i != top)
+        .map(|(_, &x)| f64::from(x).exp())
+        .sum();
+    let tail = -f64::from(lps[top]).exp_m1() - others;
+    if tail > 0.0 {
+        tail.ln() as f32
+    } else {
+        floor as f32
+    }
 }
 
 impl Scorer for VllmScorer {
@@ -170,7 +193,22 @@ mod tests {
         t.validate("test", 2).unwrap();
         assert_eq!(t.ids, vec![3, 4, 5, 6]);
         assert!((t.tail_logprob[0] - quarter).abs() < 1e-6);
-        // All the mass in the top k (up to rounding): no tail.
+        // All the mass in the top k (up to rounding): the floor.
         assert!(t.tail_logprob[1] < -10.0, "{}", t.tail_logprob[1]);
+    }
+
+    #[test]
+    fn a_confident_row_keeps_its_tail() {
+        // p_1 = 1 - 1.5e-7, p_2 = 1e-7: the tail is 5e-8, but in f32
+        // 1 - (p_1 + p_2) cancels to 0 or below.
+        let lp1 = (1.0f64 - 1.5e-7).ln() as f32;
+        let lp2 = (1e-7f64).ln() as f32;
+        let got = f64::from(tail_logprob(&[lp2, lp1]));
+        let want = (-f64::from(lp1).exp_m1() - f64::from(lp2).exp()).ln();
+        assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        assert!(want > -17.0 && want < -16.0, "{want}");
+        // A top-1 log-prob of exactly 0: below f32's resolution, floored.
+        let floored = tail_logprob(&[0.0, lp2]);
+        assert!(floored.is_finite() && floored < -16.0, "{floored}");
     }
 }

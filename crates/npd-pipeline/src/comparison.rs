@@ -128,6 +128,22 @@ impl<'a, S: Stages> Comparison<'a, S> {
         s
     }
 
+    /// The teacher's greedy responses to every training prompt (SFT's data,
+    /// and on-policy's teacher-written share), written once per
+    /// comparison: the responses, whether they were already written, and
+    /// the seconds writing them took.
+    fn teacher_written(&self) -> Result<(&[Vec<TokenId>], bool, f64)> {
+        let prep = Instant::now();
+        let reused = self.sft_responses.get().is_some();
+        if !reused {
+            let mut writer = self.stages.writer()?;
+            let written = write_responses(&mut writer, self.prompts, &self.settings.sampling)?;
+            let _ = self.sft_responses.set(written);
+        }
+        let responses = self.sft_responses.get().expect("written above");
+        Ok((responses, reused, prep.elapsed().as_secs_f64()))
+    }
+
     /// Runs one method with one seed from the starting weights (or from its
     /// checkpoint; a finished run returns its recorded outcome).
     pub fn run(
@@ -159,16 +175,7 @@ impl<'a, S: Stages> Comparison<'a, S> {
         let mut evaluator = st.evaluator()?;
         let end = match method {
             Method::Sft => {
-                let prep = Instant::now();
-                let reused = self.sft_responses.get().is_some();
-                if !reused {
-                    let mut writer = st.writer()?;
-                    let sampling = &self.settings.sampling;
-                    let written = write_responses(&mut writer, self.prompts, sampling)?;
-                    let _ = self.sft_responses.set(written);
-                }
-                let responses = self.sft_responses.get().expect("written above");
-                let prep_s = prep.elapsed().as_secs_f64();
+                let (responses, reused, prep_s) = self.teacher_written()?;
                 let end = Sft::new(&mut learner, &mut evaluator, responses).run(&mut cx, seed)?;
                 match end {
                     RunEnd::Finished(mut o) => {
@@ -182,8 +189,16 @@ impl<'a, S: Stages> Comparison<'a, S> {
             Method::OnPolicy => {
                 let mut generator = st.generator(method)?;
                 let mut teacher = st.teacher()?;
-                OnPolicy::new(&mut learner, &mut generator, &mut teacher, &mut evaluator)
-                    .run(&mut cx, seed)?
+                let on_policy =
+                    OnPolicy::new(&mut learner, &mut generator, &mut teacher, &mut evaluator);
+                if settings.teacher_written_per_step() > 0 {
+                    let (responses, _, _) = self.teacher_written()?;
+                    on_policy
+                        .with_teacher_written(responses)
+                        .run(&mut cx, seed)?
+                } else {
+                    on_policy.run(&mut cx, seed)?
+                }
             }
             Method::NearPolicy => {
                 let generator = st.generator(method)?;

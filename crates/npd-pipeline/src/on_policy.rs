@@ -5,7 +5,7 @@
 use npd_core::traits::{
     Evaluator, Generator, Learner, Persist, ScoreOptions, ScoreRequest, Scorer,
 };
-use npd_core::{Method, TrainSample};
+use npd_core::{Method, TokenId, TrainSample};
 
 use crate::context::Loop;
 use crate::error::Result;
@@ -20,6 +20,7 @@ pub struct OnPolicy<'s, L, G, T, E: ?Sized> {
     generator: &'s mut G,
     teacher: &'s mut T,
     evaluator: &'s mut E,
+    written: Option<&'s [Vec<TokenId>]>,
 }
 
 impl<'s, L, G, T, E> OnPolicy<'s, L, G, T, E>
@@ -42,7 +43,18 @@ where
             generator,
             teacher,
             evaluator,
+            written: None,
         }
+    }
+
+    /// Teacher-written responses, one per prompt of the loop in its order
+    /// (as SFT's, see [`crate::write_responses`]): with
+    /// `train.teacher_fraction` > 0 that fraction of each step's prompts
+    /// is answered by them instead of the student (GKD's mixture), and the
+    /// teacher still scores every sample.
+    pub fn with_teacher_written(mut self, responses: &'s [Vec<TokenId>]) -> Self {
+        self.written = Some(responses);
+        self
     }
 
     /// Runs the method with `seed` (or continues it from its checkpoint).
@@ -52,8 +64,32 @@ where
             generator,
             teacher,
             evaluator,
+            written,
         } = self;
         let s = cx.settings;
+        let from_teacher = s.teacher_written_per_step();
+        let written = match written {
+            Some(w) if w.len() == cx.prompts.len() => w,
+            Some(w) => {
+                return Err(npd_core::Error::invalid(
+                    "teacher-written responses",
+                    format!(
+                        "{} responses for {} prompts; expected one per prompt",
+                        w.len(),
+                        cx.prompts.len()
+                    ),
+                )
+                .into());
+            }
+            None if from_teacher > 0 => {
+                return Err(npd_core::Error::invalid(
+                    "train.teacher_fraction",
+                    "needs teacher-written responses (OnPolicy::with_teacher_written)",
+                )
+                .into());
+            }
+            None => &[][..],
+        };
         let order = s.order(cx.prompts.len(), seed);
         let (mut run, _) = Run::start(cx, Method::OnPolicy, seed, learner, evaluator)?;
         let options = ScoreOptions {
@@ -68,37 +104,54 @@ where
                 synced = true;
             }
             let per = s.samples_per_step as u64;
-            let prompts: Vec<_> = (0..per)
-                .map(|j| visit(cx.prompts, &order, step * per + j))
+            // The step's first prompts take the teacher's responses, the
+            // rest the student's.
+            let first = step * per;
+            let taught = from_teacher as u64;
+            let prompts: Vec<_> = (taught..per)
+                .map(|j| visit(cx.prompts, &order, first + j))
                 .collect();
             let params = s.sampling_for(seed);
-            let rollouts = run
-                .clock
-                .time("generate", || generator.generate(&prompts, &params))?;
-            // Empty responses have nothing to train on.
-            let rollouts: Vec<_> = rollouts
-                .into_iter()
-                .filter(|r| !r.response.is_empty())
+            let rollouts = if prompts.is_empty() {
+                Vec::new()
+            } else {
+                run.clock
+                    .time("generate", || generator.generate(&prompts, &params))?
+            };
+            // (id, prompt, response); empty responses have nothing to
+            // train on.
+            let mut answered: Vec<(u64, &[TokenId], &[TokenId])> = (0..taught)
+                .map(|j| {
+                    let i = order[((first + j) % cx.prompts.len() as u64) as usize];
+                    (
+                        first + j,
+                        cx.prompts[i].tokens.as_slice(),
+                        written[i].as_slice(),
+                    )
+                })
                 .collect();
-            let seqs: Vec<Vec<u32>> = rollouts
-                .iter()
-                .map(|r| [r.prompt.as_slice(), &r.response].concat())
+            answered.extend(
+                (rollouts.iter()).map(|r| (r.prompt_id.0, r.prompt.as_slice(), &r.response[..])),
+            );
+            answered.retain(|(_, _, response)| !response.is_empty());
+            let seqs: Vec<Vec<u32>> = (answered.iter())
+                .map(|(_, p, r)| [*p, *r].concat())
                 .collect();
             let requests: Vec<ScoreRequest<'_>> = seqs
                 .iter()
-                .zip(&rollouts)
-                .map(|(t, r)| ScoreRequest {
+                .zip(&answered)
+                .map(|(t, (_, p, _))| ScoreRequest {
                     tokens: t,
-                    prompt_len: r.prompt.len(),
+                    prompt_len: p.len(),
                 })
                 .collect();
             let scores = run
                 .clock
                 .time("teacher", || teacher.score(&requests, &options))?;
-            let samples: Vec<TrainSample> = rollouts
+            let samples: Vec<TrainSample> = answered
                 .iter()
                 .zip(scores)
-                .map(|(r, sc)| sample(r.prompt_id.0, &r.prompt, &r.response, sc.topk))
+                .map(|((id, p, r), sc)| sample(*id, p, r, sc.topk))
                 .collect();
             let next = run.synchronous_step(cx, learner, evaluator, samples, step + 1)?;
             if let Next::Stop(end) = next {

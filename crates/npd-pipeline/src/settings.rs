@@ -46,6 +46,10 @@ pub struct Settings {
     /// disaggregated schedule unless a [`Comparison`](crate::Comparison)
     /// resolves it with its backend's placement.
     pub schedule: Schedule,
+    /// On-policy: fraction of each step's samples that are teacher-written
+    /// responses instead of the student's own (`train.teacher_fraction`;
+    /// GKD's λ is `1 - teacher_fraction`).
+    pub teacher_fraction: f64,
     /// Padding id.
     pub pad_id: TokenId,
     /// `train.seed`, mixed into every run's prompt order.
@@ -87,6 +91,7 @@ impl Settings {
             queue_capacity: rollout.queue_capacity,
             pool_size: rollout.batch_size,
             schedule: rollout.schedule,
+            teacher_fraction: train.teacher_fraction,
             pad_id: 0,
             order_seed: train.seed,
         }
@@ -105,6 +110,12 @@ impl Settings {
         self.alone_prefix = alone_prefix;
         self.pad_id = pad_id;
         self
+    }
+
+    /// On-policy: how many of a step's samples are teacher-written.
+    pub fn teacher_written_per_step(&self) -> usize {
+        ((self.teacher_fraction * self.samples_per_step as f64).round() as usize)
+            .min(self.samples_per_step)
     }
 
     /// The order in which a run with `seed` visits `n` prompts (repeated

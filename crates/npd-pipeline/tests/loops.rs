@@ -402,6 +402,49 @@ fn the_baselines_train_the_same_samples_in_packed_or_padded_rows() {
     }
 }
 
+/// GKD's mixture: `teacher_fraction` of each on-policy step's samples are
+/// the teacher's written responses, the rest the student's own; the step
+/// still trains `samples_per_step` samples.
+#[test]
+fn on_policy_takes_its_teacher_fraction_from_the_written_responses() {
+    let mut s = settings(false);
+    s.teacher_fraction = 0.5;
+    assert_eq!(s.teacher_written_per_step(), 3);
+    let data = prompts(20);
+    let written: Vec<Vec<u32>> = (0..data.len()).map(|_| vec![7, 7, 2]).collect();
+    let mut learner = HashLearner::default();
+    let mut generator = EchoGenerator::default();
+    let mut teacher = FixedTeacher::default();
+    let end = OnPolicy::new(&mut learner, &mut generator, &mut teacher, &mut StepsEval)
+        .with_teacher_written(&written)
+        .run(&mut Loop::new(&s, &data), 0)
+        .unwrap();
+    assert!(end.finished().is_some());
+    assert_eq!(generator.answered as u64, STEPS * 3);
+    assert!(learner.log.iter().all(|ids| ids.len() == 6));
+    // Another mixture trains other tokens.
+    let mut other = HashLearner::default();
+    OnPolicy::new(
+        &mut other,
+        &mut EchoGenerator::default(),
+        &mut teacher,
+        &mut StepsEval,
+    )
+    .run(&mut Loop::new(&settings(false), &data), 0)
+    .unwrap();
+    assert_ne!(other.hash, learner.hash);
+    // A fraction without the responses is refused by its key.
+    let err = OnPolicy::new(
+        &mut HashLearner::default(),
+        &mut EchoGenerator::default(),
+        &mut teacher,
+        &mut StepsEval,
+    )
+    .run(&mut Loop::new(&s, &data), 0)
+    .unwrap_err();
+    assert!(err.to_string().contains("train.teacher_fraction"), "{err}");
+}
+
 #[test]
 fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
     let s = settings(false);

@@ -21,6 +21,34 @@ pub struct ModelGenerator {
     version: PolicyVersion,
     threads: Option<i32>,
     alone_prefix: Option<Vec<TokenId>>,
+    last_threads: Option<i32>,
+}
+
+/// Sets libtorch's intra-op thread count for a scope and puts the caller's
+/// back when dropped, so that a stage's budget never leaks into the stage
+/// that runs next on the same thread.
+#[derive(Debug)]
+pub struct ThreadScope {
+    before: i32,
+}
+
+impl ThreadScope {
+    /// Runs the scope with `threads` intra-op threads.
+    pub fn new(threads: i32) -> Self {
+        let before = tch::get_num_threads();
+        if threads != before {
+            tch::set_num_threads(threads);
+        }
+        Self { before }
+    }
+}
+
+impl Drop for ThreadScope {
+    fn drop(&mut self) {
+        if tch::get_num_threads() != self.before {
+            tch::set_num_threads(self.before);
+        }
+    }
 }
 
 impl ModelGenerator {
@@ -31,6 +59,7 @@ impl ModelGenerator {
             version,
             threads: None,
             alone_prefix: None,
+            last_threads: None,
         }
     }
 
@@ -43,11 +72,17 @@ impl ModelGenerator {
         self
     }
 
-    /// Sets libtorch's intra-op thread count on the generating thread
-    /// before each batch (the thread budget of generation).
+    /// Generates each batch with this many libtorch intra-op threads (the
+    /// thread budget of generation); the calling thread's own count is
+    /// restored after the batch.
     pub fn with_threads(mut self, threads: i32) -> Self {
         self.threads = Some(threads);
         self
+    }
+
+    /// The intra-op threads the last batch ran with.
+    pub fn last_threads(&self) -> Option<i32> {
+        self.last_threads
     }
 
     /// The snapshot.
@@ -97,9 +132,8 @@ impl Generator for ModelGenerator {
     }
 
     fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
-        if let Some(t) = self.threads {
-            tch::set_num_threads(t);
-        }
+        let _scope = self.threads.map(ThreadScope::new);
+        self.last_threads = Some(tch::get_num_threads());
         let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
         // Each batch draws from its own stream, named by its first prompt:
         // batches never repeat one another's noise, and a resumed run

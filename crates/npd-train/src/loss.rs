@@ -32,12 +32,27 @@ pub enum TeacherDist<'a> {
     },
 }
 
-/// Teacher and student log-probs on common buckets, `[N, B]` each.
-fn buckets(logits: &Tensor, teacher: &TeacherDist<'_>) -> (Tensor, Tensor) {
+/// Teacher and student log-probs on common buckets, `[N, B]` each, both
+/// softened by `temperature` (1 leaves them as they are). A top-k teacher's
+/// `k + 1` buckets are renormalised after softening, with the tail as one
+/// bucket: exact when the top k hold nearly all the mass.
+fn buckets(logits: &Tensor, teacher: &TeacherDist<'_>, temperature: f64) -> (Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
+    let logits = if temperature == 1.0 {
+        logits
+    } else {
+        logits / temperature
+    };
+    let soften = |lp: Tensor| {
+        if temperature == 1.0 {
+            lp
+        } else {
+            (lp.clamp_min(LOG_FLOOR) / temperature).log_softmax(-1, Kind::Float)
+        }
+    };
     match teacher {
         TeacherDist::Full(lp) => (
-            lp.to_kind(Kind::Float).clamp_min(LOG_FLOOR),
+            soften(lp.to_kind(Kind::Float)).clamp_min(LOG_FLOOR),
             logits.log_softmax(-1, Kind::Float).clamp_min(LOG_FLOOR),
         ),
         TeacherDist::TopK {
@@ -52,15 +67,30 @@ fn buckets(logits: &Tensor, teacher: &TeacherDist<'_>) -> (Tensor, Tensor) {
                 .logsumexp([-1], true)
                 - &lse;
             let student = Tensor::cat(&[top, rest], 1).clamp_min(LOG_FLOOR);
-            let teacher = Tensor::cat(
+            let teacher = soften(Tensor::cat(
                 &[
                     logprobs.to_kind(Kind::Float),
                     tail.to_kind(Kind::Float).unsqueeze(1),
                 ],
                 1,
-            )
+            ))
             .clamp_min(LOG_FLOOR);
             (teacher, student)
+        }
+    }
+}
+
+/// The bucket of each target token `[N]`: its place among the teacher's
+/// top-k ids, or `k` (the tail) when it is not among them; with a full
+/// teacher, the token itself.
+fn bucket_of(teacher: &TeacherDist<'_>, tokens: &Tensor) -> Tensor {
+    match teacher {
+        TeacherDist::Full(_) => tokens.shallow_clone(),
+        TeacherDist::TopK { ids, .. } => {
+            let k = ids.size()[1];
+            let hit = ids.eq_tensor(&tokens.unsqueeze(1));
+            let place = hit.to_kind(Kind::Int64).argmax(1, false);
+            place.where_self(&hit.any_dim(1, false), &place.full_like(k))
         }
     }
 }
@@ -73,22 +103,75 @@ fn kl(log_a: &Tensor, log_b: &Tensor) -> Tensor {
 /// Forward KL, `KL(teacher ‖ student)`: mode-covering; the usual
 /// distillation loss.
 pub fn forward_kl(logits: &Tensor, teacher: &TeacherDist<'_>) -> Tensor {
-    let (p, q) = buckets(logits, teacher);
+    let (p, q) = buckets(logits, teacher, 1.0);
     kl(&p, &q)
 }
 
 /// Reverse KL, `KL(student ‖ teacher)`: mode-seeking.
 pub fn reverse_kl(logits: &Tensor, teacher: &TeacherDist<'_>) -> Tensor {
-    let (p, q) = buckets(logits, teacher);
+    let (p, q) = buckets(logits, teacher, 1.0);
     kl(&q, &p)
 }
 
 /// Generalised Jensen-Shannon divergence with weight `beta` in (0, 1):
 /// `beta · KL(p ‖ m) + (1 - beta) · KL(q ‖ m)` with `m = beta · p + (1 - beta) · q`.
 pub fn jsd(logits: &Tensor, teacher: &TeacherDist<'_>, beta: f64) -> Tensor {
-    let (p, q) = buckets(logits, teacher);
-    let m = Tensor::stack(&[&p + beta.ln(), &q + (1.0 - beta).ln()], 0).logsumexp([0], false);
-    kl(&p, &m) * beta + kl(&q, &m) * (1.0 - beta)
+    distill(logits, teacher, None, &Divergence::Jsd(beta), 1.0)
+}
+
+/// `log(w · exp(a) + (1 - w) · exp(b))`, elementwise.
+fn log_mix(a: &Tensor, b: &Tensor, w: f64) -> Tensor {
+    Tensor::stack(&[a + w.ln(), b + (1.0 - w).ln()], 0).logsumexp([0], false)
+}
+
+/// A divergence between the teacher's and the student's distributions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Divergence {
+    /// `KL(teacher ‖ student)`.
+    Forward,
+    /// `KL(student ‖ teacher)`.
+    Reverse,
+    /// Generalised JSD with this weight.
+    Jsd(f64),
+    /// DistiLLM's skew KL, `KL(p ‖ α·p + (1 − α)·q)`, with this α.
+    SkewForward(f64),
+    /// DistiLLM's skew reverse KL, `KL(q ‖ α·q + (1 − α)·p)`, with this α.
+    SkewReverse(f64),
+    /// Reverse KL estimated from the sampled token: its value is the
+    /// token's log-ratio `log q(y) − log p(y)` (on the buckets), its
+    /// gradient that log-ratio times `∇ log q(y)` (the score-function
+    /// estimator of the reverse KL's gradient on samples from the student).
+    SampledReverse,
+}
+
+/// The divergence `d` per token at `temperature`; `tokens` (the targets,
+/// int64 `[N]`) are needed by [`Divergence::SampledReverse`] only.
+pub fn distill(
+    logits: &Tensor,
+    teacher: &TeacherDist<'_>,
+    tokens: Option<&Tensor>,
+    d: &Divergence,
+    temperature: f64,
+) -> Tensor {
+    let (p, q) = buckets(logits, teacher, temperature);
+    match *d {
+        Divergence::Forward => kl(&p, &q),
+        Divergence::Reverse => kl(&q, &p),
+        Divergence::Jsd(beta) => {
+            let m = log_mix(&p, &q, beta);
+            kl(&p, &m) * beta + kl(&q, &m) * (1.0 - beta)
+        }
+        Divergence::SkewForward(alpha) => kl(&p, &log_mix(&p, &q, alpha)),
+        Divergence::SkewReverse(alpha) => kl(&q, &log_mix(&q, &p, alpha)),
+        Divergence::SampledReverse => {
+            let tokens = tokens.expect("the sampled-token estimator needs the target tokens");
+            let at = bucket_of(teacher, tokens).unsqueeze(1);
+            let lq = q.gather(1, &at, false).squeeze_dim(1);
+            let lp = p.gather(1, &at, false).squeeze_dim(1);
+            let ratio = (&lq - &lp).detach();
+            &ratio + (&lq - lq.detach()) * &ratio
+        }
+    }
 }
 
 /// Cross-entropy of the target tokens `[N]` (int64).
@@ -204,6 +287,96 @@ mod tests {
         for (i, r) in rows(&s).iter().enumerate() {
             let want = -softmax(r)[[0, 6, 3][i]].ln();
             assert!((ce.double_value(&[i as i64]) - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn skew_and_softened_losses_match_direct_sums() {
+        let (s, t) = setup();
+        let tl = t.log_softmax(-1, Kind::Float);
+        let full = TeacherDist::Full(&tl);
+        let skf = distill(&s, &full, None, &Divergence::SkewForward(0.1), 1.0);
+        let skr = distill(&s, &full, None, &Divergence::SkewReverse(0.1), 1.0);
+        let soft = distill(&s, &full, None, &Divergence::Forward, 2.0);
+        for (i, (sr, tr)) in rows(&s).iter().zip(rows(&t)).enumerate() {
+            let (q, p) = (softmax(sr), softmax(&tr));
+            let mix = |a: &[f64], b: &[f64]| -> Vec<f64> {
+                a.iter().zip(b).map(|(x, y)| 0.1 * x + 0.9 * y).collect()
+            };
+            let i = i as i64;
+            assert!((skf.double_value(&[i]) - kl_direct(&p, &mix(&p, &q))).abs() < 1e-5);
+            assert!((skr.double_value(&[i]) - kl_direct(&q, &mix(&q, &p))).abs() < 1e-5);
+            let half = |x: &[f64]| softmax(&x.iter().map(|v| v / 2.0).collect::<Vec<_>>());
+            let tr_logp: Vec<f64> = p.iter().map(|v| v.ln()).collect();
+            let want = kl_direct(&half(&tr_logp), &half(sr));
+            assert!((soft.double_value(&[i]) - want).abs() < 1e-5);
+        }
+    }
+
+    /// The sampled-token estimator: its value is the token's log-ratio, and
+    /// its gradient, averaged over tokens drawn from the student, is the
+    /// analytic reverse KL's gradient (on the full vocabulary and on
+    /// top-k buckets).
+    #[test]
+    fn sampled_reverse_kl_is_unbiased_for_the_reverse_kl_gradient() {
+        let (s, t) = setup();
+        let v = s.size()[1];
+        let tl = t.log_softmax(-1, Kind::Float);
+        let (vals, ids) = tl.topk(3, -1, true, true);
+        let tail = tl
+            .scatter_value(1, &ids, f64::NEG_INFINITY)
+            .logsumexp([-1], false);
+        for top in [false, true] {
+            let x = s.get(0).unsqueeze(0).copy().set_requires_grad(true);
+            let row = |r: &Tensor| r.get(0).unsqueeze(0).repeat([v, 1]);
+            let tl0 = row(&tl);
+            let (ids0, vals0, tail0) = (row(&ids), row(&vals), tail.narrow(0, 0, 1).repeat([v]));
+            let dist = |top: bool| {
+                if top {
+                    TeacherDist::TopK {
+                        ids: &ids0,
+                        logprobs: &vals0,
+                        tail: &tail0,
+                    }
+                } else {
+                    TeacherDist::Full(&tl0)
+                }
+            };
+            // Every token once, weighted by the student's probability of it
+            // (its bucket's probability shared among the tail's tokens).
+            let xs = x.repeat([v, 1]);
+            let tokens = Tensor::arange(v, (Kind::Int64, tch::Device::Cpu));
+            let q = x.detach().softmax(-1, Kind::Float).squeeze_dim(0);
+            let est = distill(
+                &xs,
+                &dist(top),
+                Some(&tokens),
+                &Divergence::SampledReverse,
+                1.0,
+            );
+            // The value is the log-ratio of the token's bucket.
+            let (p_b, q_b) = buckets(&xs, &dist(top), 1.0);
+            let at = bucket_of(&dist(top), &tokens).unsqueeze(1);
+            let want = (q_b.gather(1, &at, false) - p_b.gather(1, &at, false)).squeeze_dim(1);
+            assert!((&est - &want).abs().max().double_value(&[]) < 1e-5);
+            (est * &q).sum(Kind::Float).backward();
+            let g_est = x.grad().copy();
+            let x2 = s.get(0).unsqueeze(0).copy().set_requires_grad(true);
+            let one = |r: &Tensor| r.get(0).unsqueeze(0);
+            let (ids1, vals1, tail1) = (one(&ids), one(&vals), tail.narrow(0, 0, 1));
+            let tl1 = one(&tl);
+            let d1 = if top {
+                TeacherDist::TopK {
+                    ids: &ids1,
+                    logprobs: &vals1,
+                    tail: &tail1,
+                }
+            } else {
+                TeacherDist::Full(&tl1)
+            };
+            reverse_kl(&x2, &d1).sum(Kind::Float).backward();
+            let diff = (g_est - x2.grad()).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "top-k {top}: gradients differ by {diff}");
         }
     }
 }

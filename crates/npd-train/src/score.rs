@@ -123,8 +123,13 @@ impl<'a> ModelScorer<'a> {
             )?);
             if k > 0 {
                 let (vals, ids) = lsm.topk(k as i64, -1, true, true);
-                let mass = vals.logsumexp([-1], false).exp();
-                let tail = (-mass).clamp_min(-1.0).log1p();
+                // The tail from the log-probs outside the top k, not as
+                // `log(1 - Σ top-k)`: for a confident row the top-1
+                // log-prob rounds to 0 in f32 and the difference cancels
+                // to -inf, while the true tail is finite.
+                let tail = lsm
+                    .scatter_value(1, &ids, f64::NEG_INFINITY)
+                    .logsumexp([-1], false);
                 top_all.extend(to_vec_f32(&vals.flatten(0, -1))?);
                 ids_all.extend(to_vec_i64(&ids.flatten(0, -1))?);
                 tail_all.extend(to_vec_f32(&tail)?);

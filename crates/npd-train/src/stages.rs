@@ -22,16 +22,17 @@ use npd_pack::BaselineRows;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Threads {
     /// The training thread (also SFT's and on-policy's generation and
-    /// scoring, which run on it).
+    /// scoring, and every phase of NPD's colocated schedule, which run on
+    /// it).
     pub train: i32,
-    /// NPD's generating thread.
+    /// NPD's generation.
     pub generate: i32,
 }
 
 impl Threads {
     /// From `train.threads` (0: every core libtorch sees) and
     /// `rollout.threads` (0: one thread, since NPD's generation overlaps
-    /// training).
+    /// training), for NPD's disaggregated schedule.
     pub fn new(train: usize, generate: usize) -> Self {
         let cores = tch::get_num_threads().max(1);
         let threads = |n: usize, zero: i32| match n {
@@ -41,6 +42,22 @@ impl Threads {
         Self {
             train: threads(train, cores),
             generate: threads(generate, 1),
+        }
+    }
+
+    /// As [`Threads::new`], for the schedule NPD runs: with `colocated`
+    /// generation runs in turn with scoring and training on the training
+    /// thread, so it gets the training thread's budget (`rollout.threads`
+    /// is for a generating thread of its own).
+    pub fn for_schedule(train: usize, generate: usize, colocated: bool) -> Self {
+        let t = Self::new(train, generate);
+        if colocated {
+            Self {
+                generate: t.train,
+                ..t
+            }
+        } else {
+            t
         }
     }
 }
@@ -331,5 +348,59 @@ mod tests {
                 generate: 2
             }
         );
+    }
+
+    #[test]
+    fn colocated_generation_gets_the_training_threads() {
+        let t = Threads::for_schedule(2, 0, true);
+        assert_eq!(
+            t,
+            Threads {
+                train: 2,
+                generate: 2
+            }
+        );
+        let t = Threads::for_schedule(2, 0, false);
+        assert_eq!(
+            t,
+            Threads {
+                train: 2,
+                generate: 1
+            }
+        );
+    }
+
+    /// Each stage reads its own budget: generation with the generator's,
+    /// and whatever runs after it on the same thread (scoring, training)
+    /// with the thread's own again.
+    #[test]
+    fn each_stage_runs_with_its_own_threads() {
+        tch::set_num_threads(2);
+        let mut model = Llama::new(model_config(32, 1, 2, 1), tch::Device::Cpu);
+        model.init_random(0, 0.02);
+        let scorer_model = Llama::new(model_config(32, 1, 2, 1), tch::Device::Cpu);
+        let mut g = ModelGenerator::new(model, 0).with_threads(1);
+        let prompt = Prompt {
+            id: npd_core::PromptId(0),
+            tokens: vec![1, 5, 6],
+        };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: None,
+            top_p: 1.0,
+            max_new_tokens: 3,
+            stop_ids: vec![2],
+            seed: 0,
+        };
+        g.generate(std::slice::from_ref(&prompt), &params).unwrap();
+        assert_eq!(g.last_threads(), Some(1), "generation's budget");
+        assert_eq!(tch::get_num_threads(), 2, "the thread's budget is back");
+        // The scorer (the teacher stage) and the trainer run on the
+        // caller's budget.
+        let seq: Vec<TokenId> = vec![1, 5, 6, 7];
+        ModelScorer::new(&scorer_model)
+            .response_scores(&[(seq.as_slice(), 2)], Some(2))
+            .unwrap();
+        assert_eq!(tch::get_num_threads(), 2);
     }
 }

@@ -8,7 +8,7 @@ use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::{Learner, StepStats};
 use npd_core::{Error, PackedRow, PolicyVersion, Result};
 
-use crate::loss::{TeacherDist, cross_entropy, forward_kl, jsd, reverse_kl};
+use crate::loss::{Divergence, TeacherDist, cross_entropy, distill};
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, lr_at};
 use crate::weights::TensorStore;
@@ -46,6 +46,10 @@ pub struct TrainOptions {
     pub ce_weight: f64,
     /// JSD interpolation weight.
     pub jsd_beta: f64,
+    /// Skew of the skew KL losses.
+    pub skew_alpha: f64,
+    /// Temperature of the distillation targets (teacher and student).
+    pub target_temperature: f64,
     /// Rows per forward/backward pass.
     pub micro_batch_rows: usize,
     /// Abort after this many consecutive non-finite steps.
@@ -72,6 +76,8 @@ impl TrainOptions {
             loss: c.loss,
             ce_weight: c.ce_weight,
             jsd_beta: c.jsd_beta,
+            skew_alpha: c.skew_alpha,
+            target_temperature: c.target_temperature,
             micro_batch_rows: c.micro_batch_rows,
             max_nonfinite_steps: c.max_nonfinite_steps,
             layout: Layout::Packed,
@@ -278,11 +284,21 @@ impl Trainer {
                     logprobs: lp,
                     tail,
                 };
-                match kind {
-                    LossKind::ForwardKl => forward_kl(&logits, &teacher),
-                    LossKind::ReverseKl => reverse_kl(&logits, &teacher),
-                    _ => jsd(&logits, &teacher, o.jsd_beta),
-                }
+                let d = match kind {
+                    LossKind::ForwardKl => Divergence::Forward,
+                    LossKind::ReverseKl => Divergence::Reverse,
+                    LossKind::SkewForwardKl => Divergence::SkewForward(o.skew_alpha),
+                    LossKind::SkewReverseKl => Divergence::SkewReverse(o.skew_alpha),
+                    LossKind::SampledReverseKl => Divergence::SampledReverse,
+                    LossKind::Jsd | LossKind::Ce => Divergence::Jsd(o.jsd_beta),
+                };
+                distill(
+                    &logits,
+                    &teacher,
+                    Some(&targets.tokens),
+                    &d,
+                    o.target_temperature,
+                )
             }
         };
         if o.ce_weight > 0.0 && o.loss != LossKind::Ce {

@@ -125,3 +125,95 @@ fn bad_requests_are_errors() {
             .contains("vocabulary")
     );
 }
+
+/// A confident teacher row: the top-1 log-prob rounds to 0 in f32, so
+/// `log(1 - Σ top-k)` would cancel to -inf. The tail must still match a
+/// float64 reference to 1e-3 nats, and so must the reverse KL built on it.
+#[test]
+fn tail_of_a_confident_row_matches_a_float64_reference() {
+    use npd_train::loss::{TeacherDist, reverse_kl};
+    let mut model = Llama::load(&fixture(), Device::Cpu, Kind::Float).unwrap();
+    // Sharpen the output layer until the rows are nearly one-hot.
+    npd_train::tch::no_grad(|| {
+        let mut w = model.var_store_mut().variables()["lm_head.weight"].shallow_clone();
+        let sharp = &w * 400.0;
+        w.copy_(&sharp);
+    });
+    let ids: Vec<TokenId> = vec![1, 17, 42, 5, 60, 33, 8, 71, 90, 12, 3];
+    let k = 4;
+    let scores = ModelScorer::new(&model)
+        .response_scores(&[(ids.as_slice(), 2)], Some(k))
+        .unwrap();
+    let top = scores[0].1.as_ref().unwrap();
+    // The float64 reference from the same logits.
+    let n = ids.len() as i64;
+    let flat: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let hidden = npd_train::tch::no_grad(|| {
+        model
+            .forward_packed(
+                &Tensor::from_slice(&flat),
+                &Tensor::arange(n, (Kind::Int64, Device::Cpu)),
+                &[ids.len()],
+            )
+            .unwrap()
+    });
+    let logits = npd_train::tch::no_grad(|| model.logits(&hidden)).to_kind(Kind::Double);
+    let lsm = logits.log_softmax(-1, Kind::Double);
+    let mut confident = 0;
+    let mut worst: f64 = 0.0;
+    for (j, i) in (2..ids.len()).enumerate() {
+        let row = lsm.get(i as i64 - 1);
+        let top_ids: Vec<i64> = (0..k).map(|r| top.ids[j * k + r] as i64).collect();
+        let rest = row
+            .scatter_value(0, &Tensor::from_slice(&top_ids), f64::NEG_INFINITY)
+            .logsumexp([0], false)
+            .double_value(&[]);
+        let got = top.tail_logprob[j] as f64;
+        worst = worst.max((got - rest).abs());
+        if top.logprobs[j * k] == 0.0 {
+            confident += 1;
+            assert!(rest > -1e3, "the reference tail {rest} is finite");
+        }
+    }
+    assert!(confident > 0, "no position was confident enough to test");
+    assert!(worst < 1e-3, "tail off by {worst} nats");
+
+    // Reverse KL on the k + 1 buckets against the same sum in float64.
+    let m = (ids.len() - 2) as i64;
+    let student = Tensor::randn([m, 96], (Kind::Float, Device::Cpu));
+    let tids = Tensor::from_slice(&top.ids.iter().map(|&t| t as i64).collect::<Vec<_>>())
+        .view([m, k as i64]);
+    let tlp = Tensor::from_slice(&top.logprobs).view([m, k as i64]);
+    let tail = Tensor::from_slice(&top.tail_logprob);
+    let rkl = reverse_kl(
+        &student,
+        &TeacherDist::TopK {
+            ids: &tids,
+            logprobs: &tlp,
+            tail: &tail,
+        },
+    );
+    let slsm = student.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    for r in 0..m {
+        let idx = tids.get(r);
+        let q_top = slsm.get(r).gather(0, &idx, false);
+        let q_rest = slsm
+            .get(r)
+            .scatter_value(0, &idx, f64::NEG_INFINITY)
+            .logsumexp([0], false);
+        let p_top = lsm.get(r + 1).gather(0, &idx, false);
+        let p_rest = lsm
+            .get(r + 1)
+            .scatter_value(0, &idx, f64::NEG_INFINITY)
+            .logsumexp([0], false);
+        let want = (q_top.exp() * (&q_top - &p_top))
+            .sum(Kind::Double)
+            .double_value(&[])
+            + (q_rest.exp() * (&q_rest - &p_rest)).double_value(&[]);
+        let got = rkl.double_value(&[r]);
+        assert!(
+            (got - want).abs() < 1e-3 * want.abs().max(1.0),
+            "position {r}: reverse KL {got}, float64 {want}"
+        );
+    }
+}

@@ -69,6 +69,10 @@ pub struct EmbeddedConfig {
     pub plateau_min_gain: f64,
     /// `plateau`: the fewest warm-start steps.
     pub plateau_min_steps: u64,
+    /// Fraction of the warm start's examples that show a wrong value, `!`
+    /// and the correct value, as the teacher's 15% do: a student that can
+    /// repair, like its teacher.
+    pub warm_start_repair: f64,
 }
 
 impl Default for EmbeddedConfig {
@@ -87,6 +91,7 @@ impl Default for EmbeddedConfig {
             plateau_patience: 4,
             plateau_min_gain: 0.01,
             plateau_min_steps: 2000,
+            warm_start_repair: 0.0,
         }
     }
 }
@@ -161,6 +166,7 @@ impl Section for EmbeddedConfig {
             ),
             self.plateau_min_steps,
         )?;
+        c.fraction("warm_start_repair", self.warm_start_repair, true, false)?;
         c.non_negative("plateau_min_gain", self.plateau_min_gain, "")
     }
 }

@@ -83,6 +83,10 @@ pub struct Setup {
     /// ones) for the plateau rule.
     #[serde(default = "default_validation_prompts")]
     pub validation_prompts: usize,
+    /// Fraction of the student's warm-start examples that show a repaired
+    /// value, as the teacher's `repair_fraction` does for the teacher.
+    #[serde(default)]
+    pub warm_start_repair: f64,
 }
 
 fn default_min_ops() -> usize {
@@ -153,6 +157,7 @@ impl Setup {
             warm_start_stop: c.warm_start,
             warm_start_max_ops: c.warm_start_max_ops.unwrap_or(c.max_ops),
             plateau: PlateauRule::from_config(c),
+            warm_start_repair: c.warm_start_repair,
             ..Self::default()
         }
     }
@@ -228,6 +233,7 @@ impl Default for Setup {
             warm_start_max_ops: default_max_ops(),
             plateau: PlateauRule::default(),
             validation_prompts: default_validation_prompts(),
+            warm_start_repair: EmbeddedConfig::default().warm_start_repair,
         }
     }
 }
@@ -608,7 +614,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                     stage: "student warm start",
                     steps: setup.warm_start_steps,
                     lr: setup.warm_start_lr,
-                    repair: 0.0,
+                    repair: setup.warm_start_repair,
                     fresh: None,
                 };
                 let mut plateau = Plateau::new(setup.plateau);

@@ -103,6 +103,11 @@ pub struct Grid {
     pub warm_start_max_ops: Option<Vec<usize>>,
     /// `rollout.schedule`: NPD's colocated or disaggregated schedule.
     pub schedule: Option<Vec<Schedule>>,
+    /// Any other run-configuration key as an axis, named `section.key`
+    /// (e.g. `"train.lr" = [3e-4, 1e-4]`, `"embedded.warm_start_repair" =
+    /// [0.0, 0.15]`); each is checked like a configuration file's key when
+    /// its run starts. Applied after the named axes above.
+    pub keys: Option<BTreeMap<String, Vec<toml::Value>>>,
 }
 
 /// One run of the study: a regime with one filter setting.
@@ -113,7 +118,7 @@ pub struct StudyRun {
     /// The regime it belongs to (the name without the filter).
     pub regime: String,
     /// Axis values, in grid order, for the table.
-    pub axes: Vec<(&'static str, String)>,
+    pub axes: Vec<(String, String)>,
     /// Δ-IFD on.
     pub filter: bool,
     /// Methods it runs.
@@ -236,6 +241,20 @@ impl Grid {
         if let Some((key, _)) = empty.iter().find(|(_, n)| *n == Some(0)) {
             bail!("{origin}: `grid.{key}` is empty; give it a value or leave it out");
         }
+        for (key, values) in g.keys.iter().flatten() {
+            let Some((section, name)) = key.split_once('.') else {
+                bail!(
+                    "{origin}: `grid.keys.\"{key}\"`: expected a key named `section.key`, \
+                     e.g. \"train.lr\""
+                );
+            };
+            if section.is_empty() || name.is_empty() || name.contains('.') {
+                bail!("{origin}: `grid.keys.\"{key}\"`: expected a key named `section.key`");
+            }
+            if values.is_empty() {
+                bail!("{origin}: `grid.keys.\"{key}\"` is empty; give it a value or leave it out");
+            }
+        }
         Ok(())
     }
 
@@ -255,9 +274,9 @@ impl Grid {
                     values
                         .iter()
                         .map(|v| Setting {
-                            section: at.0,
-                            key: at.1,
-                            column: at.2,
+                            section: at.0.into(),
+                            key: at.1.into(),
+                            column: at.2.into(),
                             value: value(v),
                             label: label(v),
                             slug: slug(v),
@@ -330,6 +349,28 @@ impl Grid {
             |s| name(value(s)),
             |s| name(value(s)),
         );
+        for (key, values) in g.keys.iter().flatten() {
+            let (section, k) = key.split_once('.').unwrap_or(("", key));
+            axes.push(
+                values
+                    .iter()
+                    .map(|v| {
+                        let label = match v {
+                            toml::Value::String(s) => s.clone(),
+                            v => v.to_string(),
+                        };
+                        Setting {
+                            section: section.into(),
+                            key: k.into(),
+                            column: key.clone(),
+                            value: v.clone(),
+                            slug: format!("{k}{}", slug_of(&label)),
+                            label,
+                        }
+                    })
+                    .collect(),
+            );
+        }
         axes
     }
 
@@ -354,7 +395,7 @@ impl Grid {
         for settings in regimes {
             let mut table = base.clone();
             for s in &settings {
-                set(&mut table, s.section, s.key, s.value.clone());
+                set(&mut table, &s.section, &s.key, s.value.clone());
             }
             let regime = if settings.is_empty() {
                 "default".to_string()
@@ -362,9 +403,9 @@ impl Grid {
                 let slugs: Vec<&str> = settings.iter().map(|s| s.slug.as_str()).collect();
                 slugs.join("-")
             };
-            let axes: Vec<(&'static str, String)> = settings
+            let axes: Vec<(String, String)> = settings
                 .iter()
-                .map(|s| (s.column, s.label.clone()))
+                .map(|s| (s.column.clone(), s.label.clone()))
                 .collect();
             for (i, &filter) in filters.iter().enumerate() {
                 let mut table = table.clone();
@@ -394,13 +435,28 @@ impl Grid {
     }
 }
 
+/// A value as part of a folder name: letters, digits, `.` and `-` kept,
+/// anything else as `_`.
+fn slug_of(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// One value of one axis: where it goes in the run configuration and how
 /// the table and folder names show it.
 #[derive(Debug, Clone)]
 struct Setting {
-    section: &'static str,
-    key: &'static str,
-    column: &'static str,
+    section: String,
+    key: String,
+    column: String,
     value: toml::Value,
     label: String,
     slug: String,
@@ -413,7 +469,17 @@ pub struct Cell {
     pub accuracy: Vec<f64>,
     /// Wall-clock seconds per seed (evaluation excluded).
     pub wall_s: Vec<f64>,
+    /// Per seed, the lowest held-out accuracy of the evaluations in the
+    /// first [`EARLY_STEPS`] steps (the start's own included).
+    #[serde(default)]
+    pub early_low: Vec<f64>,
+    /// Per seed, the lowest held-out accuracy of any evaluation.
+    #[serde(default)]
+    pub lowest: Vec<f64>,
 }
+
+/// The steps over which [`Cell::early_low`] looks for a fall below the start.
+pub const EARLY_STEPS: u64 = 40;
 
 /// A finished run's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -457,6 +523,19 @@ fn read_result(run: &StudyRun, dir: &Path) -> Result<RunResult> {
         let get = |k: &str| o.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         cell.accuracy.push(get("accuracy"));
         cell.wall_s.push(get("wall_s"));
+        let curve: Vec<(u64, f64)> = (o.get("curve").and_then(|c| c.as_array()))
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p.get("step")?.as_u64()?, p.get("accuracy")?.as_f64()?)))
+            .collect();
+        let low = |early: bool| {
+            (curve.iter())
+                .filter(|(step, _)| !early || *step <= EARLY_STEPS)
+                .map(|&(_, a)| a)
+                .fold(f64::NAN, f64::min)
+        };
+        cell.early_low.push(low(true));
+        cell.lowest.push(low(false));
     }
     let warm_start = report
         .get("setup")

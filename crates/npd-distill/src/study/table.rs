@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{Cell, RunResult, StudyFile};
+use super::{Cell, EARLY_STEPS, RunResult, StudyFile};
 
 /// Mean and sample standard deviation.
 pub fn mean_sd(values: &[f64]) -> (f64, f64) {
@@ -140,6 +140,46 @@ pub fn table(grid: &StudyFile, results: &[RunResult]) -> String {
     s
 }
 
+/// Each method against the student it started from: the change of the
+/// final accuracy, the deepest fall in the first [`EARLY_STEPS`] steps and
+/// over the whole run, and how many seeds end at least 3 points above the
+/// start.
+pub fn start_table(results: &[RunResult]) -> String {
+    let mut s = format!(
+        "Points against the student at start, mean over seeds (worst seed): final \
+         accuracy, lowest evaluation in the first {EARLY_STEPS} steps, lowest evaluation of \
+         the run; and the seeds that end at least 3 points above the start.\n\n\
+         | regime | method | final − start | first-{EARLY_STEPS}-step low − start | \
+         lowest − start | seeds ≥ +3 |\n|---|---|---|---|---|---|\n"
+    );
+    for r in results {
+        for (name, c) in &r.methods {
+            if c.accuracy.is_empty() {
+                continue;
+            }
+            let start = r.warm_start_accuracy;
+            let points = |v: &[f64]| {
+                let d: Vec<f64> = v.iter().map(|a| 100.0 * (a - start)).collect();
+                if d.is_empty() || d.iter().any(|x| x.is_nan()) {
+                    return "–".to_string();
+                }
+                let worst = d.iter().copied().fold(f64::INFINITY, f64::min);
+                format!("{:+.1} ({:+.1})", mean_sd(&d).0, worst)
+            };
+            let up = c.accuracy.iter().filter(|a| **a >= start + 0.03).count();
+            s.push_str(&format!(
+                "| {} | {name} | {} | {} | {} | {up} of {} |\n",
+                r.name,
+                points(&c.accuracy),
+                points(&c.early_low),
+                points(&c.lowest),
+                c.accuracy.len()
+            ));
+        }
+    }
+    s
+}
+
 pub(super) fn write_tables(
     out: &Path,
     grid: &StudyFile,
@@ -147,10 +187,12 @@ pub(super) fn write_tables(
     total: usize,
 ) -> Result<()> {
     let mut md = format!(
-        "# Study\n\n{} of {} runs finished.\n\n{}\n## Warm starts\n\n",
+        "# Study\n\n{} of {} runs finished.\n\n{}\n## Against the start\n\n{}\n\
+         ## Warm starts\n\n",
         results.len(),
         total,
-        table(grid, results)
+        table(grid, results),
+        start_table(results)
     );
     for r in results.iter().filter(|r| r.filter) {
         md.push_str(&format!("- {}: {}\n", r.regime, r.warm_start));

@@ -124,6 +124,7 @@ fn the_table_gives_mean_spread_and_differences() {
     let cell = |a: &[f64]| Cell {
         accuracy: a.to_vec(),
         wall_s: vec![10.0; a.len()],
+        ..Cell::default()
     };
     let result = |filter: bool, methods: Vec<(&str, Cell)>| RunResult {
         name: String::new(),

@@ -111,6 +111,8 @@ pub struct EchoGenerator {
     pub loads: Vec<PolicyVersion>,
     /// Writes NaN log-probs (a broken student).
     pub nan: bool,
+    /// Prompts answered so far.
+    pub answered: usize,
 }
 
 impl Generator for EchoGenerator {
@@ -129,6 +131,7 @@ impl Generator for EchoGenerator {
     }
 
     fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
+        self.answered += prompts.len();
         Ok(prompts
             .iter()
             .map(|p| {
