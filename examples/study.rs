@@ -24,8 +24,9 @@ use npd_distill::study::StudyEnd;
     after_help = "\
 The grid file has a [study] table (methods, seeds, quick), a [base] table of run \
 configuration keys every run starts from (e.g. [base.train] steps = 200), and a [grid] \
-table whose keys (task, max_steps, warm_start, student, loss, temperature, refresh_every, \
-schedule, filter) each list the values to try; every combination is one regime. docs/study.toml is the \
+table whose keys (task, max_ops, warm_start, warm_start_max_ops, student, loss, temperature, \
+refresh_every, schedule, filter, and keys = { \"section.key\" = [...] } for any other \
+configuration key) each list the values to try; every combination is one regime. docs/study.toml is the \
 grid of docs/reproduction.md.
 
 Each run has its own folder under OUT/runs/ with the usual report. The study goes on \

@@ -185,5 +185,66 @@ fn documented_grids_are_valid() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
     checked.sort();
-    assert_eq!(checked, ["lengths.toml", "schedules.toml", "study.toml"]);
+    assert_eq!(
+        checked,
+        [
+            "diagnosis.toml",
+            "lengths.toml",
+            "regimes.toml",
+            "schedules.toml",
+            "study.toml"
+        ]
+    );
+}
+
+/// Any run-configuration key is an axis: its values reach the run's
+/// configuration, the regime's name and the table's column; a key that is
+/// not `section.key`, or has no values, is refused by name; a value the
+/// key does not take is refused when the run is configured.
+#[test]
+fn any_configuration_key_is_an_axis() {
+    let file = StudyFile::parse(
+        "[study]\nmethods = [\"on-policy\"]\nseeds = 1\n\
+         [grid]\nkeys = { \"train.lr\" = [1e-4, 3e-4], \"sampling.top_k\" = [5] }\n",
+        "g.toml",
+    )
+    .unwrap();
+    let runs = file.runs();
+    assert_eq!(runs.len(), 2);
+    let config: toml::Table = toml::from_str(&runs[0].config).unwrap();
+    assert_eq!(config["sampling"]["top_k"].as_integer(), Some(5));
+    assert_eq!(config["train"]["lr"].as_float(), Some(1e-4));
+    assert!(runs[0].name.contains("lr0.0001"), "{}", runs[0].name);
+    assert!(
+        (runs[1].axes.iter()).any(|(k, v)| k == "train.lr" && v == "0.0003"),
+        "{:?}",
+        runs[1].axes
+    );
+    for (bad, what) in [
+        ("keys = { \"lr\" = [1e-4] }", "section.key"),
+        ("keys = { \"train.lr\" = [] }", "is empty"),
+    ] {
+        let err = StudyFile::parse(
+            &format!("[study]\nmethods = [\"npd\"]\nseeds = 1\n[grid]\n{bad}\n"),
+            "g.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("g.toml") && err.contains(what), "{err}");
+    }
+    let file = StudyFile::parse(
+        "[study]\nmethods = [\"npd\"]\nseeds = 1\n[grid]\nkeys = { \"train.lr\" = [-1.0] }\n",
+        "g.toml",
+    )
+    .unwrap();
+    let run = &file.runs()[0];
+    let dir = std::env::temp_dir().join(format!("npd-key-axis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("run.toml");
+    std::fs::write(&config, &run.config).unwrap();
+    let err = crate::configure(&file.options(run, config, dir.join("out"), None))
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(err.contains("train.lr"), "{err}");
 }
