@@ -191,6 +191,7 @@ fn documented_grids_are_valid() {
             "diagnosis.toml",
             "lengths.toml",
             "regimes.toml",
+            "sampled-rkl.toml",
             "schedules.toml",
             "study.toml"
         ]
