@@ -193,7 +193,8 @@ fn documented_grids_are_valid() {
             "regimes.toml",
             "sampled-rkl.toml",
             "schedules.toml",
-            "study.toml"
+            "study.toml",
+            "threads.toml"
         ]
     );
 }
