@@ -190,6 +190,7 @@ fn documented_grids_are_valid() {
         [
             "diagnosis.toml",
             "lengths.toml",
+            "plateau.toml",
             "regimes.toml",
             "sampled-rkl.toml",
             "schedules.toml",
