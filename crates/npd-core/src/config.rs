@@ -236,13 +236,6 @@ pub enum LossKind {
     Ce,
 }
 
-impl LossKind {
-    /// Whether the loss reads the teacher's top-k targets.
-    pub fn needs_topk(self) -> bool {
-        self != LossKind::Ce
-    }
-}
-
 /// Optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -103,14 +103,12 @@ fn kl(log_a: &Tensor, log_b: &Tensor) -> Tensor {
 /// Forward KL, `KL(teacher ‖ student)`: mode-covering; the usual
 /// distillation loss.
 pub fn forward_kl(logits: &Tensor, teacher: &TeacherDist<'_>) -> Tensor {
-    let (p, q) = buckets(logits, teacher, 1.0);
-    kl(&p, &q)
+    distill(logits, teacher, None, &Divergence::Forward, 1.0)
 }
 
 /// Reverse KL, `KL(student ‖ teacher)`: mode-seeking.
 pub fn reverse_kl(logits: &Tensor, teacher: &TeacherDist<'_>) -> Tensor {
-    let (p, q) = buckets(logits, teacher, 1.0);
-    kl(&q, &p)
+    distill(logits, teacher, None, &Divergence::Reverse, 1.0)
 }
 
 /// Generalised Jensen-Shannon divergence with weight `beta` in (0, 1):
