@@ -16,26 +16,22 @@ use clap::Parser;
 use npd_distill::Control;
 use npd_distill::study::StudyEnd;
 
-/// Run a grid of distillation regimes, every method and seed in each, and
-/// tabulate held-out accuracy and wall-clock per regime.
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    after_help = "\
-The grid file has a [study] table (methods, seeds, quick), a [base] table of run \
-configuration keys every run starts from (e.g. [base.train] steps = 200), and a [grid] \
-table whose keys (task, max_ops, warm_start, warm_start_max_ops, student, loss, temperature, \
-refresh_every, schedule, filter, and keys = { \"section.key\" = [...] } for any other \
-configuration key) each list the values to try; every combination is one regime. docs/study.toml is the \
-grid of docs/reproduction.md.
-
+/// The help text after the grid file's keys.
+const AFTER_HELP: &str = "\
 Each run has its own folder under OUT/runs/ with the usual report. The study goes on \
 where it stopped: run the same command again after Ctrl-C or a crash. Finished runs are \
 read back, an unfinished one continues from its checkpoints.
 
 Examples:
   study docs/study.toml --out runs/study
-  study docs/study.toml --out runs/study     (again: continues)"
+  study docs/study.toml --out runs/study     (again: continues)";
+
+/// Run a grid of distillation regimes, every method and seed in each, and
+/// tabulate held-out accuracy and wall-clock per regime.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = format!("{}\n\n{AFTER_HELP}", npd_distill::study::help())
 )]
 struct Args {
     /// The grid (TOML).

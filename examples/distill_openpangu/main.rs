@@ -65,9 +65,9 @@ struct Args {
     )]
     methods: Vec<MethodArg>,
 
-    /// Seeds per method.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
-    seeds: u64,
+    /// Seeds per method [default: 2, or 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: Option<u64>,
 
     /// Optimizer steps per method (overrides train.steps).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -85,7 +85,9 @@ struct Args {
     #[arg(long, value_enum)]
     loss: Option<LossArg>,
 
-    /// A small budget for smoke tests: fewer prompts, steps and seeds.
+    /// A small budget for smoke tests: fewer prompts, steps and seeds and
+    /// smaller models, each only where the configuration and the other
+    /// flags leave it unset (--print-config shows what runs).
     #[arg(long)]
     quick: bool,
 

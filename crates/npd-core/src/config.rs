@@ -13,6 +13,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+/// The longest time limit a configuration may set, in seconds.
+pub const MAX_SECONDS: f64 = 1e6;
+
+/// The most tokens of one sequence (prompt, response or packed row) a
+/// configuration may ask for: 2^20, far beyond any model's context.
+pub const MAX_TOKENS: usize = 1 << 20;
+
+/// The most rows or prompts of one batch a configuration may ask for.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The most threads a configuration may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// Range checks that build [`ConfigError::Invalid`], naming the file and
 /// the dotted key.
 #[derive(Debug, Clone)]
@@ -70,6 +83,29 @@ impl<'a> Check<'a> {
         self.that(value >= min, key, expected, value)
     }
 
+    /// `min <= value <= max`: a size that is allocated, so an absurd one
+    /// is an error here instead of an allocation failure later.
+    pub fn between<T: PartialOrd + std::fmt::Display>(
+        &self,
+        key: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) -> Result<(), ConfigError> {
+        let expected = format!("an integer from {min} to {max}");
+        self.that(value >= min && value <= max, key, expected, value)
+    }
+
+    /// A time limit in seconds: finite, `> 0` and at most [`MAX_SECONDS`].
+    pub fn seconds(&self, key: &str, value: f64) -> Result<(), ConfigError> {
+        self.that(
+            value.is_finite() && value > 0.0 && value <= MAX_SECONDS,
+            key,
+            format!("a number of seconds > 0 and at most {MAX_SECONDS:e} (about 11 days)"),
+            value,
+        )
+    }
+
     /// A finite `value > 0`.
     pub fn positive(&self, key: &str, value: f64) -> Result<(), ConfigError> {
         self.that(
@@ -122,11 +158,18 @@ pub trait Section: Serialize + DeserializeOwned + Default {
 
 /// Parses TOML text into `T`; schema errors (unknown keys, wrong types)
 /// carry `origin`, the line and the column.
+/// A UTF-8 byte-order mark at the start of `text` (as some editors write)
+/// is skipped.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
+    toml::from_str(strip_bom(text)).map_err(|e| ConfigError::Parse {
         origin: origin.to_string(),
         message: e.to_string().trim_end().to_string(),
     })
+}
+
+/// `text` without a leading UTF-8 byte-order mark.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// Parses TOML text whose keys override `base` key by key: a key the text
@@ -208,7 +251,7 @@ impl Section for SamplingConfig {
             self.temperature,
         )?;
         c.fraction("top_p", self.top_p, false, true)?;
-        c.at_least("max_new_tokens", self.max_new_tokens, 1)
+        c.between("max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
     }
 }
 
@@ -320,8 +363,9 @@ impl Section for TrainConfig {
     const NAME: &'static str = "train";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("steps", self.steps, 1)?;
-        c.at_least("micro_batch_rows", self.micro_batch_rows, 1)?;
+        c.between("steps", self.steps, 1, 1 << 40)?;
+        c.between("micro_batch_rows", self.micro_batch_rows, 1, MAX_BATCH)?;
+        c.between("rows_per_step", self.rows_per_step, 1, MAX_BATCH)?;
         c.that(
             self.rows_per_step >= self.micro_batch_rows
                 && self.rows_per_step.is_multiple_of(self.micro_batch_rows),
@@ -344,7 +388,8 @@ impl Section for TrainConfig {
         c.fraction("beta2", self.beta2, true, false)?;
         c.non_negative("grad_clip", self.grad_clip, " (0 turns clipping off)")?;
         c.non_negative("ce_weight", self.ce_weight, "")?;
-        c.at_least("top_k", self.top_k, 1)?;
+        c.between("top_k", self.top_k, 1, MAX_TOKENS)?;
+        c.between("threads", self.threads, 0, MAX_THREADS)?;
         c.fraction("jsd_beta", self.jsd_beta, false, false)?;
         c.fraction("skew_alpha", self.skew_alpha, false, false)?;
         c.positive("target_temperature", self.target_temperature)?;
@@ -371,5 +416,14 @@ mod tests {
         let over: SamplingConfig =
             parse_over("top_k = 5\n", "t.toml", &SamplingConfig::default()).unwrap();
         assert_eq!((over.top_k, over.max_new_tokens), (5, 512));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let t: TrainConfig = parse("\u{feff}lr = 0.5\n", "t.toml").unwrap();
+        assert_eq!(t.lr, 0.5);
+        let over: SamplingConfig =
+            parse_over("\u{feff}top_k = 5\n", "t.toml", &SamplingConfig::default()).unwrap();
+        assert_eq!(over.top_k, 5);
     }
 }

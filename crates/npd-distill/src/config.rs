@@ -101,6 +101,24 @@ impl RunConfig {
     }
 }
 
+/// The keys a configuration file sets, as `section.key` (none without a
+/// file): what `--quick` must not override.
+pub fn explicit_keys(
+    path: Option<&Path>,
+) -> Result<std::collections::BTreeSet<String>, ConfigError> {
+    let mut keys = std::collections::BTreeSet::new();
+    let Some(path) = path else {
+        return Ok(keys);
+    };
+    let table: toml::Table = npd_core::config::parse(&read(path)?, &path.display().to_string())?;
+    for (section, value) in &table {
+        if let Some(t) = value.as_table() {
+            keys.extend(t.keys().map(|k| format!("{section}.{k}")));
+        }
+    }
+    Ok(keys)
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -221,7 +239,29 @@ mod tests {
                 "filter.upper_percentile",
                 "above filter.lower_percentile",
             ),
-            ("[pack]\ncapacity = 0\n", "pack.capacity", ">= 2"),
+            ("[pack]\ncapacity = 0\n", "pack.capacity", "from 2 to"),
+            // Sizes that are allocated, and time limits, have a ceiling.
+            (
+                "[pack]\ncapacity = 1099511627776\n",
+                "pack.capacity",
+                "from 2 to 1048576",
+            ),
+            (
+                "[train]\nrows_per_step = 1099511627776\n",
+                "train.rows_per_step",
+                "to 65536",
+            ),
+            (
+                "[rollout]\nbatch_size = 1099511627776\n",
+                "rollout.batch_size",
+                "to 65536",
+            ),
+            ("[engine]\ntimeout_s = 1e300\n", "engine.timeout_s", "at most"),
+            (
+                "[engine]\nstartup_timeout_s = 1e300\n",
+                "engine.startup_timeout_s",
+                "at most",
+            ),
             (
                 "[train]\nrows_per_step = 6\nmicro_batch_rows = 4\n",
                 "train.rows_per_step",

@@ -58,8 +58,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Methods to run, in order.
     pub methods: Vec<Method>,
-    /// Seeds per method.
-    pub seeds: u64,
+    /// Seeds per method; `None`: 2, or 1 with `quick`.
+    pub seeds: Option<u64>,
     /// Optimizer steps per method (overrides `train.steps`).
     pub steps: Option<u64>,
     /// Turn the Δ-IFD filter off.
@@ -155,6 +155,18 @@ pub fn embedded_defaults(c: &mut RunConfig) {
 /// The effective configuration, the embedded setup and the seed count:
 /// the embedded default's values, then the file's, then the options'.
 pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
+    if o.methods.is_empty() {
+        anyhow::bail!("no method to run: name at least one of sft, on-policy, npd");
+    }
+    for (i, m) in o.methods.iter().enumerate() {
+        if o.methods[..i].contains(m) {
+            anyhow::bail!(
+                "method {} is named twice: each method runs once per seed (use --seeds for \
+                 more runs)",
+                m.slug()
+            );
+        }
+    }
     let mut config = RunConfig::default();
     embedded_defaults(&mut config);
     if let Some(path) = &o.config {
@@ -174,8 +186,15 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
             RunConfig::from_file(path)?
         };
     }
+    let explicit = crate::config::explicit_keys(o.config.as_deref())?;
+    let explicit = |key: &str| explicit.contains(key);
     if let Some(s) = o.steps {
         config.train.steps = s;
+    } else if o.quick && !explicit("train.steps") {
+        config.train.steps = config.train.steps.min(20);
+    }
+    if o.quick && config.model.teacher.as_os_str().is_empty() {
+        embedded::prepare::quick_keys(&mut config.embedded, &explicit);
     }
     if let Some(k) = o.refresh_every {
         config.rollout.refresh_every = k;
@@ -196,13 +215,9 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         config.engine.kind = e;
     }
     let mut setup = Setup::from_config(&config.embedded);
-    let mut seeds = o.seeds;
+    let seeds = o.seeds.unwrap_or(if o.quick { 1 } else { 2 });
     if o.quick {
-        if o.steps.is_none() {
-            config.train.steps = config.train.steps.min(20);
-        }
         setup = setup.quick();
-        seeds = seeds.min(1);
     }
     if config.engine.kind == EngineKind::Vllm {
         // vLLM's CPU attention needs head sizes of 32 or more.
@@ -211,6 +226,7 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     config.validate("flags")?;
     if config.model.teacher.as_os_str().is_empty() {
         checks::refuse_ignored_keys(&config)?;
+        setup.check_fits()?;
     } else {
         checks::refuse_embedded_keys(&config)?;
     }
@@ -538,7 +554,7 @@ mod tests {
             config,
             out: None,
             methods: Method::ALL.to_vec(),
-            seeds: 1,
+            seeds: Some(1),
             steps: None,
             no_filter: false,
             refresh_every: None,

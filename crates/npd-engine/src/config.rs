@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use npd_core::ConfigError;
-use npd_core::config::{Check, Section};
+use npd_core::config::{Check, MAX_THREADS, Section};
 
 /// Which engine generates and scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -86,10 +86,11 @@ impl Section for EngineConfig {
     const NAME: &'static str = "engine";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("kv_cache_gib", self.kv_cache_gib, 1)?;
-        c.positive("startup_timeout_s", self.startup_timeout_s)?;
-        c.at_least("concurrency", self.concurrency, 1)?;
-        c.positive("timeout_s", self.timeout_s)?;
+        c.between("kv_cache_gib", self.kv_cache_gib, 1, 1 << 20)?;
+        c.seconds("startup_timeout_s", self.startup_timeout_s)?;
+        c.between("concurrency", self.concurrency, 1, MAX_THREADS)?;
+        c.seconds("timeout_s", self.timeout_s)?;
+        c.between("retries", self.retries, 0, 100)?;
         c.positive("probe_tolerance", self.probe_tolerance)?;
         for (key, url) in [
             ("student_url", &self.student_url),

@@ -89,6 +89,6 @@ impl Section for FilterConfig {
             ),
             self.upper_percentile,
         )?;
-        c.at_least("window", self.window, 1)
+        c.between("window", self.window, 1, 1 << 24)
     }
 }

@@ -53,6 +53,6 @@ impl Section for PackConfig {
     const NAME: &'static str = "pack";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("capacity", self.capacity, 2)
+        c.between("capacity", self.capacity, 2, npd_core::config::MAX_TOKENS)
     }
 }

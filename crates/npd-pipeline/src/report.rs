@@ -333,9 +333,16 @@ impl Report {
                     ),
                     _ => ("generation", "scoring", "training"),
                 };
+                let against_on_policy = match self.summary(Method::OnPolicy) {
+                    Some(on) => format!(
+                        "{:.2}x on-policy's mean wall-clock",
+                        on.wall_s / r.projected().max(1e-9)
+                    ),
+                    None => "no ratio to on-policy, which did not run".to_string(),
+                };
                 let _ = writeln!(
                     md,
-                    "- busy (idle) time per role over {:.1}s: {generator} {:.1}s ({:.1}s), {scorer} {:.1}s ({:.1}s), {trainer} {:.1}s ({:.1}s; packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({:.2}x on-policy's mean wall-clock{}; a projection from measured busy times, not a measurement)",
+                    "- busy (idle) time per role over {:.1}s: {generator} {:.1}s ({:.1}s), {scorer} {:.1}s ({:.1}s), {trainer} {:.1}s ({:.1}s; packing and publishing included); with each role on a device of its own the run would take about {:.1}s, the busiest role's time ({against_on_policy}; a projection from measured busy times, not a measurement)",
                     o.wall_s,
                     r.generate,
                     idle(r.generate),
@@ -344,13 +351,6 @@ impl Report {
                     r.train,
                     idle(r.train),
                     r.projected(),
-                    self.summary(Method::OnPolicy)
-                        .map_or(f64::NAN, |on| on.wall_s / r.projected().max(1e-9)),
-                    if self.summary(Method::OnPolicy).is_some() {
-                        ""
-                    } else {
-                        ", not measured: on-policy did not run"
-                    },
                 );
             }
             let hist: Vec<String> = o

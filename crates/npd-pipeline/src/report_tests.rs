@@ -171,6 +171,16 @@ fn roles_project_the_busiest_one() {
         md.contains("about 26.0s") && md.contains("2.00x on-policy"),
         "{md}"
     );
+    // Without on-policy there is no ratio to print, and no NaN either.
+    let alone = Report {
+        outcomes: vec![report.outcomes[1].clone()],
+        ..report.clone()
+    };
+    let md_alone = alone.markdown();
+    assert!(
+        !md_alone.contains("NaN") && md_alone.contains("no ratio to on-policy"),
+        "{md_alone}"
+    );
     // The targets name the schedule that ran, its measured figure and
     // the other schedule's projection.
     let targets = &md[md.find("## Targets").unwrap()..];

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use npd_core::ConfigError;
-use npd_core::config::{Check, Section};
+use npd_core::config::{Check, MAX_BATCH, MAX_THREADS, Section};
 
 /// The asynchronous rollout engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,10 +70,11 @@ impl Section for RolloutConfig {
     const NAME: &'static str = "rollout";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("refresh_every", self.refresh_every, 1)?;
-        c.at_least("max_lag", self.max_lag, 1)?;
-        c.at_least("queue_capacity", self.queue_capacity, 1)?;
-        c.at_least("batch_size", self.batch_size, 1)?;
-        c.at_least("reuse", self.reuse, 1)
+        c.between("refresh_every", self.refresh_every, 1, 1 << 20)?;
+        c.between("max_lag", self.max_lag, 1, 1 << 20)?;
+        c.between("queue_capacity", self.queue_capacity, 1, 1 << 20)?;
+        c.between("batch_size", self.batch_size, 1, MAX_BATCH)?;
+        c.between("reuse", self.reuse, 1, 1024)?;
+        c.between("threads", self.threads, 0, MAX_THREADS)
     }
 }

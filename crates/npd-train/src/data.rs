@@ -41,6 +41,20 @@ pub struct PromptRecord {
     /// A reference response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// The 1-based line it was read from (not a key of the file).
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+impl PromptRecord {
+    /// Where the record is, for errors: its line and id.
+    pub fn location(&self) -> String {
+        let id = self.id.unwrap_or_default();
+        match self.line {
+            Some(line) => format!("line {line} (id {id})"),
+            None => format!("record id {id}"),
+        }
+    }
 }
 
 /// A tokenized prompt with what evaluation needs.
@@ -76,10 +90,15 @@ pub fn read_records(path: &Path) -> Result<Vec<PromptRecord>> {
                 });
             }
         };
+        let line = if i == 0 {
+            npd_core::config::strip_bom(&line)
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let mut rec: PromptRecord = serde_json::from_str(&line)
+        let mut rec: PromptRecord = serde_json::from_str(line)
             .map_err(|e| Error::invalid(&at, format!("not a prompt record: {e}")))?;
         if rec.prompt.is_some() == rec.messages.is_some() {
             return Err(Error::invalid(
@@ -94,6 +113,7 @@ pub fn read_records(path: &Path) -> Result<Vec<PromptRecord>> {
             ));
         }
         rec.id.get_or_insert(i as u64);
+        rec.line = Some(i + 1);
         out.push(rec);
     }
     if out.is_empty() {
@@ -147,14 +167,29 @@ pub fn tokenize(
             (None, Some(m), Some(c)) => c.prompt(m)?,
             (None, Some(_), None) => {
                 return Err(Error::invalid(
-                    id.to_string(),
+                    r.location(),
                     "has `messages` but no chat format is configured",
                 ));
             }
-            (None, None, _) => return Err(Error::invalid(id.to_string(), "has no prompt")),
+            (None, None, _) => return Err(Error::invalid(r.location(), "has no prompt")),
         };
+        let encoded = tokenizer.encode(&text)?;
+        if encoded.is_empty() {
+            return Err(Error::invalid(
+                r.location(),
+                format!(
+                    "the prompt is empty (it encodes to no tokens{}); give it text or remove \
+                     the record",
+                    if bos.is_none() {
+                        ", and the tokenizer has no BOS to start from"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let mut prompt: Vec<TokenId> = bos.into_iter().collect();
-        prompt.extend(tokenizer.encode(&text)?);
+        prompt.extend(encoded);
         if prompt.len() > max_tokens {
             rejected.push((
                 id,
@@ -212,6 +247,9 @@ mod tests {
             err.contains(&format!("{}:2", bad_utf8.display())) && err.contains("UTF-8"),
             "{err}"
         );
+        // A UTF-8 byte-order mark before the first record is skipped.
+        let p = write("bom.jsonl", "\u{feff}{\"prompt\": \"a\"}\n");
+        assert_eq!(read_records(&p).unwrap()[0].prompt.as_deref(), Some("a"));
         let p = write("extra.jsonl", "{\"prompt\": \"a\", \"promt\": 1}\n");
         assert!(read_records(&p).unwrap_err().to_string().contains("promt"));
         let p = write("empty.jsonl", "\n");
@@ -256,5 +294,19 @@ mod tests {
         assert_eq!(ex[0].prompt.len(), 6);
         assert_eq!(rejected[0].0, PromptId(1));
         assert!(rejected[0].1.contains("max_prompt_tokens"));
+
+        // An empty prompt is named by its line and id before any run.
+        let p = write(
+            "empty-prompt.jsonl",
+            "{\"prompt\": \"1=\"}\n\n{\"id\": 500, \"prompt\": \"\"}\n",
+        );
+        let recs = read_records(&p).unwrap();
+        let err = tokenize(&recs, &tok, None, None, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3 (id 500)") && err.contains("empty") && err.contains("BOS"),
+            "{err}"
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - [`stages`]: all of them as the backend of an
 //!   [`npd_pipeline::Comparison`].
 //! - [`data`], [`folder`]: prompt files and model folders.
+//! - [`memory`]: whether a model fits before it is allocated.
 
 pub mod checkpoint;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod folder;
 pub mod generate;
 pub mod generator;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod models_config;
 pub mod optim;

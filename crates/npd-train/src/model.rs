@@ -187,7 +187,17 @@ impl Llama {
     /// the checkpoint with its exact shape; RoPE `inv_freq` buffers and the
     /// `lm_head` of a tied model are ignored; any other tensor is an error.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let config = ModelConfig::from_file(&config_path)?;
+        crate::memory::check_fits(
+            &format!(
+                "{}: `hidden_size`, `intermediate_size`, `vocab_size`, `num_hidden_layers`",
+                config_path.display()
+            ),
+            &config,
+            crate::memory::LOADED_BYTES_PER_PARAMETER,
+            crate::memory::available(device),
+        )?;
         let mut model = Self::new(config, device);
         let mut store = TensorStore::open(dir)?;
         model.load_from(&mut store)?;

@@ -94,7 +94,12 @@ impl Section for DataConfig {
     const NAME: &'static str = "data";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        c.at_least("max_prompt_tokens", self.max_prompt_tokens, 1)?;
+        c.between(
+            "max_prompt_tokens",
+            self.max_prompt_tokens,
+            1,
+            npd_core::config::MAX_TOKENS,
+        )?;
         c.fraction("eval_fraction", self.eval_fraction, true, false)
     }
 }

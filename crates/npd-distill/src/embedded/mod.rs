@@ -64,14 +64,15 @@ pub fn tokenizer_json() -> serde_json::Value {
 }
 
 /// A decoder of the openPangu architecture (q/k/v/o biases, GQA, tied
-/// embeddings) sized for the task, holding `max_positions` tokens.
+/// embeddings) sized for the task, holding `max_positions` tokens; sizes
+/// no model can have are an error naming `embedded model`.
 pub fn model_config(
     hidden: usize,
     layers: usize,
     heads: usize,
     kv_heads: usize,
     max_positions: usize,
-) -> ModelConfig {
+) -> npd_core::Result<ModelConfig> {
     let json = json!({
         "architectures": ["PanguEmbeddedForCausalLM"],
         "model_type": "PanguEmbedded",
@@ -91,7 +92,7 @@ pub fn model_config(
         "pad_token_id": PAD_ID,
         "torch_dtype": "float32",
     });
-    ModelConfig::from_json(&json.to_string(), "embedded model").expect("a valid config")
+    ModelConfig::from_json(&json.to_string(), "embedded model")
 }
 
 #[cfg(test)]

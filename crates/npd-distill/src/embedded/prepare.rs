@@ -180,18 +180,41 @@ impl Setup {
             .max(128)
     }
 
+    /// Fails unless the teacher and the student can be built and trained in
+    /// the memory this machine has: sizes the `[embedded]` keys set that no
+    /// allocation can satisfy are an error naming `embedded.student`.
+    pub fn check_fits(&self) -> Result<()> {
+        use npd_train::memory;
+        let config = |(h, l, nh, kv): (usize, usize, usize, usize)| {
+            emb::model_config(h, l, nh, kv, self.max_positions())
+        };
+        let student = config(self.student).map_err(|e| {
+            npd_core::Error::invalid("embedded.student", format!("describes no model: {e}"))
+        })?;
+        let teacher = config(self.teacher)?;
+        // Both are trained here (teacher, then the warm start), and the
+        // student is then trained beside the teacher's f32 weights.
+        let teacher_bytes =
+            teacher.parameter_count().unwrap_or(u64::MAX) * memory::LOADED_BYTES_PER_PARAMETER;
+        let available = memory::available(Device::Cpu).map(|a| a.saturating_sub(teacher_bytes));
+        memory::check_fits(
+            "embedded.student",
+            &student,
+            memory::TRAINED_BYTES_PER_PARAMETER,
+            available,
+        )
+    }
+
     /// The small budget of `--quick`: fewer prompts and steps, smaller
-    /// models.
+    /// models. The student's size and warm start come from the
+    /// `[embedded]` keys, which [`quick_keys`] shrinks where a
+    /// configuration leaves them unset.
     pub fn quick(mut self) -> Self {
         self.teacher_steps = 60;
-        self.warm_start_steps = self.warm_start_steps.min(20);
         self.train_prompts = 400;
         self.eval_prompts = 64;
         self.validation_prompts = 64;
         self.teacher = (64, 2, 4, 2);
-        self.student = (32, 1, 2, 1);
-        self.plateau.every = self.plateau.every.min(5);
-        self.plateau.fewest_steps = self.plateau.fewest_steps.min(10);
         self
     }
 
@@ -208,6 +231,29 @@ impl Setup {
         self.teacher = heads(self.teacher);
         self.student = heads(self.student);
         self
+    }
+}
+
+/// The `[embedded]` keys of `--quick`'s small budget: a (32, 1) student
+/// warm-started for at most 20 steps, each applied only where `explicit`
+/// (the keys a configuration sets, `section.key`) leaves it unset, so
+/// that a key given is a key honoured.
+pub fn quick_keys(c: &mut EmbeddedConfig, explicit: &dyn Fn(&str) -> bool) {
+    let unset = |key: &str| !explicit(&format!("embedded.{key}"));
+    if unset("student") {
+        c.student = [32, 1];
+    }
+    if unset("warm_start_steps") {
+        c.warm_start_steps = c.warm_start_steps.min(20);
+    }
+    if unset("plateau_max_steps") {
+        c.plateau_max_steps = c.plateau_max_steps.min(20);
+    }
+    if unset("plateau_every") {
+        c.plateau_every = c.plateau_every.min(5);
+    }
+    if unset("plateau_min_steps") {
+        c.plateau_min_steps = c.plateau_min_steps.min(10).min(c.plateau_max_steps);
     }
 }
 
@@ -549,6 +595,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                         messages: None,
                         answer: Some(format!("{:02}", p.answer())),
                         response: Some(p.response()),
+                        line: None,
                     })
                     .collect()
             };
@@ -559,7 +606,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             )?;
             tok.save(&dir.join("tokenizer.json"))?;
             let (h, l, nh, kv) = setup.teacher;
-            let config = emb::model_config(h, l, nh, kv, setup.max_positions());
+            let config = emb::model_config(h, l, nh, kv, setup.max_positions())?;
             let mut teacher = Llama::new(config, Device::Cpu);
             teacher.init_random(setup.seed, 0.02);
             let phase = Phase {
@@ -607,7 +654,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
             ),
             None => {
                 let (h, l, nh, kv) = setup.student;
-                let config = emb::model_config(h, l, nh, kv, setup.max_positions());
+                let config = emb::model_config(h, l, nh, kv, setup.max_positions())?;
                 let mut student = Llama::new(config, Device::Cpu);
                 student.init_random(setup.seed + 1, 0.02);
                 let phase = Phase {

@@ -65,6 +65,34 @@ pub struct StudySection {
     pub quick: bool,
 }
 
+/// The keys of a `[grid]` table, as `--help` lists them.
+pub const GRID_KEYS: &[&str] = &[
+    "task",
+    "max_ops",
+    "warm_start",
+    "warm_start_max_ops",
+    "student",
+    "loss",
+    "temperature",
+    "refresh_every",
+    "schedule",
+    "filter",
+    "keys",
+];
+
+/// The study's `--help` text on the grid file.
+pub fn help() -> String {
+    let named: Vec<&str> = GRID_KEYS.iter().copied().filter(|k| *k != "keys").collect();
+    format!(
+        "The grid file has a [study] table (methods, seeds, quick), a [base] table of run \
+         configuration keys every run starts from (e.g. [base.train] steps = 200), and a [grid] \
+         table whose keys ({}, and keys = {{ \"section.key\" = [...] }} for any other \
+         configuration key) each list the values to try; every combination is one regime. \
+         docs/study.toml is the grid of docs/reproduction.md.",
+        named.join(", ")
+    )
+}
+
 /// `[grid]`: the values each axis takes.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,7 +166,7 @@ impl StudyFile {
 
     /// Parses study TOML; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let file: StudyFile = toml::from_str(text)
+        let file: StudyFile = toml::from_str(npd_core::config::strip_bom(text))
             .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
         if file.study.seeds == 0 {
             bail!("{origin}: `study.seeds` must be at least 1");
@@ -149,6 +177,13 @@ impl StudyFile {
         for m in &file.study.methods {
             if Method::from_slug(m).is_none() {
                 bail!("{origin}: `study.methods`: unknown method {m:?} (sft, on-policy, npd)");
+            }
+        }
+        for (i, m) in file.study.methods.iter().enumerate() {
+            if file.study.methods[..i].contains(m) {
+                bail!(
+                    "{origin}: `study.methods` names {m:?} twice; each method runs once per seed"
+                );
             }
         }
         if file.grid.is_empty() {
@@ -180,7 +215,7 @@ impl StudyFile {
             config: Some(config),
             out: Some(out),
             methods: run.methods.clone(),
-            seeds: self.study.seeds,
+            seeds: Some(self.study.seeds),
             steps: None,
             no_filter: false,
             refresh_every: None,

@@ -22,7 +22,7 @@ use crate::{Control, Ended};
 mod grid;
 mod table;
 
-pub use grid::{Grid, StudyFile, StudyRun, StudySection};
+pub use grid::{GRID_KEYS, Grid, StudyFile, StudyRun, StudySection, help};
 use table::write_tables;
 pub use table::{mean_sd, table};
 

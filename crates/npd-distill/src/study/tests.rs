@@ -109,6 +109,10 @@ fn bad_study_files_are_named() {
             "grid.loss",
         ),
         ("[study]\nmethods = [\"sft\"]\nseed = 1\n", "seed"),
+        (
+            "[study]\nmethods = [\"npd\", \"npd\"]\nseeds = 1\n",
+            "twice",
+        ),
     ] {
         let err = format!("{:#}", StudyFile::parse(text, "g.toml").unwrap_err());
         assert!(
@@ -250,4 +254,32 @@ fn any_configuration_key_is_an_axis() {
         .to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(err.contains("train.lr"), "{err}");
+}
+
+/// Every grid key `--help` lists is one the parser takes, and a key it
+/// does not list is refused.
+#[test]
+fn the_help_lists_the_grid_keys_the_parser_takes() {
+    let sample = |key: &str| match key {
+        "task" => "[\"chain\"]",
+        "warm_start" => "[\"plateau\"]",
+        "student" => "[[64, 2]]",
+        "loss" => "[\"forward-kl\"]",
+        "temperature" => "[0.7]",
+        "filter" => "[true]",
+        "schedule" => "[\"colocated\"]",
+        "keys" => "{ \"train.lr\" = [1e-4] }",
+        _ => "[4]",
+    };
+    let help = help();
+    for key in GRID_KEYS {
+        assert!(help.contains(key), "--help leaves out {key}");
+        let text = format!(
+            "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\n{key} = {}\n",
+            sample(key)
+        );
+        StudyFile::parse(&text, "g.toml").unwrap_or_else(|e| panic!("{key}: {e:#}"));
+    }
+    let text = "[study]\nmethods = [\"sft\"]\nseeds = 1\n[grid]\nmax_steps = [4]\n";
+    assert!(StudyFile::parse(text, "g.toml").is_err());
 }
