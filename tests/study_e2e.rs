@@ -123,3 +123,50 @@ fn a_study_stopped_with_ctrl_c_continues_where_it_stopped() {
     assert!(err.contains("another grid"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A folder of the user's files is refused and left as it was; a grid
+/// refused for a bad value writes nothing, so the fixed grid may use the
+/// same folder.
+#[test]
+fn a_study_leaves_a_users_folder_alone_and_a_refused_grid_leaves_no_trace() {
+    let dir = scratch("study-foreign");
+    let out = dir.join("out");
+    std::fs::create_dir_all(out.join("configs")).unwrap();
+    let mine = [
+        ("study.md", "my notes"),
+        ("study.json", "[1]"),
+        ("configs/k1.toml", "# mine"),
+    ];
+    for (name, text) in mine {
+        std::fs::write(out.join(name), text).unwrap();
+    }
+    let grid = dir.join("grid.toml");
+    std::fs::write(&grid, GRID).unwrap();
+    let refused = study(&grid, &out, &dir.join("cache")).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds no study"), "{err}");
+    for (name, text) in mine {
+        assert_eq!(std::fs::read_to_string(out.join(name)).unwrap(), text);
+    }
+    assert!(!out.join("study.toml").exists());
+
+    // A bad value in one regime: refused before anything is written.
+    let fresh = dir.join("fresh");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        GRID.replace("filter = [true, false]", "keys = { \"train.lr\" = [-1.0] }"),
+    )
+    .unwrap();
+    let refused = study(&bad, &fresh, &dir.join("cache")).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("train.lr"), "{err}");
+    assert!(
+        std::fs::read_dir(&fresh).map_or(true, |mut e| e.next().is_none()),
+        "a refused grid wrote into {}",
+        fresh.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

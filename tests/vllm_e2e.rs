@@ -120,6 +120,12 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
     no_servers_left(&out);
     eprintln!("first run ended after {:.0?}", t0.elapsed());
 
+    // A folder of the user's beside the snapshots (as in an
+    // engine.publish_dir of theirs): refreshes delete only snapshots.
+    let keep = out.join("served/NPD-seed0/keepme");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("notes.txt"), "mine").unwrap();
+
     // Ctrl-C during the resumed run: a checkpoint, the documented status,
     // and the servers npd started are gone.
     let mut resumed = command(&out, &cache, true).spawn().unwrap();
@@ -139,6 +145,11 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "resume failed:\n{stderr}");
 
+    assert_eq!(
+        std::fs::read_to_string(keep.join("notes.txt")).unwrap(),
+        "mine",
+        "a refresh deleted a folder npd did not write"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("weight refreshes verified by probe") && report.contains(" 0 failed"),

@@ -26,6 +26,14 @@ pub const MAX_BATCH: usize = 1 << 16;
 /// The most threads a configuration may ask for.
 pub const MAX_THREADS: usize = 1024;
 
+/// The highest sampling or target temperature: above it every token is
+/// about equally likely, and the sampler's arithmetic loses its meaning.
+pub const MAX_TEMPERATURE: f64 = 100.0;
+
+/// The smallest nucleus mass: below it top-p sampling is greedy decoding,
+/// and the value no longer fits the sampler's single precision.
+pub const MIN_TOP_P: f64 = 1e-6;
+
 /// Range checks that build [`ConfigError::Invalid`], naming the file and
 /// the dotted key.
 #[derive(Debug, Clone)]
@@ -194,6 +202,22 @@ pub fn parse_over<T: Serialize + DeserializeOwned>(
         })
 }
 
+/// The keys whose values differ between two values of one section.
+pub fn changed_keys<T: Serialize>(value: &T, base: &T) -> Vec<String> {
+    let table =
+        |v: &T| -> toml::Table { toml::from_str(&to_toml(v)).expect("a serialized value parses") };
+    let (a, b) = (table(value), table(base));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// `value` as TOML text.
 pub fn to_toml<T: Serialize>(value: &T) -> String {
     toml::to_string_pretty(value).expect("configuration values serialize")
@@ -245,12 +269,17 @@ impl Section for SamplingConfig {
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
         c.that(
-            self.temperature.is_finite() && self.temperature >= 0.0,
+            (0.0..=MAX_TEMPERATURE).contains(&self.temperature),
             "temperature",
-            "a finite number >= 0 (0 is greedy)",
+            format!("a number in [0, {MAX_TEMPERATURE}] (0 is greedy)"),
             self.temperature,
         )?;
-        c.fraction("top_p", self.top_p, false, true)?;
+        c.that(
+            (MIN_TOP_P..=1.0).contains(&self.top_p),
+            "top_p",
+            format!("a number in [{MIN_TOP_P:e}, 1] (1 keeps every token)"),
+            self.top_p,
+        )?;
         c.between("max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
     }
 }
@@ -392,7 +421,12 @@ impl Section for TrainConfig {
         c.between("threads", self.threads, 0, MAX_THREADS)?;
         c.fraction("jsd_beta", self.jsd_beta, false, false)?;
         c.fraction("skew_alpha", self.skew_alpha, false, false)?;
-        c.positive("target_temperature", self.target_temperature)?;
+        c.that(
+            self.target_temperature > 0.0 && self.target_temperature <= MAX_TEMPERATURE,
+            "target_temperature",
+            format!("a number in (0, {MAX_TEMPERATURE}]"),
+            self.target_temperature,
+        )?;
         c.fraction("teacher_fraction", self.teacher_fraction, true, false)?;
         c.at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)
     }

@@ -41,6 +41,66 @@ pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// A run of one's own models needs both folders and a prompts file: a
+/// configuration naming one without the others is refused when it is
+/// checked, not when the run starts.
+pub fn require_folder_keys(config: &RunConfig) -> Result<()> {
+    if config.model.student.as_os_str().is_empty() {
+        anyhow::bail!(
+            "model.teacher is set but model.student is empty: name the student folder beside \
+             the teacher (or remove model.teacher to run the embedded default)"
+        );
+    }
+    if config.data.prompts.as_os_str().is_empty() {
+        anyhow::bail!(
+            "model.teacher is set but data.prompts is empty: real models need a prompts \
+             JSONL file (see docs/pipeline.md)"
+        );
+    }
+    Ok(())
+}
+
+/// Settings a section accepts as a library value but no engine of a run
+/// can honour.
+pub fn refuse_unsupported(config: &RunConfig) -> Result<()> {
+    if config.filter.enabled && config.filter.form == npd_filter::DeltaForm::Staleness {
+        anyhow::bail!(
+            "filter.form = \"staleness\": it scores IFD_student_now - IFD_snapshot, which \
+             needs the generating snapshot's log-probs of every response, and neither engine \
+             records them; use \"difference\", \"ratio\" or \"conditioned-gap\""
+        );
+    }
+    Ok(())
+}
+
+/// Every `[engine]` key but `kind` configures vLLM servers: with the
+/// in-process engine they would be ignored, so they are refused.
+pub fn refuse_server_keys(config: &RunConfig) -> Result<()> {
+    if config.engine.kind != npd_engine::EngineKind::InProcess {
+        return Ok(());
+    }
+    let given: Vec<String> =
+        npd_core::config::changed_keys(&config.engine, &npd_engine::EngineConfig::default())
+            .into_iter()
+            .filter(|k| k != "kind")
+            .map(|k| format!("engine.{k}"))
+            .collect();
+    if !given.is_empty() {
+        anyhow::bail!(
+            "{} given with engine.kind = \"in-process\": {} configure vLLM servers, which the \
+             in-process engine does not use; set engine.kind = \"vllm\" (or --engine vllm), \
+             or remove them",
+            given.join(", "),
+            if given.len() == 1 {
+                "it would"
+            } else {
+                "they would"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Refuses `[embedded]` keys when `model.teacher` names a folder: they
 /// would be ignored.
 pub fn refuse_embedded_keys(config: &RunConfig) -> Result<()> {

@@ -233,7 +233,7 @@ mod tests {
     fn out_of_range_values_name_key_and_range() {
         let cases = [
             ("[train]\nlr = -1.0\n", "train.lr", "> 0"),
-            ("[sampling]\ntop_p = 1.5\n", "sampling.top_p", "(0, 1]"),
+            ("[sampling]\ntop_p = 1.5\n", "sampling.top_p", "[1e-6, 1]"),
             (
                 "[filter]\nlower_percentile = 0.5\nupper_percentile = 0.4\n",
                 "filter.upper_percentile",
@@ -256,7 +256,11 @@ mod tests {
                 "rollout.batch_size",
                 "to 65536",
             ),
-            ("[engine]\ntimeout_s = 1e300\n", "engine.timeout_s", "at most"),
+            (
+                "[engine]\ntimeout_s = 1e300\n",
+                "engine.timeout_s",
+                "at most",
+            ),
             (
                 "[engine]\nstartup_timeout_s = 1e300\n",
                 "engine.startup_timeout_s",

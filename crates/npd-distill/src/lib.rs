@@ -91,7 +91,15 @@ pub struct Control {
     pub stop: AtomicBool,
     /// Set while methods run.
     pub in_run: AtomicBool,
+    /// Set by the signal handler a moment after `stop` ([`STOP_GRACE`]):
+    /// calls to servers and the wait for a server to start give up, so a
+    /// server that hangs cannot hold a stop request.
+    pub abandon_waits: std::sync::Arc<AtomicBool>,
 }
+
+/// How long a stop request lets calls to servers finish before they are
+/// abandoned.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How [`distill`] ended.
 #[derive(Debug)]
@@ -229,7 +237,10 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         setup.check_fits()?;
     } else {
         checks::refuse_embedded_keys(&config)?;
+        checks::require_folder_keys(&config)?;
     }
+    checks::refuse_server_keys(&config)?;
+    checks::refuse_unsupported(&config)?;
     Ok((config, setup, seeds))
 }
 
@@ -381,7 +392,17 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             run_methods(&stages, run, run_dir, Vec::new(), &line)
         }
         EngineKind::Vllm => {
-            let running = servers::start(&config, &inputs, &out)?;
+            let running = match servers::start(&config, &inputs, &out, &control.abandon_waits) {
+                Ok(running) => running,
+                Err(e) if control.stop.load(Ordering::SeqCst) => {
+                    return Ok(Ended::Interrupted(format!(
+                        "{}; nothing was trained, and the same command starts afresh in {}",
+                        describe(&e),
+                        out.display()
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             let served = ServedStages::new(stages, running.servers.clone());
             let checks = running.servers.checks.clone();
             let line = move |c: &Comparison<'_, ServedStages<'_>>, total_s: f64| {
@@ -454,9 +475,21 @@ fn run_methods<S: Stages>(
                     written = writeln!(metrics, "{line}").and_then(|()| metrics.flush());
                 }
             };
-            let end = comparison
-                .run(method, seed, &mut observer, &control.stop)
-                .with_context(|| format!("{} seed {seed}", method.name()))?;
+            let end = match comparison.run(method, seed, &mut observer, &control.stop) {
+                Ok(end) => end,
+                Err(e) if control.abandon_waits.load(Ordering::SeqCst) => {
+                    return Ok(Ended::Interrupted(format!(
+                        "{} seed {seed} stopped on request while waiting on a server ({e}); \
+                         continue with the same command and --resume, from its last checkpoint",
+                        method.name()
+                    )));
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("{} seed {seed}", method.name()))
+                    );
+                }
+            };
             written.with_context(|| format!("writing {}", metrics_path.display()))?;
             progress.finish();
             match end {
@@ -580,6 +613,98 @@ mod tests {
             "loading the teacher: /x/config.json: no such file"
         );
         assert_eq!(format!("{e:#}").matches("no such file").count(), 2);
+    }
+
+    fn configured(text: &str, o: impl FnOnce(&mut Options)) -> Result<(RunConfig, Setup, u64)> {
+        let path = std::env::temp_dir().join(format!(
+            "npd-configure-{}-{:x}.toml",
+            std::process::id(),
+            text.bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        ));
+        std::fs::write(&path, text).unwrap();
+        let mut options = options(Some(path.clone()));
+        o(&mut options);
+        let result = configure(&options);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    fn refused(text: &str, o: impl FnOnce(&mut Options)) -> String {
+        describe(&configured(text, o).unwrap_err())
+    }
+
+    #[test]
+    fn keys_that_would_be_ignored_or_cannot_run_are_refused_when_checked() {
+        // A teacher without a student or prompts.
+        let err = refused("[model]\nteacher = \"t\"\n", |_| {});
+        assert!(err.contains("model.student"), "{err}");
+        let err = refused("[model]\nteacher = \"t\"\nstudent = \"s\"\n", |_| {});
+        assert!(err.contains("data.prompts"), "{err}");
+        // Server keys with the in-process engine.
+        let err = refused(
+            "[engine]\nstudent_url = \"http://127.0.0.1:8000\"\n",
+            |_| {},
+        );
+        assert!(
+            err.contains("engine.student_url") && err.contains("in-process"),
+            "{err}"
+        );
+        let text = "[engine]\nteacher_url = \"http://127.0.0.1:8000\"\n";
+        configured(text, |o| o.engine = Some(EngineKind::Vllm)).unwrap();
+        // A documented form no engine can run.
+        let err = refused("[filter]\nform = \"staleness\"\n", |_| {});
+        assert!(
+            err.contains("filter.form") && err.contains("snapshot"),
+            "{err}"
+        );
+        // Sampling values the sampler cannot represent.
+        for (text, key) in [
+            ("[sampling]\ntemperature = 1e300\n", "sampling.temperature"),
+            ("[sampling]\ntop_p = 1e-300\n", "sampling.top_p"),
+        ] {
+            let err = refused(text, |_| {});
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // Methods named twice.
+        let err = refused("", |o| {
+            o.methods = vec![Method::NearPolicy, Method::NearPolicy]
+        });
+        assert!(err.contains("named twice"), "{err}");
+    }
+
+    #[test]
+    fn a_student_too_big_for_memory_is_refused_naming_the_key() {
+        for student in ["[131072, 1]", "[262144, 1]"] {
+            let err = refused(&format!("[embedded]\nstudent = {student}\n"), |_| {});
+            assert!(
+                err.contains("embedded.student")
+                    && (err.contains("GiB available") || err.contains("parameters")),
+                "{student}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn quick_shrinks_only_what_the_file_leaves_unset() {
+        let (c, setup, seeds) = configured("", |o| {
+            o.quick = true;
+            o.seeds = None;
+        })
+        .unwrap();
+        assert_eq!((c.train.steps, c.embedded.student, seeds), (20, [32, 1], 1));
+        assert_eq!(setup.student.0, 32);
+        let text = "[embedded]\nstudent = [128, 3]\n[train]\nsteps = 30\n";
+        let (c, setup, seeds) = configured(text, |o| {
+            o.quick = true;
+            o.seeds = Some(3);
+        })
+        .unwrap();
+        assert_eq!(
+            (c.train.steps, c.embedded.student, seeds),
+            (30, [128, 3], 3)
+        );
+        assert_eq!((setup.student.0, setup.student.1), (128, 3));
     }
 
     #[test]

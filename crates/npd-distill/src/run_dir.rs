@@ -158,7 +158,9 @@ impl RunDir {
                  choose a new or empty --out, so that no file of yours is overwritten",
                 dir.display()
             );
-        } else if previous.is_some() && !finished {
+        } else if let Some(previous) = previous.as_ref().filter(|_| !finished)
+            && holds_work(dir, previous)?
+        {
             bail!(
                 "{} holds an unfinished run: continue it with --resume, or choose \
                  another --out (or delete the folder)",
@@ -265,6 +267,32 @@ impl RunDir {
     }
 }
 
+/// Whether the unfinished run `previous` in `dir` left anything a resume
+/// would continue from: a checkpoint of any of its methods and seeds. A
+/// run that stopped before its first checkpoint (a server that never
+/// answered, a wrong URL) holds nothing, so a corrected command may start
+/// afresh in its folder.
+fn holds_work(dir: &Path, previous: &Value) -> Result<bool> {
+    let checkpoints = Checkpoints::new(dir.join("checkpoints"), 0);
+    let seeds = previous.get("seeds").and_then(Value::as_u64).unwrap_or(0);
+    let methods = previous
+        .get("methods")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().and_then(Method::from_slug));
+    for method in methods {
+        for seed in 0..seeds.max(1) {
+            if !checkpoints.list(method, seed)?.is_empty()
+                || checkpoints.finished(method, seed)?.is_some()
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// The last step of a method run that its checkpoints account for: all of
 /// them once it finished, else its newest checkpoint's (0 without one).
 fn accounted_steps(checkpoints: &Checkpoints, method: Method, seed: u64) -> Result<u64> {
@@ -326,6 +354,26 @@ mod tests {
                 && err.contains("train.steps = unset (was 10)"),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unfinished_run_without_a_checkpoint_can_start_afresh() {
+        let dir = scratch("nothing-trained");
+        drop(check(&dir, CONFIG, false).unwrap().claim().unwrap());
+        // It trained nothing: the corrected command starts afresh.
+        let corrected = CONFIG.replace("lr = 0.001", "lr = 0.002");
+        drop(check(&dir, &corrected, false).unwrap().claim().unwrap());
+        // Once a checkpoint exists, a fresh start is refused.
+        let checkpoints = Checkpoints::new(dir.join("checkpoints"), 0);
+        let step = checkpoints
+            .run_dir(Method::Sft, 0)
+            .join(npd_pipeline::checkpoints::checkpoint_name(1));
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join(npd_pipeline::checkpoints::RUN_FILE), "{}").unwrap();
+        assert_eq!(checkpoints.list(Method::Sft, 0).unwrap().len(), 1);
+        let err = check(&dir, &corrected, false).err().unwrap().to_string();
+        assert!(err.contains("unfinished run"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -12,6 +12,8 @@
 //! - and, for the teacher, accept `train.top_k` log-probs per position.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -122,7 +124,13 @@ fn probe_tokens(inputs: &Inputs) -> Vec<TokenId> {
 }
 
 /// Starts (or connects to) the servers and checks them.
-pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running> {
+/// Waits on the servers give up once `cancel` is set.
+pub fn start(
+    config: &RunConfig,
+    inputs: &Inputs,
+    out: &Path,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Running> {
     let e = &config.engine;
     let publish_root = if e.publish_dir.as_os_str().is_empty() {
         out.join("served")
@@ -197,7 +205,7 @@ pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running>
             .map(|spec| {
                 s.spawn(move || {
                     spec.as_ref()
-                        .map(|sp| Launched::start(sp, startup))
+                        .map(|sp| Launched::start_cancellable(sp, startup, Some(cancel.clone())))
                         .transpose()
                 })
             })
@@ -230,7 +238,9 @@ pub fn start(config: &RunConfig, inputs: &Inputs, out: &Path) -> Result<Running>
             }
         }
     }
-    let connect = |url: &str| Vllm::connect(Client::new(url, timeout, e.retries));
+    let connect = |url: &str| {
+        Vllm::connect(Client::new(url, timeout, e.retries).with_cancel(Arc::clone(cancel)))
+    };
     let student = connect(&urls[0]).with_context(|| {
         format!(
             "student server (a student server you run starts from {}, which npd has written, \

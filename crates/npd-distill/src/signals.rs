@@ -47,7 +47,10 @@ pub fn set_wait_policy(_: &str) {}
 /// Ctrl-C (or SIGTERM): the first one only raises [`Control::stop`]: a
 /// running method finishes its step and writes a checkpoint, and the
 /// preparation of the embedded models ends after its current step, so the
-/// process exits through its normal path (status 130). A second one kills
+/// process exits through its normal path (status 130). [`crate::STOP_GRACE`]
+/// later it raises [`Control::abandon_waits`]: a wait on a server (its
+/// start, a call that hangs) ends then, and the servers npd started are
+/// killed. A second one kills
 /// the process at once (status 137, as SIGKILL): exiting normally from the
 /// handler's thread would run libtorch's static destructors while its
 /// threads still compute, which aborts with a C++ trace.
@@ -58,6 +61,12 @@ pub fn install(control: &Arc<Control>) {
             eprintln!("\ninterrupted: killed at once; --resume continues from the last checkpoint");
             quit_now();
         }
+        // Calls to servers get a moment to finish, then are abandoned.
+        let abandon = Arc::clone(&c.abandon_waits);
+        std::thread::spawn(move || {
+            std::thread::sleep(crate::STOP_GRACE);
+            abandon.store(true, Ordering::SeqCst);
+        });
         if c.in_run.load(Ordering::SeqCst) {
             eprintln!(
                 "\nstopping: finishing the current step and writing a checkpoint \

@@ -2,6 +2,8 @@
 //! failures and server errors (5xx) are retried a bounded number of times,
 //! and every error names the URL and what came back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,7 +16,12 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
     retries: u32,
+    /// Once set, calls in flight and retries give up at once.
+    cancel: Option<Arc<AtomicBool>>,
 }
+
+/// How often a cancellable call looks at its flag.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 /// Why a call failed, before it becomes an [`Error`].
 enum Failure {
@@ -40,6 +47,67 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             agent,
             retries,
+            cancel: None,
+        }
+    }
+
+    /// The same client, whose calls (and waits between retries) end with
+    /// [`Error::Interrupted`] within a moment of `cancel` being set, even
+    /// while a server takes its whole timeout to answer.
+    pub fn with_cancel(mut self, cancel: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
+    /// Runs `call` (one request and the reading of its answer); with a
+    /// cancel flag, on a thread of its own, so that a server that hangs
+    /// does not hold the caller past a cancellation.
+    fn run<T: Send + 'static>(
+        &self,
+        method: &str,
+        path: &str,
+        call: impl FnOnce(ureq::Agent, String) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (agent, url) = (self.agent.clone(), self.url(path));
+        let Some(cancel) = &self.cancel else {
+            return Ok(call(agent, url));
+        };
+        let interrupted = || Error::Interrupted {
+            what: format!("waiting on {method} {}", self.url(path)),
+        };
+        if cancel.load(Ordering::SeqCst) {
+            return Err(interrupted());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(call(agent, url));
+        });
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(v) => return Ok(v),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Err(interrupted());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.error(method, path, "the call's thread ended".into()));
+                }
+            }
+        }
+    }
+
+    /// Sleeps `d`, or less when the client is cancelled.
+    fn pause(&self, d: Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < d && !self.cancelled() {
+            std::thread::sleep(CANCEL_POLL.min(d));
         }
     }
 
@@ -51,33 +119,44 @@ impl Client {
     /// `POST path` with a JSON body; the answer's JSON.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         self.with_retries("POST", path, || {
-            self.agent.post(&self.url(path)).send_json(body)
+            let body = body.clone();
+            self.run("POST", path, move |agent, url| {
+                read(agent.post(&url).send_json(&body))
+            })
         })
     }
 
     /// `GET path`; the answer's JSON.
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.with_retries("GET", path, || self.agent.get(&self.url(path)).call())
+        self.with_retries("GET", path, || {
+            self.run("GET", path, |agent, url| read(agent.get(&url).call()))
+        })
     }
 
     /// `POST path` without retries, for calls that must not run twice
     /// (weight reloads) and for health probes; `Ok(None)` when the server
     /// cannot be reached.
     pub fn post_once(&self, path: &str, body: &Value) -> Result<Option<Value>> {
-        let answer = self.agent.post(&self.url(path)).send_json(body);
-        match read(answer) {
+        let body = body.clone();
+        let answer = self.run("POST", path, move |agent, url| {
+            read(agent.post(&url).send_json(&body))
+        })?;
+        match answer {
             Ok(v) => Ok(Some(v)),
             Err(Failure::Transient(m)) if m.starts_with("cannot reach") => Ok(None),
             Err(Failure::Transient(m) | Failure::Permanent(m)) => Err(self.error("POST", path, m)),
         }
     }
 
-    /// Whether `GET path` answers 200 now (no retries).
+    /// Whether `GET path` answers 200 now (no retries); a cancelled
+    /// client's server is not up.
     pub fn is_up(&self, path: &str) -> bool {
-        matches!(
-            self.agent.get(&self.url(path)).call(),
-            Ok(r) if r.status().as_u16() == 200
+        self.run(
+            "GET",
+            path,
+            |agent, url| matches!(agent.get(&url).call(), Ok(r) if r.status().as_u16() == 200),
         )
+        .unwrap_or(false)
     }
 
     fn url(&self, path: &str) -> String {
@@ -95,11 +174,11 @@ impl Client {
         &self,
         method: &str,
         path: &str,
-        call: impl Fn() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        call: impl Fn() -> Result<Result<Value, Failure>>,
     ) -> Result<Value> {
         let mut attempt = 0;
         loop {
-            match read(call()) {
+            match call()? {
                 Ok(v) => return Ok(v),
                 Err(Failure::Permanent(m)) => return Err(self.error(method, path, m)),
                 Err(Failure::Transient(m)) if attempt >= self.retries => {
@@ -116,7 +195,12 @@ impl Client {
                         self.url(path),
                         self.retries
                     );
-                    std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
+                    self.pause(Duration::from_millis(250 << attempt.min(4)));
+                    if self.cancelled() {
+                        return Err(Error::Interrupted {
+                            what: format!("retrying {method} {}", self.url(path)),
+                        });
+                    }
                 }
             }
         }

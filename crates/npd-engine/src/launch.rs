@@ -9,6 +9,8 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -50,6 +52,9 @@ pub struct Launched {
     role: String,
     log: PathBuf,
     command_line: String,
+    /// Once set, the wait for `/health` gives up and the server is killed
+    /// at once instead of shut down gracefully.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// The port a new server may listen on (free when asked).
@@ -88,6 +93,17 @@ impl Launched {
     /// `startup`; a server that exits or does not come up in time is an
     /// error quoting the end of its log.
     pub fn start(spec: &LaunchSpec, startup: Duration) -> Result<Self> {
+        Self::start_cancellable(spec, startup, None)
+    }
+
+    /// [`Launched::start`], giving up the wait for `/health` (and killing
+    /// the server) within a moment of `cancel` being set: the error is then
+    /// [`Error::Interrupted`].
+    pub fn start_cancellable(
+        spec: &LaunchSpec,
+        startup: Duration,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let mut args: Vec<String> = vec![
             "-m".into(),
@@ -166,13 +182,23 @@ impl Launched {
             role: spec.role.clone(),
             log: spec.log.clone(),
             command_line,
+            cancel,
         };
         server.wait_healthy(startup)?;
         Ok(server)
     }
 
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
     fn wait_healthy(&mut self, startup: Duration) -> Result<()> {
-        let client = Client::new(&self.url, Duration::from_secs(5), 0);
+        let mut client = Client::new(&self.url, Duration::from_secs(5), 0);
+        if let Some(c) = &self.cancel {
+            client = client.with_cancel(Arc::clone(c));
+        }
         let start = Instant::now();
         loop {
             if client.is_up("/health") {
@@ -193,7 +219,15 @@ impl Launched {
                     startup.as_secs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(500));
+            let pause = Instant::now();
+            while pause.elapsed() < Duration::from_millis(500) {
+                if self.cancelled() {
+                    return Err(Error::Interrupted {
+                        what: format!("waiting for the {} server to answer /health", self.role),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
@@ -240,6 +274,11 @@ impl Drop for Launched {
     /// Asks the server to shut down (SIGTERM to the watcher, which ends the
     /// server) and waits; kills the group if it takes over 15 s.
     fn drop(&mut self) {
+        if self.cancelled() {
+            // Stopped on request: no time for a graceful shutdown.
+            self.kill();
+            return;
+        }
         if let Ok(Some(_)) = self.child.try_wait() {
             // The watcher is gone; end whatever is left of its group.
             let _ = killpg(self.pgid(), Signal::SIGKILL);

@@ -19,10 +19,13 @@ pub enum Error {
     Ledger(#[from] LedgerError),
     /// The rollout engine stopped delivering rollouts while the loop still
     /// needed some (its generator thread ended).
-    #[error("rollout engine: stopped delivering rollouts after step {step}")]
+    #[error("rollout engine: stopped delivering rollouts after step {step}: {cause}")]
     EngineStopped {
         /// Steps completed.
         step: u64,
+        /// Why: the generator's error for the last prompts, when it gave
+        /// one.
+        cause: String,
     },
     /// NPD's student generator cannot go on: a weight refresh failed (or
     /// was not verified), or its server stopped answering.

@@ -298,6 +298,8 @@ where
         }
         let pool = self.source.take(s.pool_size, clock)?;
         let mut rollouts = Vec::new();
+        let mut last_failure = None;
+        let delivered = pool.len();
         for d in pool {
             match d {
                 Delivery::Rollout(r) if !r.response.is_empty() => rollouts.push(r),
@@ -307,13 +309,21 @@ where
                     self.filtered_ids.push(r.prompt_id.0);
                 }
                 Delivery::Failed { prompt, reason } => {
+                    last_failure = Some(reason.clone());
                     self.ledger.close(prompt, PromptState::Failed(reason))?;
                     self.failed_ids.push(prompt.0);
                 }
             }
         }
         if rollouts.is_empty() {
-            return Err(Error::EngineStopped { step });
+            let cause = match last_failure {
+                Some(reason) => format!("generation failed for every prompt of the pool: {reason}"),
+                None if delivered > 0 => {
+                    format!("all {delivered} responses of the pool were empty")
+                }
+                None => "the generator delivered nothing".to_string(),
+            };
+            return Err(Error::EngineStopped { step, cause });
         }
         Ok(rollouts)
     }

@@ -487,6 +487,32 @@ fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
 }
 
 #[test]
+fn npd_that_cannot_generate_says_why() {
+    let s = settings(true);
+    let data = prompts(40);
+    let mut learner = HashLearner::default();
+    let refusing = EchoGenerator {
+        refuse: Some("inf: expected a finite number >= 0"),
+        ..EchoGenerator::default()
+    };
+    let err = NearPolicy::new(
+        &mut learner,
+        refusing,
+        &mut FixedTeacher::default(),
+        &mut StepsEval,
+    )
+    .run(&mut Loop::new(&s, &data), 0)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("stopped delivering rollouts")
+            && err.contains("sampling.temperature")
+            && err.contains("expected a finite number"),
+        "{err}"
+    );
+}
+
+#[test]
 fn npd_ends_with_an_error_when_it_keeps_nothing_instead_of_hanging() {
     let s = settings(true);
     let data = prompts(40);

@@ -58,6 +58,18 @@ pub fn save_for_serving(model: &Llama, dir: &Path) -> Result<()> {
     }
 }
 
+/// The folder name of the snapshot of `version`: `v` and six or more
+/// digits.
+pub fn snapshot_name(version: PolicyVersion) -> String {
+    format!("v{version:06}")
+}
+
+/// Whether `name` is a folder name [`snapshot_name`] gives.
+pub fn is_snapshot_name(name: &str) -> bool {
+    name.strip_prefix('v')
+        .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Log-probs of `tokens[1..]` under `model`.
 pub fn probe(model: &Llama, tokens: &[TokenId]) -> Result<Probe> {
     if tokens.len() < 2 {
@@ -114,14 +126,19 @@ impl Learner for PublishingTrainer {
 
     fn publish(&self) -> Result<Published> {
         let version = self.trainer.version();
-        let dir = self.root.join(format!("v{version:06}"));
+        let dir = self.root.join(snapshot_name(version));
         save_for_serving(self.trainer.model(), &dir)?;
         // Keep this snapshot and the one before (the server may still be
-        // loading it); older ones are no longer read.
+        // loading it); older ones are no longer read. Only folders named as
+        // snapshots are removed: anything else in the folder is not npd's.
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             let mut old: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p != &dir && p.is_dir())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| is_snapshot_name(&n.to_string_lossy()))
+                })
                 .collect();
             old.sort();
             old.pop();
@@ -247,5 +264,20 @@ impl<'a> Stages for ServedStages<'a> {
 
     fn schedule(&self) -> Schedule {
         Schedule::Disaggregated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_snapshot_folders_are_recognised_as_npds() {
+        assert_eq!(snapshot_name(7), "v000007");
+        assert!(is_snapshot_name(&snapshot_name(7)));
+        assert!(is_snapshot_name(&snapshot_name(12_345_678)));
+        for other in ["keepme", "v12", "v00001a", "student-start", "v"] {
+            assert!(!is_snapshot_name(other), "{other}");
+        }
     }
 }

@@ -164,29 +164,18 @@ pub fn study(
     let grid = StudyFile::read(file)?;
     let runs = grid.runs();
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    let copy = out.join("study.toml");
-    match std::fs::read_to_string(&copy) {
-        Ok(was) if was != text => bail!(
-            "{} holds a study of another grid ({}); continue it with that file, or choose \
-             another --out",
-            out.display(),
-            copy.display()
-        ),
-        Ok(_) => {}
-        Err(_) => crate::run_dir::write(&copy, &text)?,
-    }
-    // Every run's configuration is checked before the first one starts.
+    // Every run's configuration is checked before anything is written, so
+    // that a study refused for a bad value can be fixed and rerun into the
+    // same folder.
+    check_configs(file, &grid, &runs, out, &cache)?;
+    claim(out, &text)?;
     let configs = out.join("configs");
     std::fs::create_dir_all(&configs).with_context(|| configs.display().to_string())?;
     let mut planned = Vec::new();
     for run in &runs {
         let path = configs.join(format!("{}.toml", run.name));
         crate::run_dir::write(&path, &run.config)?;
-        let options = grid.options(run, path, out.join("runs").join(&run.name), cache.clone());
-        crate::configure(&options)
-            .with_context(|| format!("{}: regime {}", file.display(), run.name))?;
-        planned.push(options);
+        planned.push(grid.options(run, path, out.join("runs").join(&run.name), cache.clone()));
     }
     let mut results = Vec::new();
     for (i, (run, mut options)) in runs.iter().zip(planned).enumerate() {
@@ -233,6 +222,68 @@ pub fn study(
         table,
         path: out.join("study.md"),
     })
+}
+
+/// The file in a study's folder that holds a copy of its grid: the mark
+/// of a folder the study owns.
+const GRID_COPY: &str = "study.toml";
+
+/// Configures every run from a scratch copy of its configuration, so that
+/// nothing is written into `out` for a grid with a bad value.
+fn check_configs(
+    file: &Path,
+    grid: &StudyFile,
+    runs: &[StudyRun],
+    out: &Path,
+    cache: &Option<PathBuf>,
+) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!(
+        "npd-study-check-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&scratch).with_context(|| scratch.display().to_string())?;
+    let checked = runs.iter().try_for_each(|run| {
+        let path = scratch.join(format!("{}.toml", run.name));
+        crate::run_dir::write(&path, &run.config)?;
+        let options = grid.options(run, path, out.join("runs").join(&run.name), cache.clone());
+        crate::configure(&options)
+            .map(|_| ())
+            .with_context(|| format!("{}: regime {}", file.display(), run.name))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    checked
+}
+
+/// Makes `out` the folder of the study whose grid file reads `text`: a
+/// new or empty folder, or one holding this same study. A folder of other
+/// files, or of another study, is refused and left as it is.
+fn claim(out: &Path, text: &str) -> Result<()> {
+    let copy = out.join(GRID_COPY);
+    match std::fs::read_to_string(&copy) {
+        Ok(was) if was != text => bail!(
+            "{} holds a study of another grid ({}); continue it with that file, or choose \
+             another --out",
+            out.display(),
+            copy.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let holds_files = std::fs::read_dir(out).is_ok_and(|mut e| e.next().is_some());
+            if holds_files {
+                bail!(
+                    "{} is not empty and holds no study (no {GRID_COPY}); choose a new or \
+                     empty --out, so that no file of yours is overwritten",
+                    out.display()
+                );
+            }
+            std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+            crate::run_dir::write(&copy, text)
+        }
+        Err(e) => Err(e).with_context(|| copy.display().to_string()),
+    }
 }
 
 /// The OpenMP wait policy for a study (see [`crate::wait_policy`]): the

@@ -113,6 +113,9 @@ pub struct EchoGenerator {
     pub nan: bool,
     /// Prompts answered so far.
     pub answered: usize,
+    /// Refuses every batch with this invalid-input error (settings the
+    /// generator cannot sample with).
+    pub refuse: Option<&'static str>,
 }
 
 impl Generator for EchoGenerator {
@@ -131,6 +134,9 @@ impl Generator for EchoGenerator {
     }
 
     fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Rollout>> {
+        if let Some(why) = self.refuse {
+            return Err(npd_core::Error::invalid("sampling.temperature", why));
+        }
         self.answered += prompts.len();
         Ok(prompts
             .iter()
