@@ -125,6 +125,71 @@ fn bad_configuration_fails_with_the_key() {
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("--seeds"));
+    // A method named twice would run (and be reported) twice.
+    let run = Command::new(example())
+        .args(["--methods", "npd,npd", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("npd is named twice"), "{err}");
+    // Values that pass a range check but cannot be honoured: a time limit
+    // beyond any Duration, a size no allocation can satisfy.
+    for (text, key) in [
+        ("[engine]\ntimeout_s = 1e300\n", "engine.timeout_s"),
+        ("[pack]\ncapacity = 1099511627776\n", "pack.capacity"),
+        ("[embedded]\nstudent = [131072, 1]\n", "embedded.student"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let run = Command::new(example())
+            .args(["--quick", "--engine", "vllm", "--check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}
+
+/// A start that fails once the folder is claimed (a server URL nobody
+/// listens on) trained nothing: the corrected command may use the folder.
+#[test]
+fn a_failed_start_leaves_a_folder_the_corrected_command_can_use() {
+    let dir = scratch("failed-start");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, cache) = (dir.join("out"), dir.join("cache"));
+    let cfg = dir.join("wrong-url.toml");
+    std::fs::write(
+        &cfg,
+        "[engine]\nkind = \"vllm\"\nstudent_url = \"http://127.0.0.1:1\"\n\
+         teacher_url = \"http://127.0.0.1:1\"\nretries = 0\n",
+    )
+    .unwrap();
+    let run = |config: Option<&std::path::Path>| {
+        let mut c = Command::new(example());
+        c.args(["--quick", "--methods", "sft", "--steps", "4", "--out"])
+            .arg(&out)
+            .arg("--cache")
+            .arg(&cache);
+        if let Some(config) = config {
+            c.arg("--config").arg(config);
+        }
+        c.output().unwrap()
+    };
+    let failed = run(Some(&cfg));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(2), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(
+        out.join("run.json").exists(),
+        "the folder was not claimed: {err}"
+    );
+    let corrected = run(None);
+    let err = String::from_utf8_lossy(&corrected.stderr);
+    assert!(corrected.status.success(), "{err}");
+    assert!(out.join("report.md").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -259,5 +259,29 @@ fn bad_folders_and_prompts_fail_before_any_work() {
         assert!(text(&failed).contains(key), "{}", text(&failed));
         assert!(!out.join("metrics.jsonl").exists(), "no work was done");
     }
+    std::fs::write(&good, &text_of).unwrap();
+    // One record cannot be both trained on and held out.
+    let one = dir.join("one.jsonl");
+    std::fs::write(&one, "{\"prompt\": \"1+2=\", \"answer\": \"3\"}\n").unwrap();
+    let failed = run(&config(&dir, &teacher, &student, &one, &out));
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("1 usable prompt record") && text(&failed).contains("at least 2"),
+        "{}",
+        text(&failed)
+    );
+    // An empty prompt is named with its line and id (this tokenizer has a
+    // BOS, so the prompt would not be empty as tokens).
+    let empty = dir.join("empty.jsonl");
+    let mut records = std::fs::read_to_string(&data).unwrap();
+    records.push_str("{\"id\": 500, \"prompt\": \"\", \"answer\": \"0\"}\n");
+    std::fs::write(&empty, records).unwrap();
+    let failed = run(&config(&dir, &teacher, &student, &empty, &out));
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(
+        text(&failed).contains(&format!("{}: line 42 (id 500)", empty.display())),
+        "{}",
+        text(&failed)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -230,7 +230,17 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         config.data.max_prompt_tokens,
     )
     .with_context(|| config.data.prompts.display().to_string())?;
+    let usable = examples.len();
     let (train, eval) = split(examples, config.data.eval_fraction, config.data.seed);
+    if eval.is_empty() {
+        bail!(
+            "{}: {usable} usable prompt record(s) ({} in the file, {} rejected); at least 2 are \
+             needed: one to train on and one held out for evaluation (data.eval_fraction)",
+            config.data.prompts.display(),
+            records.len(),
+            rejected.len()
+        );
+    }
     if train.is_empty() {
         bail!(
             "{}: no training prompts left ({} records, {} rejected, {} held out)",

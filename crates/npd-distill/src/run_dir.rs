@@ -18,6 +18,23 @@ fn folder_has_entries(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|e| e.flatten().any(|e| e.file_name() != LOCK_FILE))
 }
 
+/// Refuses an output folder that is a symbolic link to nothing: creating
+/// it would fail with a bare "File exists".
+pub fn refuse_dangling_link(dir: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && std::fs::metadata(dir).is_err() {
+        let target = std::fs::read_link(dir)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        bail!(
+            "{} is a symbolic link to {target}, which does not exist; create the folder it \
+             points to, or choose another --out",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// An output folder.
 pub struct RunDir {
     /// The folder.
@@ -98,6 +115,7 @@ impl RunDir {
             "seeds": seeds,
             "quick": quick,
         });
+        refuse_dangling_link(dir)?;
         let run = Self {
             dir: dir.to_path_buf(),
             identity,
@@ -374,6 +392,20 @@ mod tests {
         assert_eq!(checkpoints.list(Method::Sft, 0).unwrap().len(), 1);
         let err = check(&dir, &corrected, false).err().unwrap().to_string();
         assert!(err.contains("unfinished run"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_dangling_link_is_named_as_such() {
+        let dir = scratch("dangling");
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("out");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
+        let err = check(&link, CONFIG, false).err().unwrap().to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains("nowhere"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

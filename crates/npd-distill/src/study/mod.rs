@@ -261,6 +261,7 @@ fn check_configs(
 /// new or empty folder, or one holding this same study. A folder of other
 /// files, or of another study, is refused and left as it is.
 fn claim(out: &Path, text: &str) -> Result<()> {
+    crate::run_dir::refuse_dangling_link(out)?;
     let copy = out.join(GRID_COPY);
     match std::fs::read_to_string(&copy) {
         Ok(was) if was != text => bail!(
