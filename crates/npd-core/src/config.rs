@@ -107,9 +107,9 @@ impl<'a> Check<'a> {
     /// A time limit in seconds: finite, `> 0` and at most [`MAX_SECONDS`].
     pub fn seconds(&self, key: &str, value: f64) -> Result<(), ConfigError> {
         self.that(
-            value.is_finite() && value > 0.0 && value <= MAX_SECONDS,
+            value.is_finite() && (0.001..=MAX_SECONDS).contains(&value),
             key,
-            format!("a number of seconds > 0 and at most {MAX_SECONDS:e} (about 11 days)"),
+            format!("a number of seconds from 0.001 to {MAX_SECONDS:e} (about 11 days)"),
             value,
         )
     }

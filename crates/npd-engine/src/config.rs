@@ -92,6 +92,17 @@ impl Section for EngineConfig {
         c.seconds("timeout_s", self.timeout_s)?;
         c.between("retries", self.retries, 0, 100)?;
         c.positive("probe_tolerance", self.probe_tolerance)?;
+        for (key, cpus) in [
+            ("student_cpus", &self.student_cpus),
+            ("teacher_cpus", &self.teacher_cpus),
+        ] {
+            c.that(
+                cpus.is_empty() || is_cpu_list(cpus),
+                key,
+                "empty (npd picks) or a list of cores such as `0-3` or `0,2,4-7`",
+                format!("{cpus:?}"),
+            )?;
+        }
         for (key, url) in [
             ("student_url", &self.student_url),
             ("teacher_url", &self.teacher_url),
@@ -105,6 +116,18 @@ impl Section for EngineConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `s` is a list of cores as `VLLM_CPU_OMP_THREADS_BIND` takes
+/// it: numbers and ranges `a-b` (a <= b), separated by commas.
+fn is_cpu_list(s: &str) -> bool {
+    let core = |t: &str| !t.is_empty() && t.len() <= 6 && t.bytes().all(|b| b.is_ascii_digit());
+    s.split(',').all(|part| match part.split_once('-') {
+        Some((a, b)) => {
+            core(a) && core(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok()
+        }
+        None => core(part),
+    })
 }
 
 #[cfg(test)]
@@ -134,5 +157,19 @@ mod tests {
         EngineConfig::default()
             .validate(&check.section("engine"))
             .unwrap();
+        for (cpus, ok) in [
+            ("0-3", true),
+            ("0,2,4-7", true),
+            ("5", true),
+            ("3-1", false),
+            ("localhost:8000", false),
+            ("0,,1", false),
+        ] {
+            let c = EngineConfig {
+                teacher_cpus: cpus.into(),
+                ..EngineConfig::default()
+            };
+            assert_eq!(c.validate(&check.section("engine")).is_ok(), ok, "{cpus}");
+        }
     }
 }

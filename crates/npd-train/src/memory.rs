@@ -114,3 +114,31 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod folder_tests {
+    use crate::Llama;
+
+    /// A folder whose `config.json` describes a model larger than memory
+    /// fails naming the file and its size keys, before any allocation.
+    #[test]
+    fn a_folder_too_big_for_memory_is_refused_before_allocation() {
+        let dir = std::env::temp_dir().join(format!("npd-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": 153376, "hidden_size": 524288, "intermediate_size": 8192,
+            "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "eos_token_id": 2,
+        });
+        std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+        let err = Llama::load(&dir, tch::Device::Cpu, tch::Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("hidden_size") && err.contains("GiB"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
