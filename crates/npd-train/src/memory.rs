@@ -127,7 +127,7 @@ mod folder_tests {
         std::fs::create_dir_all(&dir).unwrap();
         let json = serde_json::json!({
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": 153376, "hidden_size": 524288, "intermediate_size": 8192,
+            "vocab_size": 153376, "hidden_size": 131072, "intermediate_size": 8192,
             "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 8,
             "eos_token_id": 2,
         });
