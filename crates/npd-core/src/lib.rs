@@ -14,6 +14,7 @@
 //!   tokens: entry `t` describes token `t` as the target predicted from
 //!   position `t - 1` of the same segment.
 
+pub mod answer;
 pub mod batch;
 pub mod config;
 pub mod error;

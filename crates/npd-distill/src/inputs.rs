@@ -257,9 +257,20 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             eval.len()
         );
     }
+    // Answers are compared as math answers: a reference's `#### 1,000` or
+    // `\frac12` and a response's `1000` or `0.5` agree.
+    use npd_core::answer::{normalise, reference};
+    let eval: Vec<Example> = eval
+        .into_iter()
+        .map(|mut e| {
+            e.answer = e.answer.map(|a| normalise(&reference(&a)));
+            e
+        })
+        .collect();
     let tokenizer: Tokenizer = student.tokenizer.clone();
-    let answer: Answer =
-        Box::new(move |ids: &[TokenId]| final_answer(&tokenizer.decode(ids, true).ok()?));
+    let answer: Answer = Box::new(move |ids: &[TokenId]| {
+        final_answer(&tokenizer.decode(ids, true).ok()?).map(|a| normalise(&a))
+    });
     let stop_ids = student.stop_ids();
     let max_new = config.sampling.max_new_tokens;
     let pb = Spinner::start("evaluating the teacher on the held-out prompts");

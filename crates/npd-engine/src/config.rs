@@ -123,9 +123,7 @@ impl Section for EngineConfig {
 fn is_cpu_list(s: &str) -> bool {
     let core = |t: &str| !t.is_empty() && t.len() <= 6 && t.bytes().all(|b| b.is_ascii_digit());
     s.split(',').all(|part| match part.split_once('-') {
-        Some((a, b)) => {
-            core(a) && core(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok()
-        }
+        Some((a, b)) => core(a) && core(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok(),
         None => core(part),
     })
 }

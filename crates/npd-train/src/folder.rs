@@ -214,7 +214,19 @@ pub fn final_answer(text: &str) -> Option<String> {
     }
     if end > 0 {
         let mut start = end;
-        while start > 0 && (bytes[start - 1].is_ascii_digit() || bytes[start - 1] == b'.') {
+        // Digits, a decimal point, and thousands separators (a comma with a
+        // digit before it and three digits after).
+        while start > 0 {
+            let c = bytes[start - 1];
+            let separator = c == b','
+                && start >= 2
+                && bytes[start - 2].is_ascii_digit()
+                && bytes.len() >= start + 3
+                && bytes[start..start + 3].iter().all(u8::is_ascii_digit)
+                && bytes.get(start + 3).is_none_or(|b| !b.is_ascii_digit());
+            if !(c.is_ascii_digit() || c == b'.' || separator) {
+                break;
+            }
             start -= 1;
         }
         if start > 0 && bytes[start - 1] == b'-' {
@@ -240,6 +252,11 @@ mod tests {
             Some("x^{2}")
         );
         assert_eq!(final_answer("a 3, then -12.5.").as_deref(), Some("-12.5"));
+        assert_eq!(
+            final_answer("She pays $1,000,000 in all.").as_deref(),
+            Some("1,000,000")
+        );
+        assert_eq!(final_answer("lists 1,2").as_deref(), Some("2"));
         assert_eq!(
             final_answer("[unused16]think 7[unused17] yes").as_deref(),
             Some("yes")
