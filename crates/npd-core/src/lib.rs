@@ -23,6 +23,7 @@ pub mod float;
 pub mod fs;
 pub mod ids;
 pub mod method;
+pub mod reward;
 pub mod sample;
 pub mod select;
 pub mod shuffle;

@@ -123,6 +123,7 @@ pub mod clock;
 pub mod comparison;
 pub mod context;
 pub mod error;
+pub mod grpo;
 pub mod near_policy;
 pub mod on_policy;
 pub mod outcome;
