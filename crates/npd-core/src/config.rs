@@ -110,7 +110,7 @@ impl<'a> Check<'a> {
             value.is_finite() && (0.001..=MAX_SECONDS).contains(&value),
             key,
             format!("a number of seconds from 0.001 to {MAX_SECONDS:e} (about 11 days)"),
-            value,
+            show(value),
         )
     }
 
@@ -120,7 +120,7 @@ impl<'a> Check<'a> {
             value.is_finite() && value > 0.0,
             key,
             "a finite number > 0",
-            value,
+            show(value),
         )
     }
 
@@ -130,7 +130,7 @@ impl<'a> Check<'a> {
             value.is_finite() && value >= 0.0,
             key,
             format!("a finite number >= 0{what}"),
-            value,
+            show(value),
         )
     }
 
@@ -149,7 +149,18 @@ impl<'a> Check<'a> {
             if zero_ok { "[" } else { "(" },
             if one_ok { "]" } else { ")" }
         );
-        self.that(value.is_finite() && lo && hi, key, expected, value)
+        self.that(value.is_finite() && lo && hi, key, expected, show(value))
+    }
+}
+
+/// A number as an error message shows it: in scientific notation when it
+/// is very large or very small, so that `1e300` is not 301 digits.
+pub fn show(value: f64) -> String {
+    let a = value.abs();
+    if a != 0.0 && a.is_finite() && !(1e-6..1e9).contains(&a) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
     }
 }
 
@@ -272,13 +283,13 @@ impl Section for SamplingConfig {
             (0.0..=MAX_TEMPERATURE).contains(&self.temperature),
             "temperature",
             format!("a number in [0, {MAX_TEMPERATURE}] (0 is greedy)"),
-            self.temperature,
+            show(self.temperature),
         )?;
         c.that(
             (MIN_TOP_P..=1.0).contains(&self.top_p),
             "top_p",
             format!("a number in [{MIN_TOP_P:e}, 1] (1 keeps every token)"),
-            self.top_p,
+            show(self.top_p),
         )?;
         c.between("max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
     }

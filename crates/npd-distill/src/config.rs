@@ -259,12 +259,12 @@ mod tests {
             (
                 "[engine]\ntimeout_s = 1e300\n",
                 "engine.timeout_s",
-                "at most",
+                "= 1e300: ",
             ),
             (
                 "[engine]\nstartup_timeout_s = 1e300\n",
                 "engine.startup_timeout_s",
-                "at most",
+                "to 1e6",
             ),
             (
                 "[train]\nrows_per_step = 6\nmicro_batch_rows = 4\n",
