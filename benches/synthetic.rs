@@ -34,6 +34,7 @@ pub fn train_samples(lengths: &[usize], vocab: usize) -> Vec<TrainSample> {
             prompt_len: (len / 4).max(1).min(len.saturating_sub(1)),
             weights: None,
             topk: None,
+            policy: None,
         })
         .collect()
 }

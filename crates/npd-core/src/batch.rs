@@ -35,6 +35,16 @@ pub struct RowTopK {
     pub tail_logprob: Vec<f32>,
 }
 
+/// Policy-gradient targets laid out along a packed row, one entry per row
+/// position (0 at positions that are not loss targets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowPolicy {
+    /// Behaviour log-probs of the tokens, `capacity`.
+    pub behaviour_logprobs: Vec<f32>,
+    /// Advantages of the tokens, `capacity`.
+    pub advantages: Vec<f32>,
+}
+
 /// One row of `capacity` tokens holding whole samples back to back, then
 /// padding. Every per-token array has `capacity` entries (`* k` for top-k)
 /// and entry `t` describes token `t`.
@@ -57,6 +67,9 @@ pub struct PackedRow {
     pub weights: Vec<f32>,
     /// Teacher top-k targets, when the samples carried them.
     pub topk: Option<RowTopK>,
+    /// Policy-gradient targets, when the samples carried them.
+    #[serde(default)]
+    pub policy: Option<RowPolicy>,
     /// The samples in the row, in order.
     pub segments: Vec<Segment>,
 }

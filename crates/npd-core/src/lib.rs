@@ -29,12 +29,13 @@ pub mod select;
 pub mod shuffle;
 pub mod traits;
 
-pub use batch::{PAD_SEGMENT, PackedRow, RowTopK, Segment};
+pub use batch::{PAD_SEGMENT, PackedRow, RowPolicy, RowTopK, Segment};
 pub use error::{ConfigError, Error, Result};
 pub use events::{Event, Observer};
 pub use ids::{PolicyVersion, PromptId, SampleId, TokenId};
 pub use method::Method;
 pub use sample::{
-    FinishReason, Prompt, ResponseLogProbs, Rollout, SamplingParams, TopKTargets, TrainSample,
+    FinishReason, PolicyTargets, Prompt, ResponseLogProbs, Rollout, SamplingParams, TopKTargets,
+    TrainSample,
 };
 pub use select::{DropReason, Verdict};

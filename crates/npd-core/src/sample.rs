@@ -167,6 +167,54 @@ impl TopKTargets {
     }
 }
 
+/// What a policy-gradient objective (GRPO, PPO) needs per response token:
+/// the log-prob the behaviour policy (the snapshot that sampled the token)
+/// gave it, and the token's advantage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyTargets {
+    /// Behaviour log-probs of the sampled tokens, one per response token.
+    pub behaviour_logprobs: Vec<f32>,
+    /// Advantages, one per response token.
+    pub advantages: Vec<f32>,
+}
+
+impl PolicyTargets {
+    /// Checks that both arrays cover `positions` tokens with finite values
+    /// (behaviour log-probs at most 0).
+    pub fn validate(&self, what: &str, positions: usize) -> Result<()> {
+        for (name, v) in [
+            ("behaviour_logprobs", &self.behaviour_logprobs),
+            ("advantages", &self.advantages),
+        ] {
+            if v.len() != positions {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "{name} has {} entries, expected one per response token ({positions})",
+                        v.len()
+                    ),
+                ));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::invalid(
+                    what,
+                    format!("{name}[{i}] = {}: expected a finite value", v[i]),
+                ));
+            }
+        }
+        if let Some(i) = self.behaviour_logprobs.iter().position(|x| *x > 0.0) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "behaviour_logprobs[{i}] = {}: expected a log-probability (<= 0)",
+                    self.behaviour_logprobs[i]
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A sequence ready for training: prompt and response tokens, with optional
 /// per-response-token side arrays that travel with the tokens into packed rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +229,10 @@ pub struct TrainSample {
     pub weights: Option<Vec<f32>>,
     /// Teacher top-k targets per response token.
     pub topk: Option<TopKTargets>,
+    /// Behaviour log-probs and advantages per response token, for a
+    /// policy-gradient objective; `None` for distillation.
+    #[serde(default)]
+    pub policy: Option<PolicyTargets>,
 }
 
 impl TrainSample {
@@ -230,6 +282,9 @@ impl TrainSample {
         if let Some(t) = &self.topk {
             t.validate(&what, n)?;
         }
+        if let Some(p) = &self.policy {
+            p.validate(&what, n)?;
+        }
         Ok(())
     }
 
@@ -259,6 +314,10 @@ impl TrainSample {
             t.logprobs.truncate(keep * t.k);
             t.tail_logprob.truncate(keep);
         }
+        if let Some(p) = &mut self.policy {
+            p.behaviour_logprobs.truncate(keep);
+            p.advantages.truncate(keep);
+        }
         Ok(())
     }
 }
@@ -279,6 +338,7 @@ mod tests {
                 logprobs: vec![-1.0; 2 * (len - prompt_len)],
                 tail_logprob: vec![-2.0; len - prompt_len],
             }),
+            policy: None,
         }
     }
 
@@ -317,6 +377,7 @@ mod tests {
             prompt_len: 2,
             weights: None,
             topk: None,
+            policy: None,
         };
         assert!(
             s.validate()

@@ -22,6 +22,7 @@
 //!     prompt_len,
 //!     weights: None,
 //!     topk: None,
+//!     policy: None,
 //! };
 //! let pool = vec![sample(0, 5, 2), sample(1, 3, 1), sample(2, 8, 4)];
 //! let rows = pack_pool(pool, &PackOptions::new(8)).unwrap();

@@ -59,24 +59,33 @@ pub fn prepare(sample: &mut TrainSample, options: &PackOptions) -> Result<()> {
     Ok(())
 }
 
-/// Remembers the top-k shape of the first sample and checks the others
-/// against it: rows need every sample to carry top-k targets of one `k`, or
-/// none to.
+/// Remembers the side arrays of the first sample (top-k targets and their
+/// `k`, policy targets) and checks the others against it: one row needs
+/// every sample to carry the same ones.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TopKShape {
-    seen: Option<Option<usize>>,
+    seen: Option<(Option<usize>, bool)>,
 }
 
 impl TopKShape {
     pub(crate) fn check(&mut self, sample: &TrainSample) -> Result<Option<usize>> {
         let k = sample.topk.as_ref().map(|t| t.k);
+        let policy = sample.policy.is_some();
         match self.seen {
             None => {
-                self.seen = Some(k);
+                self.seen = Some((k, policy));
                 Ok(k)
             }
-            Some(first) if first == k => Ok(k),
-            Some(first) => Err(Error::invalid(
+            Some((first, p)) if first == k && p == policy => Ok(k),
+            Some((first, p)) if first == k => Err(Error::invalid(
+                sample.id.to_string(),
+                format!(
+                    "policy targets {}, but earlier samples {}; one packing run needs one shape",
+                    if policy { "present" } else { "absent" },
+                    if p { "carry them" } else { "do not" }
+                ),
+            )),
+            Some((first, _)) => Err(Error::invalid(
                 sample.id.to_string(),
                 format!(
                     "top-k targets {}, but earlier samples {}; one packing run needs one shape",
@@ -88,7 +97,11 @@ impl TopKShape {
     }
 
     pub(crate) fn k(&self) -> Option<usize> {
-        self.seen.flatten()
+        self.seen.and_then(|(k, _)| k)
+    }
+
+    pub(crate) fn policy(&self) -> bool {
+        self.seen.is_some_and(|(_, p)| p)
     }
 }
 
@@ -119,6 +132,7 @@ pub fn pack_pool(mut samples: Vec<TrainSample>, options: &PackOptions) -> Result
         capacity: options.capacity,
         pad_id: options.pad_id,
         topk: shape.k(),
+        policy: shape.policy(),
     };
     Ok(plan
         .iter()

@@ -1,6 +1,6 @@
 //! Laying samples into one packed row.
 
-use npd_core::{PAD_SEGMENT, PackedRow, RowTopK, Segment, TokenId, TrainSample};
+use npd_core::{PAD_SEGMENT, PackedRow, RowPolicy, RowTopK, Segment, TokenId, TrainSample};
 
 /// Builds [`PackedRow`]s of a fixed capacity.
 #[derive(Debug, Clone, Copy)]
@@ -11,6 +11,8 @@ pub struct RowLayout {
     pub pad_id: TokenId,
     /// `Some(k)` when samples carry teacher top-k targets with `k` entries.
     pub topk: Option<usize>,
+    /// Whether samples carry policy-gradient targets.
+    pub policy: bool,
 }
 
 impl RowLayout {
@@ -32,6 +34,10 @@ impl RowLayout {
                 ids: vec![0; cap * k],
                 logprobs: vec![f32::NEG_INFINITY; cap * k],
                 tail_logprob: vec![f32::NEG_INFINITY; cap],
+            }),
+            policy: self.policy.then(|| RowPolicy {
+                behaviour_logprobs: vec![0.0; cap],
+                advantages: vec![0.0; cap],
             }),
             segments: Vec::new(),
         };
@@ -63,6 +69,12 @@ impl RowLayout {
                 dst.logprobs[resp * k..end * k].copy_from_slice(&src.logprobs);
                 dst.tail_logprob[resp..end].copy_from_slice(&src.tail_logprob);
             }
+            if let (Some(dst), Some(src)) = (&mut row.policy, &sample.policy) {
+                dst.behaviour_logprobs[resp..end].copy_from_slice(&src.behaviour_logprobs);
+                dst.advantages[resp..end].copy_from_slice(&src.advantages);
+                // A segment's first token is no target.
+                dst.advantages[start..first_target].fill(0.0);
+            }
             row.segments.push(Segment {
                 sample_id: sample.id,
                 start,
@@ -93,6 +105,10 @@ mod tests {
                 logprobs: vec![-0.25; 2 * n],
                 tail_logprob: vec![-3.0; n],
             }),
+            policy: Some(npd_core::PolicyTargets {
+                behaviour_logprobs: (0..n).map(|i| -0.1 * (i + 1) as f32).collect(),
+                advantages: vec![id as f32; n],
+            }),
         }
     }
 
@@ -102,6 +118,7 @@ mod tests {
             capacity: 10,
             pad_id: 0,
             topk: Some(2),
+            policy: true,
         };
         let a = sample(1, 2, 4);
         let b = sample(2, 0, 3);
@@ -123,6 +140,13 @@ mod tests {
         assert_eq!(&t.ids[8..14], &[2000, 2001, 2002, 2003, 2004, 2005]);
         assert_eq!(t.tail_logprob[1], f32::NEG_INFINITY);
         assert_eq!(t.tail_logprob[2], -3.0);
+        let p = row.policy.as_ref().unwrap();
+        assert_eq!(
+            p.advantages,
+            vec![0.0, 0.0, 1.0, 1.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(&p.behaviour_logprobs[2..4], &[-0.1, -0.2]);
+        assert_eq!(&p.behaviour_logprobs[5..7], &[-0.2, -0.3]);
         assert_eq!(row.cu_seqlens(), vec![0, 4, 7]);
         assert_eq!(row.used(), 7);
         assert_eq!(row.targets(), 4);

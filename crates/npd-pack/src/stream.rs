@@ -84,6 +84,7 @@ impl StreamingPacker {
             capacity: self.options.capacity,
             pad_id: self.options.pad_id,
             topk: self.shape.k(),
+            policy: self.shape.policy(),
         };
         layout.build(&row.samples)
     }

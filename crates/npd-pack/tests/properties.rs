@@ -24,6 +24,7 @@ fn make_sample(id: u64, len: usize, prompt_len: usize, topk: bool) -> TrainSampl
             logprobs: (0..2 * n).map(|i| -(tag(i) as f32)).collect(),
             tail_logprob: (0..n).map(|i| -0.5 - tag(i) as f32).collect(),
         }),
+        policy: None,
     }
 }
 

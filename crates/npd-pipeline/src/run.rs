@@ -294,6 +294,7 @@ pub(crate) fn sample(
         prompt_len: prompt.len(),
         weights: None,
         topk,
+        policy: None,
     }
 }
 

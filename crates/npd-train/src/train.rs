@@ -8,7 +8,7 @@ use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::{Learner, StepStats};
 use npd_core::{Error, PackedRow, PolicyVersion, Result};
 
-use crate::loss::{Divergence, TeacherDist, cross_entropy, distill};
+use crate::loss::{Divergence, TeacherDist, clipped_surrogate, cross_entropy, distill};
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, lr_at};
 use crate::weights::TensorStore;
@@ -56,7 +56,16 @@ pub struct TrainOptions {
     pub max_nonfinite_steps: u32,
     /// Row layout.
     pub layout: Layout,
+    /// `(eps_low, eps_high)` of the clipped surrogate that rows carrying
+    /// policy targets train with (GRPO; DAPO's clip-higher when
+    /// `eps_high > eps_low`).
+    pub policy_clip: (f64, f64),
 }
+
+/// The clip range of the policy objective unless one is set: DAPO's
+/// clip-higher (0.2 below, 0.28 above), which keeps low-probability
+/// tokens that turned out good from being clipped as early as the rest.
+pub const POLICY_CLIP: (f64, f64) = (0.2, 0.28);
 
 impl TrainOptions {
     /// From the `[train]` section.
@@ -81,6 +90,7 @@ impl TrainOptions {
             micro_batch_rows: c.micro_batch_rows,
             max_nonfinite_steps: c.max_nonfinite_steps,
             layout: Layout::Packed,
+            policy_clip: POLICY_CLIP,
         }
     }
 }
@@ -106,6 +116,8 @@ struct Targets {
     tokens: Tensor,
     weights: Tensor,
     topk: Option<(Tensor, Tensor, Tensor)>,
+    /// Behaviour log-probs and advantages, when the rows carry them.
+    policy: Option<(Tensor, Tensor)>,
 }
 
 impl Trainer {
@@ -231,6 +243,32 @@ impl Trainer {
         &self.options
     }
 
+    /// The loss over `rows` (normalised as [`Learner::step`] normalises
+    /// it) and its gradient with respect to every parameter, by name,
+    /// without updating anything.
+    pub fn gradients(&mut self, rows: &[PackedRow]) -> Result<(f64, Vec<(String, Tensor)>)> {
+        let n: usize = rows.iter().map(PackedRow::targets).sum();
+        if n == 0 {
+            return Err(Error::invalid("training rows", "no loss targets"));
+        }
+        self.opt.zero_grad();
+        let mut total = 0.0;
+        for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
+            let loss = self.loss(chunk, n as f64)?;
+            total += loss.double_value(&[]);
+            loss.backward();
+        }
+        let grads = tch::no_grad(|| {
+            self.model
+                .named_parameters()
+                .into_iter()
+                .map(|(name, p)| (name, p.grad().copy()))
+                .collect()
+        });
+        self.opt.zero_grad();
+        Ok((total, grads))
+    }
+
     /// Mean loss per target token over `rows` without updating anything.
     pub fn evaluate(&self, rows: &[PackedRow]) -> Result<f64> {
         let n: usize = rows.iter().map(PackedRow::targets).sum();
@@ -267,6 +305,17 @@ impl Trainer {
             .logits(&hidden.index_select(0, &targets.rows))
             .to_kind(Kind::Float);
         let o = &self.options;
+        if let Some((behaviour, advantages)) = &targets.policy {
+            // Rows with policy targets train the policy objective (the
+            // distillation loss is not used).
+            let logp = logits
+                .log_softmax(-1, Kind::Float)
+                .gather(1, &targets.tokens.unsqueeze(1), false)
+                .squeeze_dim(1);
+            let (lo, hi) = o.policy_clip;
+            let per_token = clipped_surrogate(&logp, behaviour, advantages, lo, hi);
+            return Ok((per_token * &targets.weights).sum(Kind::Float) / norm);
+        }
         let mut per_token = match o.loss {
             LossKind::Ce => cross_entropy(&logits, &targets.tokens),
             kind => {
@@ -407,6 +456,8 @@ struct TargetLists {
     topk_ids: Vec<i64>,
     topk_logprobs: Vec<f32>,
     tails: Vec<f32>,
+    behaviour: Vec<f32>,
+    advantages: Vec<f32>,
 }
 
 /// Appends a row's targets, with `offset(t)` the hidden-state row that
@@ -423,6 +474,10 @@ fn push_targets(row: &PackedRow, offset: impl Fn(usize) -> i64, out: &mut Target
             out.topk_logprobs
                 .extend_from_slice(&top.logprobs[t * k..(t + 1) * k]);
             out.tails.push(top.tail_logprob[t]);
+        }
+        if let Some(p) = &row.policy {
+            out.behaviour.push(p.behaviour_logprobs[t]);
+            out.advantages.push(p.advantages[t]);
         }
     }
 }
@@ -443,6 +498,13 @@ fn finish_targets(rows: &[PackedRow], v: TargetLists, device: Device) -> Result<
         }
         None => None,
     };
+    let policy = rows.first().is_some_and(|r| r.policy.is_some());
+    if rows.iter().any(|r| r.policy.is_some() != policy) {
+        return Err(Error::invalid(
+            "training rows",
+            "rows disagree on policy targets: a step trains one objective",
+        ));
+    }
     let n = v.rows.len() as i64;
     let dev = |t: Tensor| t.to_device(device);
     Ok(Targets {
@@ -454,6 +516,12 @@ fn finish_targets(rows: &[PackedRow], v: TargetLists, device: Device) -> Result<
                 dev(Tensor::from_slice(&v.topk_ids).view([n, k])),
                 dev(Tensor::from_slice(&v.topk_logprobs).view([n, k])),
                 dev(Tensor::from_slice(&v.tails)),
+            )
+        }),
+        policy: policy.then(|| {
+            (
+                dev(Tensor::from_slice(&v.behaviour)),
+                dev(Tensor::from_slice(&v.advantages)),
             )
         }),
     })

@@ -393,6 +393,7 @@ fn reference_sample(
         prompt_len: prompt.len(),
         weights: Some(weights),
         topk: None,
+        policy: None,
     })
 }
 
