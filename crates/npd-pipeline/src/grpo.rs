@@ -9,6 +9,11 @@
 //! dropped and counted (DAPO's dynamic sampling) instead of diluting the
 //! step.
 
+use npd_core::reward::Reward;
+use npd_core::traits::{Generator, Learner, StepStats};
+use npd_core::{PolicyTargets, Prompt, Rollout, SampleId, SamplingParams, TrainSample};
+use npd_pack::{PackOptions, pack_pool};
+
 /// How a group's centred rewards are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdvantageScale {
@@ -103,4 +108,197 @@ mod tests {
             None
         );
     }
+}
+
+/// The settings of a GRPO run.
+#[derive(Debug, Clone)]
+pub struct GrpoSettings {
+    /// Responses per prompt (G).
+    pub group_size: usize,
+    /// Prompts per optimizer step.
+    pub prompts_per_step: usize,
+    /// Sparse refresh: the generator gets the learner's weights every this
+    /// many optimizer steps (1 is strictly on-policy).
+    pub refresh_every: u64,
+    /// How advantages are scaled.
+    pub scale: AdvantageScale,
+    /// Sampling; its seed is mixed with the run's seed, the step and the
+    /// group member, so that the G responses to a prompt differ on every
+    /// backend that honours seeds.
+    pub sampling: SamplingParams,
+    /// Packing of the step's samples.
+    pub pack: PackOptions,
+    /// More prompt batches drawn for a step whose groups all had equal
+    /// rewards, before the step is skipped.
+    pub max_draws: usize,
+    /// Seed of the prompt order and of the samplers.
+    pub seed: u64,
+}
+
+/// What one GRPO step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpoStep {
+    /// Optimizer steps completed after this one.
+    pub step: u64,
+    /// Mean reward of every response generated for the step.
+    pub mean_reward: f64,
+    /// Groups trained on.
+    pub groups_kept: usize,
+    /// Groups dropped because their rewards were all equal.
+    pub groups_dropped: usize,
+    /// Optimizer steps between the weights that sampled the step's
+    /// responses and the weights they train.
+    pub staleness: u64,
+    /// Mean response length in tokens.
+    pub mean_response_tokens: f64,
+    /// The learner's statistics; `None` when every draw's groups were
+    /// dropped and no step was taken.
+    pub stats: Option<StepStats>,
+}
+
+/// The reward of a rollout (a verifier over its decoded response).
+pub type RewardFn<'a> = dyn Fn(&Rollout) -> Reward + 'a;
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+/// Runs `steps` GRPO steps: each draws `prompts_per_step` prompts (in a
+/// seeded order, epoch after epoch), samples `group_size` responses to
+/// each with the generator's weights (refreshed every `refresh_every`
+/// steps), scores them with `reward`, turns the groups into advantages
+/// (equal-reward groups dropped and counted), and trains the learner on
+/// the clipped surrogate against the sampling snapshot's log-probs.
+pub fn run_grpo<L, G>(
+    learner: &mut L,
+    generator: &mut G,
+    prompts: &[Prompt],
+    reward: &RewardFn<'_>,
+    s: &GrpoSettings,
+    steps: u64,
+    observe: &mut dyn FnMut(&GrpoStep),
+) -> npd_core::Result<Vec<GrpoStep>>
+where
+    L: Learner<Weights = G::Weights>,
+    G: Generator,
+{
+    if prompts.is_empty() || s.group_size < 2 || s.prompts_per_step == 0 {
+        return Err(npd_core::Error::invalid(
+            "GRPO settings",
+            format!(
+                "{} prompts, groups of {}, {} prompts per step: expected prompts, groups of at \
+                 least 2 and at least one prompt per step",
+                prompts.len(),
+                s.group_size,
+                s.prompts_per_step
+            ),
+        ));
+    }
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    let mut epoch = 0u64;
+    npd_core::shuffle::seeded_shuffle(&mut order, mix(s.seed, epoch));
+    let mut cursor = 0;
+    let mut next_id = 0u64;
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let version = learner.version();
+        if version.is_multiple_of(s.refresh_every.max(1)) || generator.version() > version {
+            generator.load(learner.publish()?, version)?;
+        }
+        let mut samples = Vec::new();
+        let (mut kept, mut dropped, mut rewards_sum, mut responses, mut tokens) =
+            (0usize, 0usize, 0.0f64, 0usize, 0usize);
+        for draw in 0..s.max_draws.max(1) {
+            let batch: Vec<Prompt> = (0..s.prompts_per_step)
+                .map(|_| {
+                    if cursor == order.len() {
+                        epoch += 1;
+                        npd_core::shuffle::seeded_shuffle(&mut order, mix(s.seed, epoch));
+                        cursor = 0;
+                    }
+                    cursor += 1;
+                    prompts[order[cursor - 1]].clone()
+                })
+                .collect();
+            let mut groups: Vec<Vec<Rollout>> = vec![Vec::new(); batch.len()];
+            for member in 0..s.group_size {
+                let params = SamplingParams {
+                    seed: mix(
+                        mix(s.sampling.seed ^ s.seed, version),
+                        (draw * 1000 + member) as u64,
+                    ),
+                    ..s.sampling.clone()
+                };
+                let rollouts = generator.generate(&batch, &params)?;
+                if rollouts.len() != batch.len() {
+                    return Err(npd_core::Error::invalid(
+                        "generator",
+                        format!("{} rollouts for {} prompts", rollouts.len(), batch.len()),
+                    ));
+                }
+                for (g, r) in groups.iter_mut().zip(rollouts) {
+                    g.push(r);
+                }
+            }
+            let rewards: Vec<Vec<f64>> = groups
+                .iter()
+                .map(|g| g.iter().map(|r| reward(r).value).collect())
+                .collect();
+            rewards_sum += rewards.iter().flatten().sum::<f64>();
+            responses += rewards.iter().map(Vec::len).sum::<usize>();
+            tokens += groups
+                .iter()
+                .flatten()
+                .map(|r| r.response.len())
+                .sum::<usize>();
+            let b = batch_advantages(&rewards, s.scale);
+            dropped += b.dropped_equal;
+            kept += b.kept.len();
+            for (i, advantages) in b.kept {
+                for (r, a) in groups[i].iter().zip(advantages) {
+                    if r.response.is_empty() {
+                        continue;
+                    }
+                    let n = r.response.len();
+                    samples.push(TrainSample {
+                        id: SampleId(next_id),
+                        tokens: [r.prompt.as_slice(), r.response.as_slice()].concat(),
+                        prompt_len: r.prompt.len(),
+                        weights: None,
+                        topk: None,
+                        policy: Some(PolicyTargets {
+                            behaviour_logprobs: r.response_logprobs.clone(),
+                            advantages: vec![a as f32; n],
+                        }),
+                    });
+                    next_id += 1;
+                }
+            }
+            if !samples.is_empty() {
+                break;
+            }
+        }
+        let staleness = version - generator.version();
+        let stats = if samples.is_empty() {
+            None
+        } else {
+            let rows = pack_pool(samples, &s.pack)?;
+            Some(learner.step(&rows)?)
+        };
+        let step = GrpoStep {
+            step: learner.version(),
+            mean_reward: rewards_sum / responses.max(1) as f64,
+            groups_kept: kept,
+            groups_dropped: dropped,
+            staleness,
+            mean_response_tokens: tokens as f64 / responses.max(1) as f64,
+            stats,
+        };
+        observe(&step);
+        out.push(step);
+    }
+    Ok(out)
 }

@@ -28,6 +28,9 @@ pub struct HashLearner {
     /// nothing.
     pub skip: Vec<usize>,
     pub calls: usize,
+    /// Per step, (sample id, advantage of its last token) of rows that
+    /// carry policy targets.
+    pub advantages: Vec<Vec<(u64, f32)>>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -47,9 +50,13 @@ impl Learner for HashLearner {
             });
         }
         let mut ids = Vec::new();
+        let mut advantages = Vec::new();
         for row in rows {
             for seg in &row.segments {
                 ids.push(seg.sample_id.0);
+                if let Some(p) = &row.policy {
+                    advantages.push((seg.sample_id.0, p.advantages[seg.start + seg.len - 1]));
+                }
             }
             for &t in &row.tokens {
                 self.hash = mix(self.hash, u64::from(t));
@@ -57,6 +64,9 @@ impl Learner for HashLearner {
         }
         self.steps += 1;
         self.log.push(ids);
+        if !advantages.is_empty() {
+            self.advantages.push(advantages);
+        }
         self.rows.push(rows.len());
         Ok(StepStats {
             loss: 1.0 / self.steps as f64,
