@@ -309,3 +309,49 @@ fn the_policy_objectives_gradient_matches_finite_differences() {
     let p = rows[0].policy.as_ref().unwrap();
     assert!(p.advantages.iter().any(|a| *a < 0.0) && p.advantages.iter().any(|a| *a > 0.0));
 }
+
+/// The sampler's log-probs are the trainer's: on rows the generator has
+/// just written, every importance ratio is 1, so the surrogate with unit
+/// advantages is exactly -1 per token.
+#[test]
+fn the_samplers_log_probs_give_unit_ratios_in_training() {
+    use npd_core::traits::Generator;
+    let model = student(5);
+    let mut generator = npd_train::generator::ModelGenerator::new(student(5), 0);
+    let prompts: Vec<npd_core::Prompt> = (0..6)
+        .map(|i| npd_core::Prompt {
+            id: npd_core::PromptId(i),
+            tokens: (0..3 + i as u32)
+                .map(|t| 4 + (t * 7 + i as u32) % 80)
+                .collect(),
+        })
+        .collect();
+    let params = npd_core::SamplingParams {
+        temperature: 1.0,
+        top_k: None,
+        top_p: 1.0,
+        max_new_tokens: 12,
+        stop_ids: vec![2],
+        seed: 9,
+    };
+    let rollouts = generator.generate(&prompts, &params).unwrap();
+    let samples: Vec<TrainSample> = rollouts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| TrainSample {
+            id: SampleId(i as u64),
+            tokens: [r.prompt.as_slice(), r.response.as_slice()].concat(),
+            prompt_len: r.prompt.len(),
+            weights: None,
+            topk: None,
+            policy: Some(npd_core::PolicyTargets {
+                behaviour_logprobs: r.response_logprobs.clone(),
+                advantages: vec![1.0; r.response.len()],
+            }),
+        })
+        .collect();
+    let rows = rows(samples, 64);
+    let mut trainer = Trainer::new(model, options(LossKind::ForwardKl, 1e-3, 10));
+    let (loss, _) = trainer.gradients(&rows).unwrap();
+    assert!((loss + 1.0).abs() < 1e-4, "mean ratio {}", -loss);
+}
