@@ -119,19 +119,8 @@ fn model_copy(model: &Llama) -> anyhow::Result<Llama> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = npd_distill::Options {
-        config: None,
-        out: None,
-        methods: vec![npd_core::Method::NearPolicy],
-        seeds: Some(1),
-        steps: None,
-        no_filter: false,
-        refresh_every: None,
-        loss: None,
-        quick: false,
-        engine: None,
         cache: args.cache.clone(),
-        resume: false,
-        checkpoint_every: None,
+        ..npd_distill::Options::default()
     };
     let (config, setup, _) = npd_distill::configure(&options)?;
     let cache = (args.cache.clone())

@@ -81,6 +81,28 @@ pub struct Options {
     pub checkpoint_every: Option<u64>,
 }
 
+impl Default for Options {
+    /// The embedded default: every method, the default seeds, nothing
+    /// overridden.
+    fn default() -> Self {
+        Self {
+            config: None,
+            out: None,
+            methods: Method::ALL.to_vec(),
+            seeds: None,
+            steps: None,
+            no_filter: false,
+            refresh_every: None,
+            loss: None,
+            quick: false,
+            engine: None,
+            cache: None,
+            resume: false,
+            checkpoint_every: None,
+        }
+    }
+}
+
 /// Ctrl-C as the application sees it: `stop` asks the running method to
 /// finish its step and checkpoint, or the preparation of the embedded
 /// models to end after its current step; `in_run` tells whether a method
@@ -585,18 +607,8 @@ mod tests {
     fn options(config: Option<PathBuf>) -> Options {
         Options {
             config,
-            out: None,
-            methods: Method::ALL.to_vec(),
             seeds: Some(1),
-            steps: None,
-            no_filter: false,
-            refresh_every: None,
-            loss: None,
-            quick: false,
-            engine: None,
-            cache: None,
-            resume: false,
-            checkpoint_every: None,
+            ..Options::default()
         }
     }
 

@@ -191,21 +191,8 @@ pub fn final_answer(text: &str) -> Option<String> {
         Some(i) => &text[i + "[unused17]".len()..],
         None => text,
     };
-    if let Some(i) = text.rfind("\\boxed{") {
-        let rest = &text[i + "\\boxed{".len()..];
-        let mut depth = 1;
-        for (j, ch) in rest.char_indices() {
-            match ch {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(rest[..j].trim().to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
+    if let Some(boxed) = npd_core::answer::last_boxed(text) {
+        return Some(boxed);
     }
     let bytes = text.as_bytes();
     let mut end = bytes.len();
