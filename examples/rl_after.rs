@@ -69,6 +69,10 @@ struct Args {
     /// distill example's).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// The embedded default's `--quick` models (for a checkpoint of a
+    /// `distill_openpangu --quick` run).
+    #[arg(long)]
+    quick: bool,
 }
 
 /// pass@1 and pass@k (k samples at `temperature` per prompt), and the
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = npd_distill::Options {
         cache: args.cache.clone(),
+        quick: args.quick,
         ..npd_distill::Options::default()
     };
     let (config, setup, _) = npd_distill::configure(&options)?;
