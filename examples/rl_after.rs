@@ -59,6 +59,9 @@ struct Args {
     /// standard deviation.
     #[arg(long)]
     dr_grpo: bool,
+    /// Weight of the KL penalty toward the starting weights (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    kl: f64,
     /// Samples per held-out prompt for pass@k.
     #[arg(long, default_value_t = 8)]
     k: usize,
@@ -181,10 +184,12 @@ fn main() -> anyhow::Result<()> {
         grad_clip: 1.0,
         ..TrainConfig::default()
     };
-    let mut learner = Trainer::new(
-        model_copy(&start)?,
-        TrainOptions::from_config(&train_config),
-    );
+    let mut train_options = TrainOptions::from_config(&train_config);
+    train_options.policy_kl = args.kl;
+    let mut learner = Trainer::new(model_copy(&start)?, train_options);
+    let mut reference_scorer = npd_train::score::ModelScorer::new(&start);
+    let reference: Option<&mut dyn npd_core::traits::Scorer> =
+        (args.kl > 0.0).then_some(&mut reference_scorer as &mut dyn npd_core::traits::Scorer);
     let mut generator = ModelGenerator::new(model_copy(&start)?, 0);
     let answer = &inputs.answer;
     let reward = |r: &npd_core::Rollout| {
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
     let steps = run_grpo(
         &mut learner,
         &mut generator,
+        reference,
         &train,
         &reward,
         &settings,
@@ -238,7 +244,7 @@ fn main() -> anyhow::Result<()> {
     let dropped: usize = steps.iter().map(|s| s.groups_dropped).sum();
     let kept: usize = steps.iter().map(|s| s.groups_kept).sum();
     println!(
-        "\nGRPO from {} ({} steps, G = {}, {} prompts per step, K = {}, lr {}, T = {}, {})",
+        "\nGRPO from {} ({} steps, G = {}, {} prompts per step, K = {}, lr {}, T = {}, KL {}, {})",
         args.from.display(),
         args.steps,
         args.group,
@@ -246,6 +252,7 @@ fn main() -> anyhow::Result<()> {
         args.refresh_every,
         args.lr,
         args.temperature,
+        args.kl,
         if args.dr_grpo { "Dr. GRPO" } else { "GRPO" }
     );
     println!(

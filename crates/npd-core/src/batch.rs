@@ -43,6 +43,10 @@ pub struct RowPolicy {
     pub behaviour_logprobs: Vec<f32>,
     /// Advantages of the tokens, `capacity`.
     pub advantages: Vec<f32>,
+    /// Reference log-probs of the tokens, `capacity`, when the samples
+    /// carried them.
+    #[serde(default)]
+    pub reference_logprobs: Option<Vec<f32>>,
 }
 
 /// One row of `capacity` tokens holding whole samples back to back, then

@@ -176,16 +176,27 @@ pub struct PolicyTargets {
     pub behaviour_logprobs: Vec<f32>,
     /// Advantages, one per response token.
     pub advantages: Vec<f32>,
+    /// Log-probs of the tokens under a reference policy (the RL stage's
+    /// starting weights), for a KL penalty toward it; `None`: no penalty.
+    #[serde(default)]
+    pub reference_logprobs: Option<Vec<f32>>,
 }
 
 impl PolicyTargets {
     /// Checks that both arrays cover `positions` tokens with finite values
     /// (behaviour log-probs at most 0).
     pub fn validate(&self, what: &str, positions: usize) -> Result<()> {
+        let reference = self
+            .reference_logprobs
+            .iter()
+            .map(|r| ("reference_logprobs", r));
         for (name, v) in [
             ("behaviour_logprobs", &self.behaviour_logprobs),
             ("advantages", &self.advantages),
-        ] {
+        ]
+        .into_iter()
+        .chain(reference)
+        {
             if v.len() != positions {
                 return Err(Error::invalid(
                     what,
@@ -317,6 +328,9 @@ impl TrainSample {
         if let Some(p) = &mut self.policy {
             p.behaviour_logprobs.truncate(keep);
             p.advantages.truncate(keep);
+            if let Some(r) = &mut p.reference_logprobs {
+                r.truncate(keep);
+            }
         }
         Ok(())
     }

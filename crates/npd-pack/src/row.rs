@@ -38,6 +38,7 @@ impl RowLayout {
             policy: self.policy.then(|| RowPolicy {
                 behaviour_logprobs: vec![0.0; cap],
                 advantages: vec![0.0; cap],
+                reference_logprobs: None,
             }),
             segments: Vec::new(),
         };
@@ -72,6 +73,10 @@ impl RowLayout {
             if let (Some(dst), Some(src)) = (&mut row.policy, &sample.policy) {
                 dst.behaviour_logprobs[resp..end].copy_from_slice(&src.behaviour_logprobs);
                 dst.advantages[resp..end].copy_from_slice(&src.advantages);
+                if let Some(r) = &src.reference_logprobs {
+                    dst.reference_logprobs.get_or_insert_with(|| vec![0.0; cap])[resp..end]
+                        .copy_from_slice(r);
+                }
                 // A segment's first token is no target.
                 dst.advantages[start..first_target].fill(0.0);
             }
@@ -108,6 +113,7 @@ mod tests {
             policy: Some(npd_core::PolicyTargets {
                 behaviour_logprobs: (0..n).map(|i| -0.1 * (i + 1) as f32).collect(),
                 advantages: vec![id as f32; n],
+                reference_logprobs: Some(vec![-1.0; n]),
             }),
         }
     }
@@ -147,6 +153,8 @@ mod tests {
         );
         assert_eq!(&p.behaviour_logprobs[2..4], &[-0.1, -0.2]);
         assert_eq!(&p.behaviour_logprobs[5..7], &[-0.2, -0.3]);
+        let r = p.reference_logprobs.as_ref().unwrap();
+        assert_eq!((r[3], r[7]), (-1.0, 0.0));
         assert_eq!(row.cu_seqlens(), vec![0, 4, 7]);
         assert_eq!(row.used(), 7);
         assert_eq!(row.targets(), 4);

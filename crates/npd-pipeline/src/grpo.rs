@@ -10,7 +10,7 @@
 //! step.
 
 use npd_core::reward::Reward;
-use npd_core::traits::{Generator, Learner, StepStats};
+use npd_core::traits::{Generator, Learner, ScoreOptions, ScoreRequest, Scorer, StepStats};
 use npd_core::{PolicyTargets, Prompt, Rollout, SampleId, SamplingParams, TrainSample};
 use npd_pack::{PackOptions, pack_pool};
 
@@ -171,10 +171,14 @@ fn mix(a: u64, b: u64) -> u64 {
 /// each with the generator's weights (refreshed every `refresh_every`
 /// steps), scores them with `reward`, turns the groups into advantages
 /// (equal-reward groups dropped and counted), and trains the learner on
-/// the clipped surrogate against the sampling snapshot's log-probs.
+/// the clipped surrogate against the sampling snapshot's log-probs. With a
+/// `reference` scorer (the RL stage's starting weights), every sample also
+/// carries its tokens' reference log-probs, for the learner's KL penalty.
+#[allow(clippy::too_many_arguments)]
 pub fn run_grpo<L, G>(
     learner: &mut L,
     generator: &mut G,
+    mut reference: Option<&mut dyn Scorer>,
     prompts: &[Prompt],
     reward: &RewardFn<'_>,
     s: &GrpoSettings,
@@ -272,6 +276,7 @@ where
                         policy: Some(PolicyTargets {
                             behaviour_logprobs: r.response_logprobs.clone(),
                             advantages: vec![a as f32; n],
+                            reference_logprobs: None,
                         }),
                     });
                     next_id += 1;
@@ -279,6 +284,29 @@ where
             }
             if !samples.is_empty() {
                 break;
+            }
+        }
+        if let Some(scorer) = reference.as_deref_mut()
+            && !samples.is_empty()
+        {
+            let requests: Vec<ScoreRequest<'_>> = samples
+                .iter()
+                .map(|t| ScoreRequest {
+                    tokens: &t.tokens,
+                    prompt_len: t.prompt_len,
+                })
+                .collect();
+            let scored = scorer.score(&requests, &ScoreOptions::default())?;
+            if scored.len() != samples.len() {
+                return Err(npd_core::Error::invalid(
+                    "reference scorer",
+                    format!("{} scores for {} samples", scored.len(), samples.len()),
+                ));
+            }
+            for (t, sc) in samples.iter_mut().zip(scored) {
+                if let Some(p) = &mut t.policy {
+                    p.reference_logprobs = Some(sc.logprobs.conditioned);
+                }
             }
         }
         let staleness = version - generator.version();

@@ -45,6 +45,7 @@ fn run(refresh_every: u64, steps: u64) -> (HashLearner, EchoGenerator, Vec<GrpoS
     let out = run_grpo(
         &mut learner,
         &mut generator,
+        None,
         &data,
         &odd_length,
         &settings(refresh_every),
@@ -95,6 +96,7 @@ fn groups_of_equal_rewards_are_dropped_and_counted() {
     let steps = run_grpo(
         &mut learner,
         &mut generator,
+        None,
         &prompts(30),
         &constant,
         &settings(1),
@@ -116,4 +118,26 @@ fn the_same_settings_train_the_same_samples_and_weights() {
     let (b, _, sb) = run(2, 8);
     assert_eq!(sa, sb);
     assert_eq!((a.log, a.hash), (b.log, b.hash));
+}
+
+#[test]
+fn a_reference_scorer_fills_every_samples_reference_log_probs() {
+    let mut learner = HashLearner::default();
+    let mut generator = EchoGenerator::default();
+    let mut reference = doubles::FixedTeacher::default();
+    let steps = run_grpo(
+        &mut learner,
+        &mut generator,
+        Some(&mut reference),
+        &prompts(30),
+        &odd_length,
+        &settings(1),
+        4,
+        &mut |_| {},
+    )
+    .unwrap();
+    let trained = steps.iter().filter(|s| s.stats.is_some()).count();
+    assert!(trained > 0);
+    // One scoring call per step that trained.
+    assert_eq!(reference.calls, trained);
 }

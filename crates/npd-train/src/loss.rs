@@ -204,9 +204,39 @@ pub fn clipped_surrogate(
     -unclipped.minimum(&clipped)
 }
 
+/// The per-token KL penalty toward a reference policy, Schulman's
+/// unbiased, non-negative estimator of `KL(policy ‖ reference)` from
+/// sampled tokens: `exp(ref - logp) - (ref - logp) - 1`. Its gradient with
+/// respect to `logp` is `1 - exp(ref - logp)`: zero where the policy
+/// agrees with the reference. `reference` carries no gradient; all `[N]`.
+pub fn kl_to_reference(logp: &Tensor, reference: &Tensor) -> Tensor {
+    let d = reference.to_kind(Kind::Float).detach() - logp.to_kind(Kind::Float);
+    d.exp() - &d - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kl_penalty_is_zero_at_the_reference_and_its_gradient_as_derived() {
+        let reference = Tensor::from_slice(&[-1.0f32, -2.0, -0.5]);
+        let logp = Tensor::from_slice(&[-1.0f32, -1.5, -0.9]).set_requires_grad(true);
+        let kl = kl_to_reference(&logp, &reference);
+        kl.sum(Kind::Float).backward();
+        let grad = logp.grad();
+        for (i, (r, l)) in [(-1.0f64, -1.0f64), (-2.0, -1.5), (-0.5, -0.9)]
+            .into_iter()
+            .enumerate()
+        {
+            let d = r - l;
+            let want = d.exp() - d - 1.0;
+            assert!((kl.double_value(&[i as i64]) - want).abs() < 1e-6);
+            assert!(kl.double_value(&[i as i64]) >= 0.0);
+            assert!((grad.double_value(&[i as i64]) - (1.0 - d.exp())).abs() < 1e-6);
+        }
+        assert_eq!(kl.double_value(&[0]), 0.0);
+    }
 
     /// The surrogate's gradient with respect to the log-probs is `-A·ρ`
     /// where the ratio is inside the clip range (or the clip does not

@@ -8,7 +8,9 @@ use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::{Learner, StepStats};
 use npd_core::{Error, PackedRow, PolicyVersion, Result};
 
-use crate::loss::{Divergence, TeacherDist, clipped_surrogate, cross_entropy, distill};
+use crate::loss::{
+    Divergence, TeacherDist, clipped_surrogate, cross_entropy, distill, kl_to_reference,
+};
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, lr_at};
 use crate::weights::TensorStore;
@@ -60,6 +62,10 @@ pub struct TrainOptions {
     /// policy targets train with (GRPO; DAPO's clip-higher when
     /// `eps_high > eps_low`).
     pub policy_clip: (f64, f64),
+    /// Weight of the KL penalty toward the reference log-probs that rows
+    /// with policy targets carry ([`crate::loss::kl_to_reference`]); 0
+    /// turns it off.
+    pub policy_kl: f64,
 }
 
 /// The clip range of the policy objective unless one is set: DAPO's
@@ -91,6 +97,7 @@ impl TrainOptions {
             max_nonfinite_steps: c.max_nonfinite_steps,
             layout: Layout::Packed,
             policy_clip: POLICY_CLIP,
+            policy_kl: 0.0,
         }
     }
 }
@@ -116,8 +123,9 @@ struct Targets {
     tokens: Tensor,
     weights: Tensor,
     topk: Option<(Tensor, Tensor, Tensor)>,
-    /// Behaviour log-probs and advantages, when the rows carry them.
-    policy: Option<(Tensor, Tensor)>,
+    /// Behaviour log-probs, advantages and reference log-probs (when
+    /// given), when the rows carry policy targets.
+    policy: Option<(Tensor, Tensor, Option<Tensor>)>,
 }
 
 impl Trainer {
@@ -305,7 +313,7 @@ impl Trainer {
             .logits(&hidden.index_select(0, &targets.rows))
             .to_kind(Kind::Float);
         let o = &self.options;
-        if let Some((behaviour, advantages)) = &targets.policy {
+        if let Some((behaviour, advantages, reference)) = &targets.policy {
             // Rows with policy targets train the policy objective (the
             // distillation loss is not used).
             let logp = logits
@@ -313,7 +321,17 @@ impl Trainer {
                 .gather(1, &targets.tokens.unsqueeze(1), false)
                 .squeeze_dim(1);
             let (lo, hi) = o.policy_clip;
-            let per_token = clipped_surrogate(&logp, behaviour, advantages, lo, hi);
+            let mut per_token = clipped_surrogate(&logp, behaviour, advantages, lo, hi);
+            if o.policy_kl > 0.0 {
+                let reference = reference.as_ref().ok_or_else(|| {
+                    Error::invalid(
+                        "training rows",
+                        "a KL penalty is set but the rows carry no reference log-probs for \
+                         every target",
+                    )
+                })?;
+                per_token = per_token + kl_to_reference(&logp, reference) * o.policy_kl;
+            }
             return Ok((per_token * &targets.weights).sum(Kind::Float) / norm);
         }
         let mut per_token = match o.loss {
@@ -458,6 +476,7 @@ struct TargetLists {
     tails: Vec<f32>,
     behaviour: Vec<f32>,
     advantages: Vec<f32>,
+    reference: Vec<f32>,
 }
 
 /// Appends a row's targets, with `offset(t)` the hidden-state row that
@@ -478,6 +497,9 @@ fn push_targets(row: &PackedRow, offset: impl Fn(usize) -> i64, out: &mut Target
         if let Some(p) = &row.policy {
             out.behaviour.push(p.behaviour_logprobs[t]);
             out.advantages.push(p.advantages[t]);
+            if let Some(r) = &p.reference_logprobs {
+                out.reference.push(r[t]);
+            }
         }
     }
 }
@@ -519,9 +541,12 @@ fn finish_targets(rows: &[PackedRow], v: TargetLists, device: Device) -> Result<
             )
         }),
         policy: policy.then(|| {
+            let reference = (v.reference.len() == v.behaviour.len() && !v.reference.is_empty())
+                .then(|| dev(Tensor::from_slice(&v.reference)));
             (
                 dev(Tensor::from_slice(&v.behaviour)),
                 dev(Tensor::from_slice(&v.advantages)),
+                reference,
             )
         }),
     })

@@ -251,6 +251,7 @@ fn policy_rows(model: &Llama) -> Vec<PackedRow> {
                 advantages: (0..n)
                     .map(|t| if (t + i) % 3 == 0 { -0.7 } else { 1.2 })
                     .collect(),
+                reference_logprobs: None,
             });
             s
         })
@@ -347,6 +348,7 @@ fn the_samplers_log_probs_give_unit_ratios_in_training() {
             policy: Some(npd_core::PolicyTargets {
                 behaviour_logprobs: r.response_logprobs.clone(),
                 advantages: vec![1.0; r.response.len()],
+                reference_logprobs: None,
             }),
         })
         .collect();
