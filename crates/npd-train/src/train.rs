@@ -330,7 +330,7 @@ impl Trainer {
                          every target",
                     )
                 })?;
-                per_token = per_token + kl_to_reference(&logp, reference) * o.policy_kl;
+                per_token += kl_to_reference(&logp, reference) * o.policy_kl;
             }
             return Ok((per_token * &targets.weights).sum(Kind::Float) / norm);
         }
