@@ -40,31 +40,31 @@ struct Args {
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     steps: u64,
-    /// Responses per prompt (G).
-    #[arg(long, default_value_t = 8)]
-    group: usize,
+    /// Responses per prompt (G, at least 2).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    group: u64,
     /// Prompts per step.
-    #[arg(long, default_value_t = 16)]
-    prompts: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    prompts: u64,
     /// Weight refresh every K steps (1: strictly on-policy).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     refresh_every: u64,
     /// Peak learning rate (constant after 10 warm-up steps).
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = 2e-5, value_parser = positive)]
     lr: f64,
     /// Sampling temperature of the rollouts.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = temperature)]
     temperature: f32,
     /// Centre rewards only (Dr. GRPO) instead of dividing by the group's
     /// standard deviation.
     #[arg(long)]
     dr_grpo: bool,
     /// Weight of the KL penalty toward the starting weights (0: none).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     kl: f64,
     /// Samples per held-out prompt for pass@k.
-    #[arg(long, default_value_t = 8)]
-    k: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    k: u64,
     /// Seed of prompts and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -76,6 +76,48 @@ struct Args {
     /// `distill_openpangu --quick` run).
     #[arg(long)]
     quick: bool,
+}
+
+fn number(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .map_err(|e| format!("{text:?}: {e}"))
+        .and_then(|v| {
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err("expected a finite number".into())
+            }
+        })
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    number(text).and_then(|v| {
+        if v > 0.0 {
+            Ok(v)
+        } else {
+            Err("expected a number > 0".into())
+        }
+    })
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    number(text).and_then(|v| {
+        if v >= 0.0 {
+            Ok(v)
+        } else {
+            Err("expected a number >= 0".into())
+        }
+    })
+}
+
+fn temperature(text: &str) -> Result<f32, String> {
+    number(text).and_then(|v| {
+        if (0.0..=100.0).contains(&v) {
+            Ok(v as f32)
+        } else {
+            Err("expected a number in [0, 100]".into())
+        }
+    })
 }
 
 /// pass@1 and pass@k (k samples at `temperature` per prompt), and the
@@ -134,8 +176,9 @@ fn main() -> anyhow::Result<()> {
     let cache = (args.cache.clone())
         .unwrap_or_else(npd_distill::default_cache)
         .join(setup.cache_name());
-    let inputs = npd_distill::inputs::embedded(&cache, &setup, &AtomicBool::new(false))?;
+    // A wrong --from is named before the embedded models are prepared.
     let start = Llama::load(&args.from, Device::Cpu, Kind::Float)?;
+    let inputs = npd_distill::inputs::embedded(&cache, &setup, &AtomicBool::new(false))?;
     if start.config() != &inputs.student {
         anyhow::bail!(
             "{}: not the embedded default's student (its config.json describes another model)",
@@ -166,8 +209,14 @@ fn main() -> anyhow::Result<()> {
     };
     let measure = |m: &Llama| -> anyhow::Result<(f64, f64, f64, f64)> {
         let greedy = accuracy(m, &inputs.eval, &*inputs.answer, max_new, &stop)?;
-        let (p1, pk, diverse) =
-            pass_at_k(m, &held_out, &answers, &inputs.answer, &sampling, args.k)?;
+        let (p1, pk, diverse) = pass_at_k(
+            m,
+            &held_out,
+            &answers,
+            &inputs.answer,
+            &sampling,
+            args.k as usize,
+        )?;
         Ok((greedy, p1, pk, diverse))
     };
     let before = measure(&start)?;
@@ -200,8 +249,8 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let settings = GrpoSettings {
-        group_size: args.group,
-        prompts_per_step: args.prompts,
+        group_size: args.group as usize,
+        prompts_per_step: args.prompts as usize,
         refresh_every: args.refresh_every,
         scale: if args.dr_grpo {
             AdvantageScale::None
