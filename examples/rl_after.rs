@@ -165,8 +165,17 @@ fn model_copy(model: &Llama) -> anyhow::Result<Llama> {
     Ok(m)
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", npd_distill::describe(&e));
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let options = npd_distill::Options {
         cache: args.cache.clone(),
         quick: args.quick,
