@@ -31,6 +31,7 @@ pub mod score;
 mod segments;
 pub mod served;
 pub mod stages;
+mod targets;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

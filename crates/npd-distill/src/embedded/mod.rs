@@ -6,6 +6,7 @@
 pub mod config;
 pub mod plateau;
 pub mod prepare;
+pub mod setup;
 pub mod task;
 
 use std::path::Path;
