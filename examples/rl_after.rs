@@ -270,6 +270,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         pack: PackOptions::new(config.pack.capacity),
         max_draws: 2,
         seed: args.seed,
+        overlong: Default::default(),
     };
     let clock = Instant::now();
     let mut curve = Vec::new();

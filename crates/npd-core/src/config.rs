@@ -443,6 +443,154 @@ impl Section for TrainConfig {
     }
 }
 
+/// How GRPO scales a group's centred rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdvantageNorm {
+    /// Divide by the group's standard deviation (GRPO, DAPO).
+    #[default]
+    GroupStd,
+    /// Centre only (Dr. GRPO: no difficulty bias toward prompts that are
+    /// almost always right or almost always wrong).
+    Centred,
+}
+
+/// The RL stage after distillation: GRPO with a verifiable reward (the
+/// methods `rl`, `sft+rl`, `on-policy+rl` and `npd+rl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Optimizer steps of the RL stage.
+    pub steps: u64,
+    /// Responses sampled per prompt (G).
+    pub group_size: usize,
+    /// Prompts per optimizer step.
+    pub prompts_per_step: usize,
+    /// Learning rate (constant after the warm-up).
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    pub grad_clip: f64,
+    /// Sampling temperature of the rollouts (the surrogate's ratios are
+    /// taken at temperature 1, so other values train slightly off-policy).
+    pub temperature: f64,
+    /// Nucleus mass of the rollouts.
+    pub top_p: f64,
+    /// The generator gets the learner's weights every this many steps (1 is
+    /// strictly on-policy; K > 1 trains on responses at most K - 1 steps
+    /// old, the importance ratio correcting for the lag).
+    pub refresh_every: u64,
+    /// How a group's rewards become advantages.
+    pub advantage: AdvantageNorm,
+    /// Lower clip of the importance ratio: `1 - clip_low`.
+    pub clip_low: f64,
+    /// Upper clip of the importance ratio: `1 + clip_high` (DAPO's
+    /// clip-higher when above `clip_low`).
+    pub clip_high: f64,
+    /// Weight of the KL penalty (k3 estimator) toward the stage's starting
+    /// weights; 0 turns it off and no reference is scored.
+    pub kl: f64,
+    /// DAPO's soft overlong penalty: a response longer than
+    /// `sampling.max_new_tokens - overlong_buffer` tokens loses up to
+    /// `overlong_penalty` reward, linearly over the buffer; 0 turns it off.
+    pub overlong_buffer: usize,
+    /// The most reward the overlong penalty takes.
+    pub overlong_penalty: f64,
+    /// Prompt batches drawn for one step when every group of a batch had
+    /// equal rewards, before the step is skipped.
+    pub max_draws: usize,
+    /// Steps between held-out evaluations (the last step is always
+    /// evaluated).
+    pub eval_every: u64,
+    /// Responses sampled per held-out prompt for pass@k.
+    pub eval_samples: usize,
+    /// Held-out prompts of the sampled evaluation (greedy accuracy uses all).
+    pub eval_prompts: usize,
+    /// The k of pass@k in the report (each at most `eval_samples`).
+    pub pass_k: Vec<usize>,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            steps: 300,
+            group_size: 8,
+            prompts_per_step: 16,
+            lr: 2e-5,
+            warmup_steps: 10,
+            grad_clip: 1.0,
+            temperature: 1.0,
+            top_p: 1.0,
+            refresh_every: 1,
+            advantage: AdvantageNorm::GroupStd,
+            clip_low: 0.2,
+            clip_high: 0.28,
+            kl: 0.0,
+            overlong_buffer: 0,
+            overlong_penalty: 1.0,
+            max_draws: 2,
+            eval_every: 50,
+            eval_samples: 16,
+            eval_prompts: 256,
+            pass_k: vec![1, 4, 16],
+        }
+    }
+}
+
+impl Section for RlConfig {
+    const NAME: &'static str = "rl";
+
+    fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.between("steps", self.steps, 1, 1 << 40)?;
+        c.between("group_size", self.group_size, 2, MAX_BATCH)?;
+        c.between("prompts_per_step", self.prompts_per_step, 1, MAX_BATCH)?;
+        c.positive("lr", self.lr)?;
+        c.between("warmup_steps", self.warmup_steps, 0, 1 << 40)?;
+        c.non_negative("grad_clip", self.grad_clip, " (0 turns clipping off)")?;
+        c.that(
+            self.temperature > 0.0 && self.temperature <= MAX_TEMPERATURE,
+            "temperature",
+            format!("a number in (0, {MAX_TEMPERATURE}] (GRPO needs groups that differ)"),
+            show(self.temperature),
+        )?;
+        c.that(
+            (MIN_TOP_P..=1.0).contains(&self.top_p),
+            "top_p",
+            format!("a number in [{MIN_TOP_P:e}, 1]"),
+            show(self.top_p),
+        )?;
+        c.between("refresh_every", self.refresh_every, 1, 1 << 20)?;
+        c.fraction("clip_low", self.clip_low, false, true)?;
+        c.that(
+            self.clip_high > 0.0 && self.clip_high <= 10.0,
+            "clip_high",
+            "a number in (0, 10]",
+            show(self.clip_high),
+        )?;
+        c.non_negative("kl", self.kl, " (0 turns the penalty off)")?;
+        c.between("overlong_buffer", self.overlong_buffer, 0, MAX_TOKENS)?;
+        c.non_negative("overlong_penalty", self.overlong_penalty, "")?;
+        c.between("max_draws", self.max_draws, 1, 1024)?;
+        c.between("eval_every", self.eval_every, 1, 1 << 40)?;
+        c.between("eval_samples", self.eval_samples, 1, 4096)?;
+        c.between("eval_prompts", self.eval_prompts, 1, MAX_BATCH)?;
+        c.that(
+            !self.pass_k.is_empty()
+                && self
+                    .pass_k
+                    .iter()
+                    .all(|&k| k >= 1 && k <= self.eval_samples),
+            "pass_k",
+            format!(
+                "a non-empty list of k in [1, rl.eval_samples = {}]",
+                self.eval_samples
+            ),
+            format!("{:?}", self.pass_k),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,24 @@ pub struct StepEvent {
     /// NPD: the dataset record id of each of `prompts_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records_failed: Option<Vec<u64>>,
+    /// RL: the step's rollouts (every group, dropped ones included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl: Option<RlStep>,
+}
+
+/// What an RL step sampled and kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlStep {
+    /// Mean reward of every response sampled for the step.
+    pub reward: f64,
+    /// Mean response length in tokens.
+    pub response_tokens: f64,
+    /// Groups trained on.
+    pub groups_kept: usize,
+    /// Groups dropped because every reward in them was equal.
+    pub groups_dropped: usize,
+    /// Optimizer steps between the sampling weights and the trained ones.
+    pub staleness: u64,
 }
 
 /// A held-out evaluation.
@@ -76,6 +94,9 @@ pub struct EvalEvent {
     pub wall_s: f64,
     /// Held-out score (accuracy for the bundled evaluators).
     pub accuracy: f64,
+    /// RL: pass@k, entropy and lengths of sampled responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<crate::sampled::SampledScores>,
 }
 
 /// New weights handed to the generator (NPD's sparse refresh).
@@ -186,6 +207,7 @@ mod tests {
             records_trained: Some(vec![3, 4]),
             records_filtered: None,
             records_failed: None,
+            rl: None,
         });
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event"], "step");

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod method;
 pub mod reward;
 pub mod sample;
+pub mod sampled;
 pub mod select;
 pub mod shuffle;
 pub mod traits;

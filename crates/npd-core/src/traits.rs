@@ -163,6 +163,18 @@ pub trait Learner {
 pub trait Evaluator<L: ?Sized> {
     /// The held-out score of the learner's current weights.
     fn evaluate(&mut self, learner: &L) -> Result<f64>;
+
+    /// pass@k, entropy and lengths of responses sampled as `eval` says,
+    /// for the RL stage's report; `None` (the default) when the evaluator
+    /// has no sampled evaluation.
+    fn sampled(
+        &mut self,
+        learner: &L,
+        eval: &crate::sampled::SampledEval,
+    ) -> Result<Option<crate::sampled::SampledScores>> {
+        let _ = (learner, eval);
+        Ok(None)
+    }
 }
 
 /// A stage whose state a checkpoint carries: a learner's weights and

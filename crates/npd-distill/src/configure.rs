@@ -51,7 +51,7 @@ impl Default for Options {
         Self {
             config: None,
             out: None,
-            methods: Method::ALL.to_vec(),
+            methods: Method::DISTILLATION.to_vec(),
             seeds: None,
             steps: None,
             no_filter: false,

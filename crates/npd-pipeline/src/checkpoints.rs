@@ -228,6 +228,12 @@ pub struct SavedRun {
     pub resumed_at: Vec<u64>,
     /// NPD's own state.
     pub npd: Option<SavedNpd>,
+    /// RL: where the prompt order stands.
+    #[serde(default)]
+    pub grpo: Option<crate::grpo::GrpoCursor>,
+    /// RL: rewards and sampled evaluations so far.
+    #[serde(default)]
+    pub rl: Option<crate::outcome::RlTrace>,
 }
 
 /// NPD's state in a checkpoint.

@@ -3,6 +3,7 @@
 //! prompts, budget and evaluation, skipping runs that already finished and
 //! resuming those that have a checkpoint.
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use npd_rollout::Schedule;
 use crate::checkpoints::Checkpoints;
 use crate::context::Loop;
 use crate::error::Result;
+use crate::grpo::{Grpo, RewardFn};
 use crate::near_policy::NearPolicy;
 use crate::on_policy::OnPolicy;
 use crate::outcome::RunEnd;
@@ -35,6 +37,9 @@ pub trait Stages {
     type Writer: Generator;
     /// Held-out evaluation of the learner.
     type Evaluator: Evaluator<Self::Learner>;
+    /// The RL stage's reference for its KL penalty: a scorer over fixed
+    /// weights.
+    type Reference: Scorer;
 
     /// A fresh student at the starting weights, set up for `method` (SFT
     /// trains with cross-entropy) and seeded with `seed`.
@@ -53,6 +58,18 @@ pub trait Stages {
 
     /// The held-out evaluation.
     fn evaluator(&self) -> Result<Self::Evaluator>;
+
+    /// A student for an RL method, set up for the RL stage (`[rl]`'s
+    /// optimizer, the policy loss) with a fresh optimizer, at the weights
+    /// of the checkpoint folder `start` (a finished run's last checkpoint)
+    /// or, without one, at the warm start.
+    fn rl_learner(&self, method: Method, seed: u64, start: Option<&Path>) -> Result<Self::Learner>;
+
+    /// The KL penalty's reference: the learner's current weights, fixed.
+    fn reference(&self, learner: &Self::Learner) -> Result<Self::Reference>;
+
+    /// The RL stage's reward of a rollout.
+    fn reward(&self) -> Result<Box<RewardFn<'_>>>;
 
     /// Where NPD's generator runs relative to scoring and training, for
     /// `rollout.schedule = "auto"`: colocated when they share one device
@@ -161,7 +178,11 @@ impl<'a, S: Stages> Comparison<'a, S> {
         {
             return Ok(RunEnd::Finished(Box::new(outcome)));
         }
-        let settings = self.resolved();
+        let settings = if method.is_rl() {
+            self.resolved().for_rl()
+        } else {
+            self.resolved()
+        };
         let mut cx = Loop::new(&settings, self.prompts)
             .with_observer(observer)
             .with_interrupt(interrupt)
@@ -171,6 +192,9 @@ impl<'a, S: Stages> Comparison<'a, S> {
             cx = cx.with_checkpoints(c);
         }
         let st = self.stages;
+        if method.is_rl() {
+            return self.run_rl(cx, method, seed);
+        }
         let mut learner = st.learner(method, seed)?;
         let mut evaluator = st.evaluator()?;
         let end = match method {
@@ -206,10 +230,68 @@ impl<'a, S: Stages> Comparison<'a, S> {
                 NearPolicy::new(&mut learner, generator, &mut teacher, &mut evaluator)
                     .run(&mut cx, seed)?
             }
+            Method::Rl | Method::SftRl | Method::OnPolicyRl | Method::NearPolicyRl => {
+                unreachable!("RL methods return above")
+            }
         };
+        self.record(end)
+    }
+
+    fn record(&self, end: RunEnd) -> Result<RunEnd> {
         if let (Some(c), RunEnd::Finished(o)) = (self.checkpoints, &end) {
             c.record(o)?;
         }
         Ok(end)
+    }
+
+    /// The checkpoint folder an RL method of `seed` starts from: the last
+    /// checkpoint of its starting method's finished run of the same seed
+    /// (`None`: the warm start).
+    pub fn rl_start(&self, method: Method, seed: u64) -> Result<Option<std::path::PathBuf>> {
+        let Some(Some(base)) = method.rl_start() else {
+            return Ok(None);
+        };
+        let missing = |why: &str| -> crate::Error {
+            npd_core::Error::invalid(
+                "methods",
+                format!(
+                    "{method} seed {seed} starts from {base}'s final weights of seed {seed}, {why}; \
+                     run {b} first (methods = [\"{b}\", \"{m}\"] runs both in order)",
+                    b = base.slug(),
+                    m = method.slug()
+                ),
+            )
+            .into()
+        };
+        let Some(c) = self.checkpoints else {
+            return Err(missing("which only a run with checkpoints keeps"));
+        };
+        let Some(done) = c.finished(base, seed)? else {
+            return Err(missing("and that run has not finished"));
+        };
+        match c.latest(base, seed)? {
+            Some((step, dir)) if done.curve.last().is_some_and(|p| p.step == step) => Ok(Some(dir)),
+            _ => Err(missing("but its final checkpoint is missing")),
+        }
+    }
+
+    fn run_rl(&self, mut cx: Loop<'_>, method: Method, seed: u64) -> Result<RunEnd> {
+        let st = self.stages;
+        let start = self.rl_start(method, seed)?;
+        let mut learner = st.rl_learner(method, seed, start.as_deref())?;
+        let mut reference = if cx.settings.rl.kl > 0.0 {
+            Some(st.reference(&learner)?)
+        } else {
+            None
+        };
+        let mut generator = st.generator(method)?;
+        let mut evaluator = st.evaluator()?;
+        let reward = st.reward()?;
+        let mut grpo = Grpo::new(&mut learner, &mut generator, &*reward, &mut evaluator);
+        if let Some(r) = reference.as_mut() {
+            grpo = grpo.with_reference(r);
+        }
+        let end = grpo.run(&mut cx, method, seed)?;
+        self.record(end)
     }
 }

@@ -137,6 +137,7 @@ where
                 prompts_trained: Some(trained),
                 prompts_filtered: Some(filtered),
                 prompts_failed: Some(failed),
+                rl: None,
             };
             if let Some(busy) = npd.source.busy_s() {
                 // The generator's own thread (or server) was busy this long:

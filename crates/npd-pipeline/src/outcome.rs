@@ -64,6 +64,45 @@ pub struct Outcome {
     /// Steps at which the run was resumed from a checkpoint.
     #[serde(default)]
     pub resumed_at: Vec<u64>,
+    /// RL: rewards, groups and sampled evaluations along the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl: Option<RlTrace>,
+}
+
+/// What an RL run recorded along the way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RlTrace {
+    /// The method whose final weights the run started from (`None`: the
+    /// warm start).
+    pub start: Option<Method>,
+    /// Every step's rewards and groups.
+    pub steps: Vec<RlStepPoint>,
+    /// The sampled held-out evaluations (pass@k, entropy, lengths), at the
+    /// same steps as the accuracy curve.
+    pub evals: Vec<RlEvalPoint>,
+}
+
+/// One RL step of an [`RlTrace`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlStepPoint {
+    /// Steps taken, this one included.
+    pub step: u64,
+    /// Wall-clock seconds of training so far.
+    pub wall_s: f64,
+    /// What the step sampled and kept.
+    #[serde(flatten)]
+    pub rl: npd_core::events::RlStep,
+}
+
+/// One sampled held-out evaluation of an [`RlTrace`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlEvalPoint {
+    /// Steps taken.
+    pub step: u64,
+    /// Wall-clock seconds of training so far.
+    pub wall_s: f64,
+    /// The scores.
+    pub scores: npd_core::sampled::SampledScores,
 }
 
 /// How a method run ended.

@@ -144,7 +144,10 @@ impl Report {
         let on = self.summary(Method::OnPolicy)?;
         let target = on.accuracy;
         let mut out = Vec::new();
-        for m in Method::ALL.into_iter().filter(|&m| m != Method::OnPolicy) {
+        for m in Method::DISTILLATION
+            .into_iter()
+            .filter(|&m| m != Method::OnPolicy)
+        {
             let runs: Vec<&Outcome> = self.outcomes.iter().filter(|o| o.method == m).collect();
             if runs.is_empty() {
                 continue;
@@ -176,7 +179,7 @@ impl Report {
         let on_wall = self.summary(Method::OnPolicy).map(|s| s.wall_s);
         t.push_str("| method | seed | held-out accuracy | wall-clock | vs on-policy | tokens/s | token efficiency | Δ-IFD keep rate | time per stage |\n");
         t.push_str("|---|---|---|---|---|---|---|---|---|\n");
-        for o in &self.outcomes {
+        for o in self.outcomes.iter().filter(|o| !o.method.is_rl()) {
             // Stages that round to 0.0 s (NPD's filter, packing and
             // publishing) would only crowd the column.
             let stages: Vec<String> = o
@@ -228,6 +231,9 @@ impl Report {
         md.push_str(
             "\nWall-clock excludes evaluation. ![accuracy against wall-clock](accuracy.svg)\n\n",
         );
+        if let Some(rl) = crate::report_rl::section(self) {
+            md.push_str(&rl);
+        }
         if !self.checks.is_empty() {
             md.push_str("## Checks\n\n");
             for line in &self.checks {
@@ -396,14 +402,10 @@ impl Report {
 
     fn draw(&self, out: &mut String) -> Result<(), Box<dyn std::error::Error + '_>> {
         use plotters::prelude::*;
-        let color = |m: Method| match m {
-            Method::Sft => RGBColor(0x2b, 0x8a, 0x3e),
-            Method::OnPolicy => RGBColor(0xc9, 0x2a, 0x2a),
-            Method::NearPolicy => RGBColor(0x18, 0x64, 0xab),
-        };
         let max_t = self
             .outcomes
             .iter()
+            .filter(|o| !o.method.is_rl())
             .flat_map(|o| o.curve.iter().map(|c| c.wall_s))
             .fold(1e-9f64, f64::max);
         let root = SVGBackend::with_string(out, (720, 420)).into_drawing_area();
@@ -421,7 +423,7 @@ impl Report {
             .x_label_formatter(&|t| format!("{t:.0}"))
             .light_line_style(WHITE)
             .draw()?;
-        for o in &self.outcomes {
+        for o in self.outcomes.iter().filter(|o| !o.method.is_rl()) {
             let c = color(o.method);
             let points = o.curve.iter().map(|p| (p.wall_s, p.accuracy));
             let label = format!(
@@ -453,6 +455,20 @@ impl Report {
             .draw()?;
         root.present()?;
         Ok(())
+    }
+}
+
+/// The colour of a method's lines in the charts.
+pub(crate) fn color(m: Method) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
+    match m {
+        Method::Sft => RGBColor(0x2b, 0x8a, 0x3e),
+        Method::OnPolicy => RGBColor(0xc9, 0x2a, 0x2a),
+        Method::NearPolicy => RGBColor(0x18, 0x64, 0xab),
+        Method::Rl => RGBColor(0x86, 0x8e, 0x96),
+        Method::SftRl => RGBColor(0x74, 0xb8, 0x16),
+        Method::OnPolicyRl => RGBColor(0xf0, 0x8c, 0x00),
+        Method::NearPolicyRl => RGBColor(0x7b, 0x2c, 0xbf),
     }
 }
 

@@ -21,6 +21,7 @@ fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
         staleness: BTreeMap::new(),
         ledger: None,
         resumed_at: Vec::new(),
+        rl: None,
     }
 }
 

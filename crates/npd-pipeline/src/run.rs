@@ -12,7 +12,8 @@ use crate::checkpoints::{SavedNpd, SavedRun};
 use crate::clock::Clock;
 use crate::context::Loop;
 use crate::error::Result;
-use crate::outcome::{CurvePoint, Outcome, RunEnd};
+use crate::grpo::GrpoCursor;
+use crate::outcome::{CurvePoint, Outcome, RlEvalPoint, RlTrace, RunEnd};
 
 /// What a driver reports with a finished step.
 #[derive(Debug, Default)]
@@ -25,6 +26,7 @@ pub(crate) struct StepExtra {
     pub records_trained: Option<Vec<u64>>,
     pub records_filtered: Option<Vec<u64>>,
     pub records_failed: Option<Vec<u64>>,
+    pub rl: Option<npd_core::events::RlStep>,
 }
 
 /// Whether the loop goes on after a step.
@@ -45,6 +47,14 @@ pub(crate) struct Run {
     /// Steps completed when this process took the run over.
     pub first_step: u64,
     resumed_at: Vec<u64>,
+    /// RL: where the prompt order stands (saved with checkpoints).
+    pub grpo: Option<GrpoCursor>,
+    /// RL: rewards and sampled evaluations so far.
+    pub rl: Option<RlTrace>,
+    /// Checkpoints and stops land on steps that are multiples of this
+    /// (RL's refresh interval, so that a resumed run's generator holds the
+    /// same weights as an unstopped one's; 1 otherwise).
+    boundary: u64,
 }
 
 impl Run {
@@ -69,6 +79,9 @@ impl Run {
             let mut resumed_at = saved.resumed_at;
             resumed_at.push(saved.step);
             let run = Self {
+                grpo: saved.grpo,
+                rl: saved.rl,
+                boundary: boundary(cx, method),
                 method,
                 seed,
                 clock: Clock::resumed(saved.wall_s, saved.stages),
@@ -91,8 +104,14 @@ impl Run {
             skipped: 0,
             first_step: 0,
             resumed_at: Vec::new(),
+            grpo: None,
+            rl: method.rl_start().map(|start| RlTrace {
+                start,
+                ..RlTrace::default()
+            }),
+            boundary: boundary(cx, method),
         };
-        match cx.start_score {
+        match cx.start_score.filter(|_| !method.is_rl()) {
             Some(accuracy) => run.curve.push(CurvePoint {
                 step: 0,
                 wall_s: 0.0,
@@ -120,12 +139,28 @@ impl Run {
             wall_s,
             accuracy,
         });
+        let sampled = match &mut self.rl {
+            Some(trace) => {
+                let eval = sampled_eval(cx, self.seed);
+                let scores = self.clock.pause(|| evaluator.sampled(learner, &eval))?;
+                if let Some(scores) = &scores {
+                    trace.evals.push(RlEvalPoint {
+                        step,
+                        wall_s,
+                        scores: scores.clone(),
+                    });
+                }
+                scores
+            }
+            None => None,
+        };
         cx.emit(Event::Eval(EvalEvent {
             method: self.method,
             seed: self.seed,
             step,
             wall_s,
             accuracy,
+            sampled,
         }));
         Ok(())
     }
@@ -170,12 +205,14 @@ impl Run {
             records_trained: extra.records_trained,
             records_filtered: extra.records_filtered,
             records_failed: extra.records_failed,
+            rl: extra.rl,
         }));
         let last = step == cx.settings.steps;
         if step.is_multiple_of(cx.settings.eval_every.max(1)) || last {
             self.evaluate(cx, learner, evaluator, step)?;
         }
-        let stop = cx.interrupt.requested() && !last;
+        let on_boundary = step.is_multiple_of(self.boundary);
+        let stop = cx.interrupt.requested() && !last && on_boundary;
         let Some(c) = cx.checkpoints else {
             return Ok(if stop {
                 Next::Stop(self.stopped(step, None))
@@ -183,7 +220,7 @@ impl Run {
                 Next::Continue
             });
         };
-        if !(stop || c.due(step, last)) {
+        if !(stop || (c.due(step, last) && (on_boundary || last))) {
             return Ok(Next::Continue);
         }
         let saved = SavedRun {
@@ -198,6 +235,8 @@ impl Run {
             skipped: self.skipped,
             resumed_at: self.resumed_at.clone(),
             npd: npd(),
+            grpo: self.grpo.clone(),
+            rl: self.rl.clone(),
         };
         let dir = self.clock.pause(|| c.save(learner, &saved))?;
         Ok(if stop {
@@ -264,7 +303,35 @@ impl Run {
             staleness: BTreeMap::new(),
             ledger: None,
             resumed_at: self.resumed_at,
+            rl: self.rl,
         }
+    }
+}
+
+/// See [`Run::boundary`].
+fn boundary(cx: &Loop<'_>, method: Method) -> u64 {
+    if method.is_rl() {
+        cx.settings.rl.refresh_every.max(1)
+    } else {
+        1
+    }
+}
+
+/// The RL stage's sampled held-out evaluation: the same seeds at every
+/// evaluation of a run, so that its points differ by the weights only.
+fn sampled_eval(cx: &Loop<'_>, seed: u64) -> npd_core::sampled::SampledEval {
+    let s = cx.settings;
+    npd_core::sampled::SampledEval {
+        samples: s.rl.eval_samples,
+        prompts: s.rl.eval_prompts,
+        ks: s.rl.pass_k.clone(),
+        sampling: npd_core::SamplingParams {
+            temperature: s.rl.temperature as f32,
+            top_k: None,
+            top_p: s.rl.top_p as f32,
+            seed: s.sampling.seed ^ seed ^ 0x5A3D_0E7A,
+            ..s.sampling.clone()
+        },
     }
 }
 

@@ -1,7 +1,7 @@
 //! What every method of a run shares: the step budget, sampling, the
 //! teacher's targets, and NPD's own knobs.
 
-use npd_core::config::{SamplingConfig, TrainConfig};
+use npd_core::config::{RlConfig, SamplingConfig, TrainConfig};
 use npd_core::{SamplingParams, TokenId};
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
@@ -54,6 +54,8 @@ pub struct Settings {
     pub pad_id: TokenId,
     /// `train.seed`, mixed into every run's prompt order.
     pub order_seed: u64,
+    /// The RL stage's settings (the `*+rl` methods).
+    pub rl: RlConfig,
 }
 
 impl Settings {
@@ -94,6 +96,23 @@ impl Settings {
             teacher_fraction: train.teacher_fraction,
             pad_id: 0,
             order_seed: train.seed,
+            rl: RlConfig::default(),
+        }
+    }
+
+    /// The RL stage's settings (`[rl]`; its defaults unless set).
+    pub fn with_rl(mut self, rl: &RlConfig) -> Self {
+        self.rl = rl.clone();
+        self
+    }
+
+    /// The settings an RL method runs with: `rl.steps` steps, evaluated
+    /// every `rl.eval_every`.
+    pub fn for_rl(&self) -> Self {
+        Self {
+            steps: self.rl.steps,
+            eval_every: self.rl.eval_every,
+            ..self.clone()
         }
     }
 

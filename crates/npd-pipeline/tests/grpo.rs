@@ -26,6 +26,7 @@ fn settings(refresh_every: u64) -> GrpoSettings {
         pack: PackOptions::new(64),
         max_draws: 2,
         seed: 3,
+        overlong: Default::default(),
     }
 }
 

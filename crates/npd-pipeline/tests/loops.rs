@@ -197,9 +197,30 @@ impl Stages for Doubles {
     type Teacher = FixedTeacher;
     type Writer = EchoGenerator;
     type Evaluator = StepsEval;
+    type Reference = FixedTeacher;
 
     fn learner(&self, _: Method, _: u64) -> npd_pipeline::Result<HashLearner> {
         Ok(HashLearner::default())
+    }
+    fn rl_learner(
+        &self,
+        _: Method,
+        _: u64,
+        start: Option<&std::path::Path>,
+    ) -> npd_pipeline::Result<HashLearner> {
+        let mut l = HashLearner::default();
+        if let Some(dir) = start {
+            // The start's weights with fresh counters.
+            npd_core::traits::Persist::restore_state(&mut l, dir)?;
+            l.steps = 0;
+        }
+        Ok(l)
+    }
+    fn reference(&self, _: &HashLearner) -> npd_pipeline::Result<FixedTeacher> {
+        Ok(FixedTeacher::default())
+    }
+    fn reward(&self) -> npd_pipeline::Result<Box<npd_pipeline::grpo::RewardFn<'_>>> {
+        Ok(Box::new(doubles::odd_length))
     }
     fn generator(&self, _: Method) -> npd_pipeline::Result<EchoGenerator> {
         Ok(EchoGenerator::default())
@@ -590,4 +611,103 @@ fn a_skipped_step_trains_no_prompt_and_the_ledger_says_so() {
         .sum();
     assert!(skipped >= 2 * s.samples_per_step, "{ledger:?}");
     assert_eq!(skipped, failed);
+}
+
+fn rl_settings() -> Settings {
+    let mut s = settings(false);
+    s.rl = npd_core::config::RlConfig {
+        steps: 12,
+        group_size: 4,
+        prompts_per_step: 5,
+        refresh_every: 2,
+        eval_every: 4,
+        eval_samples: 4,
+        pass_k: vec![1, 4],
+        ..npd_core::config::RlConfig::default()
+    };
+    s
+}
+
+/// The final learner state a run's last checkpoint holds.
+fn final_state(root: &std::path::Path, method: Method, steps: u64) -> String {
+    let dir = root
+        .join(format!("{}-seed3", method.slug()))
+        .join(format!("step-{steps:08}"));
+    std::fs::read_to_string(dir.join("learner.txt")).unwrap()
+}
+
+/// (step, sample ids' tokens, the RL step's record) of every step event.
+fn rl_steps(events: &[Event]) -> Vec<(u64, usize, Option<npd_core::events::RlStep>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some((s.step, s.tokens, s.rl.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rl_after_npd_starts_from_its_final_weights_and_a_stopped_run_resumes_exactly() {
+    let data = prompts(30);
+    let s = rl_settings();
+    // The RL stage needs its start's finished run.
+    let root = scratch("rl-missing");
+    let checkpoints = Checkpoints::new(&root, 5);
+    let c = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints);
+    let stop = AtomicBool::new(false);
+    let err = c
+        .run(Method::NearPolicyRl, 3, &mut |_: &Event| {}, &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("starts from NPD's final weights") && err.contains("run npd first"),
+        "{err}"
+    );
+
+    // Unstopped: NPD, then RL from it.
+    let (npd, _) = run_with_stop(&c, Method::NearPolicy, None);
+    assert!(npd.finished().is_some());
+    let (end, whole) = run_with_stop(&c, Method::NearPolicyRl, None);
+    let out = end.finished().expect("finished");
+    let trace = out.rl.as_ref().expect("an RL trace");
+    assert_eq!(trace.start, Some(Method::NearPolicy));
+    assert_eq!(trace.steps.len(), 12);
+    // Evaluated at the start, every 4 steps, with the sampled scores.
+    let evals: Vec<u64> = trace.evals.iter().map(|e| e.step).collect();
+    assert_eq!(evals, [0, 4, 8, 12]);
+    assert_eq!(out.curve.len(), 4);
+    assert!(trace.steps.iter().all(|p| p.rl.staleness < 2));
+    assert!(trace.steps.iter().any(|p| p.rl.staleness == 1));
+    let unstopped = final_state(&root, Method::NearPolicyRl, 12);
+
+    // From the warm start instead, the same steps train other weights.
+    let (_, _) = run_with_stop(&c, Method::Rl, None);
+    assert_ne!(final_state(&root, Method::Rl, 12), unstopped);
+
+    // Stopped after step 5: the stop lands on the next refresh step (6),
+    // and the resumed run continues exactly as the unstopped one.
+    let root2 = scratch("rl-resume");
+    let checkpoints2 = Checkpoints::new(&root2, 5);
+    let c2 = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints2);
+    run_with_stop(&c2, Method::NearPolicy, None);
+    let (first, before) = run_with_stop(&c2, Method::NearPolicyRl, Some(5));
+    match first {
+        RunEnd::Stopped { step, .. } => assert_eq!(step, 6),
+        RunEnd::Finished(_) => panic!("did not stop"),
+    }
+    let (second, after) = run_with_stop(&c2, Method::NearPolicyRl, None);
+    let resumed = second.finished().expect("finished");
+    assert_eq!(resumed.resumed_at, vec![6]);
+    let mut joined = rl_steps(&before);
+    joined.extend(rl_steps(&after));
+    assert_eq!(joined, rl_steps(&whole));
+    assert_eq!(final_state(&root2, Method::NearPolicyRl, 12), unstopped);
+    // The outcome's trace holds every step once, as the unstopped one's.
+    let records = |t: &npd_pipeline::RlTrace| -> Vec<_> {
+        t.steps.iter().map(|p| (p.step, p.rl.clone())).collect()
+    };
+    assert_eq!(records(resumed.rl.as_ref().unwrap()), records(trace));
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&root2);
 }

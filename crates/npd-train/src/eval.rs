@@ -1,7 +1,10 @@
 //! Held-out evaluation: greedy decoding and exact match of the final answer.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use npd_core::sampled::{SampledEval, SampledScores, pass_at_k};
 use npd_core::traits::Evaluator;
-use npd_core::{Result, SamplingParams, TokenId};
+use npd_core::{FinishReason, Result, SamplingParams, TokenId};
 
 use crate::data::Example;
 use crate::generate::{Decoding, generate};
@@ -45,6 +48,66 @@ pub fn accuracy(
     Ok(correct as f64 / scored.len() as f64)
 }
 
+/// pass@k, entropy and lengths of `eval.samples` responses sampled by
+/// `model` for each of the first `eval.prompts` `examples` with an answer;
+/// sample `j` of every prompt uses seed `eval.sampling.seed` mixed with
+/// `j`.
+pub fn sampled_scores(
+    model: &Llama,
+    examples: &[Example],
+    answer: &AnswerFn<'_>,
+    eval: &SampledEval,
+) -> Result<SampledScores> {
+    let scored: Vec<&Example> = examples
+        .iter()
+        .filter(|e| e.answer.is_some())
+        .take(eval.prompts)
+        .collect();
+    let n = eval.samples.max(1);
+    let mut correct = vec![0usize; scored.len()];
+    let mut answers: Vec<BTreeSet<Option<String>>> = vec![BTreeSet::new(); scored.len()];
+    let (mut nll, mut tokens, mut truncated, mut responses) = (0.0f64, 0usize, 0usize, 0usize);
+    for j in 0..n {
+        let params = SamplingParams {
+            seed: eval.sampling.seed ^ (j as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ..eval.sampling.clone()
+        };
+        for (c, chunk) in scored.chunks(256).enumerate() {
+            let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
+            let out = tch::no_grad(|| generate(model, &prompts, &params, Decoding::Cached))?;
+            for (i, (g, e)) in out.iter().zip(chunk).enumerate() {
+                let found = answer(&g.tokens);
+                if found.as_ref() == e.answer.as_ref() {
+                    correct[c * 256 + i] += 1;
+                }
+                answers[c * 256 + i].insert(found);
+                nll -= g.logprobs.iter().map(|&l| f64::from(l)).sum::<f64>();
+                tokens += g.tokens.len();
+                truncated += usize::from(g.finish == FinishReason::Length);
+                responses += 1;
+            }
+        }
+    }
+    let p = scored.len().max(1) as f64;
+    let pass_at: BTreeMap<usize, f64> = eval
+        .ks
+        .iter()
+        .map(|&k| {
+            let v = correct.iter().map(|&c| pass_at_k(n, c, k)).sum::<f64>() / p;
+            (k, v)
+        })
+        .collect();
+    Ok(SampledScores {
+        prompts: scored.len(),
+        samples: n,
+        pass_at,
+        entropy: nll / tokens.max(1) as f64,
+        response_tokens: tokens as f64 / responses.max(1) as f64,
+        truncated: truncated as f64 / responses.max(1) as f64,
+        diverse: answers.iter().filter(|a| a.len() > 1).count() as f64 / p,
+    })
+}
+
 /// Held-out accuracy of a [`Trainer`]'s model, read in place: greedy
 /// responses to `examples`, compared by final answer.
 pub struct HeldOut<'a> {
@@ -80,5 +143,20 @@ impl Evaluator<Trainer> for HeldOut<'_> {
             self.max_new_tokens,
             &self.stop_ids,
         )
+    }
+
+    fn sampled(&mut self, learner: &Trainer, eval: &SampledEval) -> Result<Option<SampledScores>> {
+        self.sampled_model(learner.model(), eval).map(Some)
+    }
+}
+
+impl HeldOut<'_> {
+    /// [`sampled_scores`] of `model` on these examples, with this
+    /// evaluation's stop tokens and length limit.
+    pub fn sampled_model(&self, model: &Llama, eval: &SampledEval) -> Result<SampledScores> {
+        let mut eval = eval.clone();
+        eval.sampling.stop_ids = self.stop_ids.clone();
+        eval.sampling.max_new_tokens = self.max_new_tokens;
+        sampled_scores(model, self.examples, self.answer, &eval)
     }
 }

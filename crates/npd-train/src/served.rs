@@ -167,6 +167,15 @@ impl Evaluator<PublishingTrainer> for HeldOut<'_> {
     fn evaluate(&mut self, learner: &PublishingTrainer) -> Result<f64> {
         self.evaluate(learner.trainer())
     }
+
+    fn sampled(
+        &mut self,
+        learner: &PublishingTrainer,
+        eval: &npd_core::sampled::SampledEval,
+    ) -> Result<Option<npd_core::sampled::SampledScores>> {
+        self.sampled_model(learner.trainer().model(), eval)
+            .map(Some)
+    }
 }
 
 /// The inference servers of a [`ServedStages`] and how to talk to them.
@@ -214,6 +223,14 @@ impl<'a> ServedStages<'a> {
     pub fn servers(&self) -> &Servers {
         &self.servers
     }
+
+    fn publishing(&self, trainer: Trainer, method: Method, seed: u64) -> PublishingTrainer {
+        let root = self
+            .servers
+            .publish_root
+            .join(format!("{}-seed{seed}", method.name()));
+        PublishingTrainer::new(trainer, root, self.servers.probe_tokens.clone())
+    }
 }
 
 impl<'a> Stages for ServedStages<'a> {
@@ -223,18 +240,29 @@ impl<'a> Stages for ServedStages<'a> {
     type Teacher = VllmScorer;
     type Writer = TeacherWriter<'a>;
     type Evaluator = HeldOut<'a>;
+    type Reference = crate::stages::Reference;
 
     fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<PublishingTrainer> {
         let trainer = self.local.learner(method, seed)?;
-        let root = self
-            .servers
-            .publish_root
-            .join(format!("{}-seed{seed}", method.name()));
-        Ok(PublishingTrainer::new(
-            trainer,
-            root,
-            self.servers.probe_tokens.clone(),
-        ))
+        Ok(self.publishing(trainer, method, seed))
+    }
+
+    fn rl_learner(
+        &self,
+        method: Method,
+        seed: u64,
+        start: Option<&Path>,
+    ) -> npd_pipeline::Result<PublishingTrainer> {
+        let trainer = self.local.rl_learner(method, seed, start)?;
+        Ok(self.publishing(trainer, method, seed))
+    }
+
+    fn reference(&self, learner: &PublishingTrainer) -> npd_pipeline::Result<Self::Reference> {
+        self.local.reference(learner.trainer())
+    }
+
+    fn reward(&self) -> npd_pipeline::Result<Box<npd_pipeline::grpo::RewardFn<'_>>> {
+        self.local.reward()
     }
 
     fn generator(&self, method: Method) -> npd_pipeline::Result<VllmGenerator> {
@@ -243,7 +271,7 @@ impl<'a> Stages for ServedStages<'a> {
             .with_probe_log(s.checks.clone());
         Ok(match method {
             Method::NearPolicy => g.with_alone_prefix(self.local.alone_prefix().map(<[_]>::to_vec)),
-            Method::Sft | Method::OnPolicy => g,
+            _ => g,
         })
     }
 

@@ -3,10 +3,17 @@
 //! warm-started student and the held-out prompts, for
 //! [`npd_pipeline::Comparison`].
 
-use npd_core::config::{LossKind, TrainConfig};
-use npd_core::traits::Generator;
-use npd_core::{Error, Method, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
+use std::collections::HashMap;
+use std::path::Path;
+
+use npd_core::config::{LossKind, RlConfig, TrainConfig};
+use npd_core::reward::Reward;
+use npd_core::traits::{Generator, ScoreOptions, ScoreRequest, Scorer, SequenceScores};
+use npd_core::{
+    Error, Method, PolicyVersion, Prompt, PromptId, Result, Rollout, SamplingParams, TokenId,
+};
 use npd_pipeline::Stages;
+use npd_pipeline::grpo::RewardFn;
 
 use crate::config::ModelConfig;
 use crate::data::Example;
@@ -152,6 +159,44 @@ pub struct TchStages<'a> {
     alone_prefix: Option<Vec<TokenId>>,
     student_config_json: Option<String>,
     baselines: BaselineRows,
+    /// The RL stage's optimizer and policy loss.
+    rl: TrainOptions,
+    /// Reference answers of the training prompts (the RL stage's reward).
+    train_answers: HashMap<PromptId, String>,
+}
+
+/// The RL stage's settings as a trainer's options: `[rl]`'s learning rate
+/// (constant after its warm-up), clip range and KL weight, no weight
+/// decay, packed rows, the micro-batch of `train`.
+pub fn rl_options(train: &TrainConfig, rl: &RlConfig) -> TrainOptions {
+    let mut o = TrainOptions::from_config(&TrainConfig {
+        steps: rl.steps,
+        lr: rl.lr,
+        min_lr: rl.lr,
+        warmup_steps: rl.warmup_steps,
+        weight_decay: 0.0,
+        grad_clip: rl.grad_clip,
+        ..train.clone()
+    });
+    o.layout = Layout::Packed;
+    o.policy_clip = (rl.clip_low, rl.clip_high);
+    o.policy_kl = rl.kl;
+    o
+}
+
+/// A scorer over fixed weights it owns (the RL stage's reference).
+pub struct Reference {
+    model: Llama,
+}
+
+impl Scorer for Reference {
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        options: &ScoreOptions,
+    ) -> Result<Vec<SequenceScores>> {
+        ModelScorer::new(&self.model).score(requests, options)
+    }
 }
 
 impl<'a> TchStages<'a> {
@@ -186,7 +231,21 @@ impl<'a> TchStages<'a> {
             alone_prefix: None,
             student_config_json: None,
             baselines: BaselineRows::default(),
+            rl: rl_options(train, &RlConfig::default()),
+            train_answers: HashMap::new(),
         })
+    }
+
+    /// The RL stage: `rl`'s optimizer and loss (see [`rl_options`]), and
+    /// the reward of a response to one of `train`: 1 when its final answer
+    /// (as the evaluation extracts it) is the example's, else 0.
+    pub fn with_rl(mut self, train: &TrainConfig, rl: &RlConfig, examples: &[Example]) -> Self {
+        self.rl = rl_options(train, rl);
+        self.train_answers = examples
+            .iter()
+            .filter_map(|e| e.answer.clone().map(|a| (e.id, a)))
+            .collect();
+        self
     }
 
     /// NPD's generator also scores each response alone after `prefix`
@@ -241,6 +300,7 @@ impl<'a> Stages for TchStages<'a> {
     type Teacher = ModelScorer<'a>;
     type Writer = TeacherWriter<'a>;
     type Evaluator = HeldOut<'a>;
+    type Reference = Reference;
 
     /// Sets the training thread's libtorch threads and seed, then builds a
     /// trainer at the warm start: packed rows for NPD, the layout of
@@ -252,7 +312,8 @@ impl<'a> Stages for TchStages<'a> {
         let mut options = self.train.clone();
         options.layout = match method {
             Method::NearPolicy => Layout::Packed,
-            Method::Sft | Method::OnPolicy => match self.baselines {
+            m if m.is_rl() => Layout::Packed,
+            _ => match self.baselines {
                 BaselineRows::Packed => Layout::Packed,
                 BaselineRows::Padded => Layout::Padded,
             },
@@ -276,8 +337,77 @@ impl<'a> Stages for TchStages<'a> {
                     None => g,
                 }
             }
-            Method::Sft | Method::OnPolicy => generator,
+            _ => generator,
         })
+    }
+
+    /// A trainer with [`TchStages::with_rl`]'s options and a fresh
+    /// optimizer, at the student of `start`'s `model/` folder (checked to
+    /// be this run's student architecture) or at the warm start.
+    fn rl_learner(
+        &self,
+        _method: Method,
+        seed: u64,
+        start: Option<&Path>,
+    ) -> npd_pipeline::Result<Trainer> {
+        tch::set_num_threads(self.threads.train);
+        tch::manual_seed((seed ^ self.train_seed) as i64);
+        let model = match start {
+            Some(dir) => {
+                let dir = dir.join(crate::checkpoint::MODEL_DIR);
+                let m = Llama::load(&dir, self.teacher.device(), tch::Kind::Float)?;
+                if m.config() != &self.student {
+                    return Err(Error::invalid(
+                        dir.display().to_string(),
+                        "not this run's student (its config.json describes another model)",
+                    )
+                    .into());
+                }
+                m
+            }
+            None => self.student()?,
+        };
+        Ok(Trainer::new(model, self.rl.clone()).with_config_json(self.student_config_json.clone()))
+    }
+
+    fn reference(&self, learner: &Trainer) -> npd_pipeline::Result<Reference> {
+        let mut model = Llama::new(self.student.clone(), self.teacher.device());
+        let weights: Weights = tch::no_grad(|| {
+            (learner.model().named_parameters().into_iter())
+                .map(|(n, t)| (n, t.detach().copy()))
+                .collect()
+        });
+        load_weights(&mut model, &weights)?;
+        Ok(Reference { model })
+    }
+
+    fn reward(&self) -> npd_pipeline::Result<Box<RewardFn<'_>>> {
+        if self.train_answers.is_empty() {
+            return Err(Error::invalid(
+                "data.prompts",
+                "the RL stage rewards answers, and no training prompt has one",
+            )
+            .into());
+        }
+        let answers = &self.train_answers;
+        let answer = self.answer;
+        Ok(Box::new(move |r: &Rollout| {
+            let found = answer(&r.response);
+            match answers.get(&r.prompt_id) {
+                Some(want) if found.as_deref() == Some(want.as_str()) => Reward {
+                    value: 1.0,
+                    reason: format!("answer {want}"),
+                },
+                Some(want) => Reward {
+                    value: 0.0,
+                    reason: format!("answer {found:?}, expected {want}"),
+                },
+                None => Reward {
+                    value: 0.0,
+                    reason: format!("prompt {} has no reference answer", r.prompt_id),
+                },
+            }
+        }))
     }
 
     fn teacher(&self) -> npd_pipeline::Result<ModelScorer<'a>> {

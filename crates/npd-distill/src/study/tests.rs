@@ -86,7 +86,7 @@ fn a_grid_expands_to_regimes_and_filter_runs() {
             "orders-plateau-no-ifd"
         ]
     );
-    assert_eq!(runs[0].methods, Method::ALL.to_vec());
+    assert_eq!(runs[0].methods, Method::DISTILLATION.to_vec());
     assert_eq!(runs[1].methods, vec![Method::NearPolicy]);
     let config: toml::Table = toml::from_str(&runs[3].config).unwrap();
     assert_eq!(config["embedded"]["task"].as_str(), Some("orders"));

@@ -220,6 +220,32 @@ impl Evaluator<HashLearner> for StepsEval {
     fn evaluate(&mut self, learner: &HashLearner) -> Result<f64> {
         Ok(learner.steps as f64 / 1000.0)
     }
+
+    /// pass@k of k / 100 plus the steps, so that points differ by k and
+    /// step.
+    fn sampled(
+        &mut self,
+        learner: &HashLearner,
+        eval: &npd_core::sampled::SampledEval,
+    ) -> Result<Option<npd_core::sampled::SampledScores>> {
+        Ok(Some(npd_core::sampled::SampledScores {
+            prompts: eval.prompts,
+            samples: eval.samples,
+            pass_at: (eval.ks.iter())
+                .map(|&k| (k, k as f64 / 100.0 + learner.steps as f64 / 1000.0))
+                .collect(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Reward 1 for an odd response length: varies within a group, since
+/// each member samples with its own seed.
+pub fn odd_length(r: &npd_core::Rollout) -> npd_core::reward::Reward {
+    npd_core::reward::Reward {
+        value: (r.response.len() % 2) as f64,
+        reason: String::new(),
+    }
 }
 
 /// `n` prompts of 2 to 5 tokens.
