@@ -56,7 +56,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
-    /// Methods to run, comma separated, in this order.
+    /// Methods to run, comma separated, in this order. An RL method runs
+    /// after the method it starts from, which runs even when not named.
     #[arg(
         long,
         value_enum,
@@ -134,6 +135,17 @@ enum MethodArg {
     OnPolicy,
     /// Near-Policy Distillation.
     Npd,
+    /// GRPO ([rl]) from the warm start.
+    Rl,
+    /// SFT, then GRPO from its final weights.
+    #[value(name = "sft+rl")]
+    SftRl,
+    /// On-policy distillation, then GRPO from its final weights.
+    #[value(name = "on-policy+rl")]
+    OnPolicyRl,
+    /// NPD, then GRPO from its final weights (the paper's two stages).
+    #[value(name = "npd+rl")]
+    NpdRl,
 }
 
 /// `--engine` values.
@@ -174,6 +186,10 @@ impl Args {
                     MethodArg::Sft => Method::Sft,
                     MethodArg::OnPolicy => Method::OnPolicy,
                     MethodArg::Npd => Method::NearPolicy,
+                    MethodArg::Rl => Method::Rl,
+                    MethodArg::SftRl => Method::SftRl,
+                    MethodArg::OnPolicyRl => Method::OnPolicyRl,
+                    MethodArg::NpdRl => Method::NearPolicyRl,
                 })
                 .collect(),
             seeds: self.seeds,

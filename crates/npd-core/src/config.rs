@@ -497,8 +497,8 @@ pub struct RlConfig {
     pub overlong_buffer: usize,
     /// The most reward the overlong penalty takes.
     pub overlong_penalty: f64,
-    /// Prompt batches drawn for one step when every group of a batch had
-    /// equal rewards, before the step is skipped.
+    /// Prompt batches drawn for one step while every group of a batch had
+    /// equal rewards; when all of them had, the step trains nothing.
     pub max_draws: usize,
     /// Steps between held-out evaluations (the last step is always
     /// evaluated).
@@ -529,7 +529,7 @@ impl Default for RlConfig {
             kl: 0.0,
             overlong_buffer: 0,
             overlong_penalty: 1.0,
-            max_draws: 2,
+            max_draws: 4,
             eval_every: 50,
             eval_samples: 16,
             eval_prompts: 256,

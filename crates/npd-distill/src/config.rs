@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use npd_core::ConfigError;
-use npd_core::config::{Check, SamplingConfig, Section, TrainConfig};
+use npd_core::config::{Check, RlConfig, SamplingConfig, Section, TrainConfig};
 use npd_engine::EngineConfig;
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub pack: PackConfig,
     /// Optimisation.
     pub train: TrainConfig,
+    /// The RL stage after distillation (the `*+rl` methods).
+    pub rl: RlConfig,
     /// Output folder, checkpoints and metrics.
     pub output: OutputConfig,
     /// Where rollouts and teacher scores come from: in-process or vLLM
@@ -95,6 +97,7 @@ impl RunConfig {
         section(&self.filter, &c)?;
         section(&self.pack, &c)?;
         section(&self.train, &c)?;
+        section(&self.rl, &c)?;
         section(&self.output, &c)?;
         section(&self.engine, &c)?;
         section(&self.embedded, &c)

@@ -95,11 +95,54 @@ pub fn embedded_defaults(c: &mut RunConfig) {
     c.output.checkpoint_every = 50;
 }
 
+/// `--quick`'s RL stage: ten steps, a small sampled evaluation; keys the
+/// file sets stay.
+fn quick_rl(rl: &mut npd_core::config::RlConfig, explicit: &dyn Fn(&str) -> bool) {
+    let unset = |key: &str| !explicit(&format!("rl.{key}"));
+    if unset("steps") {
+        rl.steps = rl.steps.min(10);
+    }
+    if unset("eval_every") {
+        rl.eval_every = rl.eval_every.min(5);
+    }
+    if unset("eval_prompts") {
+        rl.eval_prompts = rl.eval_prompts.min(32);
+    }
+    if unset("eval_samples") && unset("pass_k") {
+        rl.eval_samples = rl.eval_samples.min(4);
+        rl.pass_k.retain(|&k| k <= 4);
+        if rl.pass_k.is_empty() {
+            rl.pass_k.push(1);
+        }
+    }
+}
+
+/// The order methods run in: each RL method after the method it starts
+/// from, which runs even when not named (`npd+rl` alone runs NPD, then
+/// RL from its final weights of each seed).
+pub fn run_order(methods: &[Method]) -> Vec<Method> {
+    let mut out: Vec<Method> = Vec::new();
+    for &m in methods {
+        if let Some(Some(start)) = m.rl_start()
+            && !out.contains(&start)
+        {
+            out.push(start);
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 /// The effective configuration, the embedded setup and the seed count:
 /// the embedded default's values, then the file's, then the options'.
 pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
     if o.methods.is_empty() {
-        anyhow::bail!("no method to run: name at least one of sft, on-policy, npd");
+        anyhow::bail!(
+            "no method to run: name at least one of sft, on-policy, npd, rl, sft+rl, \
+             on-policy+rl, npd+rl"
+        );
     }
     for (i, m) in o.methods.iter().enumerate() {
         if o.methods[..i].contains(m) {
@@ -135,6 +178,9 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
         config.train.steps = s;
     } else if o.quick && !explicit("train.steps") {
         config.train.steps = config.train.steps.min(20);
+    }
+    if o.quick {
+        quick_rl(&mut config.rl, &explicit);
     }
     if o.quick && config.model.teacher.as_os_str().is_empty() {
         embedded::prepare::quick_keys(&mut config.embedded, &explicit);
@@ -182,6 +228,21 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rl_methods_run_after_their_start() {
+        use Method::*;
+        assert_eq!(run_order(&[NearPolicyRl]), [NearPolicy, NearPolicyRl]);
+        assert_eq!(
+            run_order(&[Sft, NearPolicyRl, NearPolicy, Rl]),
+            [Sft, NearPolicy, NearPolicyRl, Rl]
+        );
+        assert_eq!(
+            run_order(&[SftRl, OnPolicyRl]),
+            [Sft, SftRl, OnPolicy, OnPolicyRl]
+        );
+        assert_eq!(run_order(&Method::DISTILLATION), Method::DISTILLATION);
+    }
     use crate::describe;
 
     fn options(config: Option<PathBuf>) -> Options {

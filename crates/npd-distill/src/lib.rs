@@ -154,15 +154,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
     let out = config.output.dir.clone();
+    let methods = configure::run_order(&o.methods);
     // A wrong --out or --resume is refused before any training.
-    let run_dir = run_dir::RunDir::check(
-        &out,
-        &config.to_toml(),
-        &o.methods,
-        seeds,
-        o.quick,
-        o.resume,
-    )?;
+    let run_dir =
+        run_dir::RunDir::check(&out, &config.to_toml(), &methods, seeds, o.quick, o.resume)?;
     let started = Instant::now();
     let inputs = if embedded {
         let cache = (o.cache.clone())
@@ -192,7 +187,8 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         inputs.stop_ids.clone(),
         inputs.alone_prefix.clone(),
         inputs.pad_id,
-    );
+    )
+    .with_rl(&config.rl);
     // The in-process backend resolves `auto` to the colocated schedule.
     let colocated = config.rollout.schedule != npd_rollout::Schedule::Disaggregated;
     let stages = TchStages::new(
@@ -212,7 +208,8 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         (config.filter.enabled && config.filter.form.needs_alone())
             .then(|| inputs.alone_prefix.clone()),
     )
-    .with_student_config_json(inputs.student_config_json.clone());
+    .with_student_config_json(inputs.student_config_json.clone())
+    .with_rl(&config.train, &config.rl, &inputs.train);
     let prompts: Vec<npd_core::Prompt> = inputs
         .train
         .iter()
@@ -221,7 +218,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             tokens: e.prompt.clone(),
         })
         .collect();
-    checks::check_fit(&config, &inputs, &o.methods)?;
+    checks::check_fit(&config, &inputs, &methods)?;
     if control.stop.load(Ordering::SeqCst) {
         return Ok(Ended::Interrupted(format!(
             "stopped on request before any method ran; nothing was written to {}",
@@ -231,10 +228,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
     let run = Prepared {
-        options: o,
         control,
         config: &config,
         inputs: &inputs,
+        methods: &methods,
         settings: &settings,
         prompts: &prompts,
         seeds,
@@ -272,10 +269,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
 
 /// What every method run shares, prepared by [`distill`].
 struct Prepared<'a> {
-    options: &'a Options,
     control: &'a Control,
     config: &'a RunConfig,
     inputs: &'a Inputs,
+    methods: &'a [Method],
     settings: &'a Settings,
     prompts: &'a [npd_core::Prompt],
     seeds: u64,
@@ -293,10 +290,10 @@ fn run_methods<S: Stages>(
     line: &dyn Fn(&Comparison<'_, S>, f64) -> String,
 ) -> Result<Ended> {
     let Prepared {
-        options: o,
         control,
         config,
         inputs,
+        methods,
         settings,
         prompts,
         seeds,
@@ -312,13 +309,15 @@ fn run_methods<S: Stages>(
     let metrics_path = out.join("metrics.jsonl");
     let mut outcomes = Vec::new();
     control.in_run.store(true, Ordering::SeqCst);
-    for &method in &o.methods {
+    for &method in methods {
         for seed in 0..seeds {
-            let mut progress = Progress::new(
-                &format!("{} seed {seed}", method.name()),
-                config.train.steps,
-                "steps",
-            );
+            let steps = if method.is_rl() {
+                config.rl.steps
+            } else {
+                config.train.steps
+            };
+            let mut progress =
+                Progress::new(&format!("{} seed {seed}", method.name()), steps, "steps");
             if let Some((step, _)) = checkpoints.latest(method, seed)? {
                 progress.set(step);
             }
@@ -402,6 +401,9 @@ fn run_methods<S: Stages>(
         &serde_json::to_string_pretty(&report).context("report.json")?,
     )?;
     run_dir::write(&out.join("accuracy.svg"), &report.svg())?;
+    if let Some(svg) = npd_pipeline::report_rl::svg(&report) {
+        run_dir::write(&out.join("rl.svg"), &svg)?;
+    }
     let targets = report.targets().map(|(acc_ok, speed_ok, gap, speedup)| {
         let reached = match report.time_to_accuracy() {
             Some(t) => {

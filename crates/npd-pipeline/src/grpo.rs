@@ -590,24 +590,19 @@ where
                 mut samples,
                 step: mut record,
             } = sampled;
-            if samples.is_empty() {
-                return Err(npd_core::Error::invalid(
-                    "rl.max_draws",
-                    format!(
-                        "{method} seed {seed}, step {step}: every group of {} prompt batches had \
-                         equal rewards (mean reward {:.3}), so the reward gives this policy no \
-                         signal; raise rl.max_draws or rl.group_size, or check the reward",
-                        s.max_draws, record.mean_reward
-                    ),
-                )
-                .into());
-            }
             if let Some(scorer) = reference.as_deref_mut() {
                 run.clock
                     .time("reference", || add_reference(scorer, &mut samples))?;
             }
-            let rows = run.clock.time("pack", || pack_pool(samples, &s.pack))?;
-            let stats = run.clock.time("train", || learner.step(&rows))?;
+            // A step whose every draw had equal rewards in every group
+            // trains nothing (the report counts its groups as dropped).
+            let (rows, stats) = if samples.is_empty() {
+                (Vec::new(), StepStats::default())
+            } else {
+                let rows = run.clock.time("pack", || pack_pool(samples, &s.pack))?;
+                let stats = run.clock.time("train", || learner.step(&rows))?;
+                (rows, stats)
+            };
             record.step = step;
             record.staleness = done - generator.version();
             let event = record.event();

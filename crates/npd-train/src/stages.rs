@@ -23,6 +23,7 @@ use crate::generator::{ModelGenerator, Weights, load_weights};
 use crate::model::Llama;
 use crate::score::ModelScorer;
 use crate::train::{Layout, TrainOptions, Trainer};
+use crate::weights::TensorStore;
 use npd_pack::BaselineRows;
 
 /// libtorch intra-op threads per role.
@@ -354,15 +355,11 @@ impl<'a> Stages for TchStages<'a> {
         tch::manual_seed((seed ^ self.train_seed) as i64);
         let model = match start {
             Some(dir) => {
-                let dir = dir.join(crate::checkpoint::MODEL_DIR);
-                let m = Llama::load(&dir, self.teacher.device(), tch::Kind::Float)?;
-                if m.config() != &self.student {
-                    return Err(Error::invalid(
-                        dir.display().to_string(),
-                        "not this run's student (its config.json describes another model)",
-                    )
-                    .into());
-                }
+                // Every tensor checked by name and shape against this
+                // run's student.
+                let mut m = Llama::new(self.student.clone(), self.teacher.device());
+                let mut store = TensorStore::open(&dir.join(crate::checkpoint::MODEL_DIR))?;
+                m.load_from(&mut store)?;
                 m
             }
             None => self.student()?,

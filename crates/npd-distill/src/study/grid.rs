@@ -172,11 +172,15 @@ impl StudyFile {
             bail!("{origin}: `study.seeds` must be at least 1");
         }
         if file.study.methods.is_empty() {
-            bail!("{origin}: `study.methods` names no method (sft, on-policy, npd)");
+            bail!(
+                "{origin}: `study.methods` names no method (sft, on-policy, npd, rl, sft+rl, on-policy+rl, npd+rl)"
+            );
         }
         for m in &file.study.methods {
             if Method::from_slug(m).is_none() {
-                bail!("{origin}: `study.methods`: unknown method {m:?} (sft, on-policy, npd)");
+                bail!(
+                    "{origin}: `study.methods`: unknown method {m:?} (sft, on-policy, npd, rl, sft+rl, on-policy+rl, npd+rl)"
+                );
             }
         }
         for (i, m) in file.study.methods.iter().enumerate() {
