@@ -460,6 +460,11 @@ pub enum AdvantageNorm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RlConfig {
+    /// A model folder (`config.json` and safetensors of the run's student
+    /// architecture) the method `rl` starts from instead of the warm start,
+    /// for example a checkpoint's `model/` of an earlier run; empty: the
+    /// warm start.
+    pub from: std::path::PathBuf,
     /// Optimizer steps of the RL stage.
     pub steps: u64,
     /// Responses sampled per prompt (G).
@@ -514,6 +519,7 @@ pub struct RlConfig {
 impl Default for RlConfig {
     fn default() -> Self {
         Self {
+            from: std::path::PathBuf::new(),
             steps: 300,
             group_size: 8,
             prompts_per_step: 16,

@@ -117,6 +117,29 @@ fn quick_rl(rl: &mut npd_core::config::RlConfig, explicit: &dyn Fn(&str) -> bool
     }
 }
 
+/// `rl.from` names a model folder, and only for the method `rl`.
+fn check_rl_from(config: &RunConfig, methods: &[Method]) -> Result<()> {
+    let from = &config.rl.from;
+    if from.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if !methods.contains(&Method::Rl) {
+        anyhow::bail!(
+            "`rl.from` = {:?} is where the method rl starts, and this run does not name rl \
+             (the other RL methods start from their method's final weights)",
+            from.display().to_string()
+        );
+    }
+    if !from.join("config.json").is_file() {
+        anyhow::bail!(
+            "`rl.from` = {:?}: expected a model folder with config.json and safetensors \
+             (for example a checkpoint's model/ folder)",
+            from.display().to_string()
+        );
+    }
+    Ok(())
+}
+
 /// The order methods run in: each RL method after the method it starts
 /// from, which runs even when not named (`npd+rl` alone runs NPD, then
 /// RL from its final weights of each seed).
@@ -172,6 +195,7 @@ pub fn configure(o: &Options) -> Result<(RunConfig, Setup, u64)> {
             RunConfig::from_file(path)?
         };
     }
+    check_rl_from(&config, &o.methods)?;
     let explicit = crate::config::explicit_keys(o.config.as_deref())?;
     let explicit = |key: &str| explicit.contains(key);
     if let Some(s) = o.steps {

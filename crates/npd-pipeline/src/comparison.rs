@@ -61,9 +61,8 @@ pub trait Stages {
 
     /// A student for an RL method, set up for the RL stage (`[rl]`'s
     /// optimizer, the policy loss) with a fresh optimizer, at the weights
-    /// of the checkpoint folder `start` (a finished run's last checkpoint)
-    /// or, without one, at the warm start.
-    fn rl_learner(&self, method: Method, seed: u64, start: Option<&Path>) -> Result<Self::Learner>;
+    /// `start` names.
+    fn rl_learner(&self, method: Method, seed: u64, start: RlStart<'_>) -> Result<Self::Learner>;
 
     /// The KL penalty's reference: the learner's current weights, fixed.
     fn reference(&self, learner: &Self::Learner) -> Result<Self::Reference>;
@@ -78,6 +77,18 @@ pub trait Stages {
     fn schedule(&self) -> Schedule {
         Schedule::Colocated
     }
+}
+
+/// Where an RL method's weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlStart<'p> {
+    /// The warm start every method starts from.
+    WarmStart,
+    /// A checkpoint folder the learner wrote ([`Persist::save_state`]): a
+    /// finished run's last checkpoint.
+    Checkpoint(&'p Path),
+    /// A model folder (`rl.from`).
+    Model(&'p Path),
 }
 
 /// Runs methods and seeds over one set of [`Stages`].
@@ -246,7 +257,7 @@ impl<'a, S: Stages> Comparison<'a, S> {
 
     /// The checkpoint folder an RL method of `seed` starts from: the last
     /// checkpoint of its starting method's finished run of the same seed
-    /// (`None`: the warm start).
+    /// (`None`: the warm start, or `rl.from`).
     pub fn rl_start(&self, method: Method, seed: u64) -> Result<Option<std::path::PathBuf>> {
         let Some(Some(base)) = method.rl_start() else {
             return Ok(None);
@@ -277,8 +288,14 @@ impl<'a, S: Stages> Comparison<'a, S> {
 
     fn run_rl(&self, mut cx: Loop<'_>, method: Method, seed: u64) -> Result<RunEnd> {
         let st = self.stages;
-        let start = self.rl_start(method, seed)?;
-        let mut learner = st.rl_learner(method, seed, start.as_deref())?;
+        let checkpoint = self.rl_start(method, seed)?;
+        let from = &self.settings.rl.from;
+        let start = match &checkpoint {
+            Some(dir) => RlStart::Checkpoint(dir),
+            None if !from.as_os_str().is_empty() => RlStart::Model(from),
+            None => RlStart::WarmStart,
+        };
+        let mut learner = st.rl_learner(method, seed, start)?;
         let mut reference = if cx.settings.rl.kl > 0.0 {
             Some(st.reference(&learner)?)
         } else {

@@ -136,7 +136,7 @@ pub mod sft;
 mod source;
 
 pub use checkpoints::{Checkpoints, SavedNpd, SavedRun};
-pub use comparison::{Comparison, Stages};
+pub use comparison::{Comparison, RlStart, Stages};
 pub use context::Loop;
 pub use error::{Error, Result};
 pub use near_policy::NearPolicy;

@@ -206,10 +206,10 @@ impl Stages for Doubles {
         &self,
         _: Method,
         _: u64,
-        start: Option<&std::path::Path>,
+        start: npd_pipeline::RlStart<'_>,
     ) -> npd_pipeline::Result<HashLearner> {
         let mut l = HashLearner::default();
-        if let Some(dir) = start {
+        if let npd_pipeline::RlStart::Checkpoint(dir) | npd_pipeline::RlStart::Model(dir) = start {
             // The start's weights with fresh counters.
             npd_core::traits::Persist::restore_state(&mut l, dir)?;
             l.steps = 0;

@@ -251,7 +251,7 @@ impl<'a> Stages for ServedStages<'a> {
         &self,
         method: Method,
         seed: u64,
-        start: Option<&Path>,
+        start: npd_pipeline::RlStart<'_>,
     ) -> npd_pipeline::Result<PublishingTrainer> {
         let trainer = self.local.rl_learner(method, seed, start)?;
         Ok(self.publishing(trainer, method, seed))

@@ -4,7 +4,6 @@
 //! [`npd_pipeline::Comparison`].
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use npd_core::config::{LossKind, RlConfig, TrainConfig};
 use npd_core::reward::Reward;
@@ -12,8 +11,8 @@ use npd_core::traits::{Generator, ScoreOptions, ScoreRequest, Scorer, SequenceSc
 use npd_core::{
     Error, Method, PolicyVersion, Prompt, PromptId, Result, Rollout, SamplingParams, TokenId,
 };
-use npd_pipeline::Stages;
 use npd_pipeline::grpo::RewardFn;
+use npd_pipeline::{RlStart, Stages};
 
 use crate::config::ModelConfig;
 use crate::data::Example;
@@ -343,22 +342,26 @@ impl<'a> Stages for TchStages<'a> {
     }
 
     /// A trainer with [`TchStages::with_rl`]'s options and a fresh
-    /// optimizer, at the student of `start`'s `model/` folder (checked to
-    /// be this run's student architecture) or at the warm start.
+    /// optimizer, at the warm start, a checkpoint's `model/` folder or a
+    /// model folder, every tensor checked by name and shape against this
+    /// run's student.
     fn rl_learner(
         &self,
         _method: Method,
         seed: u64,
-        start: Option<&Path>,
+        start: RlStart<'_>,
     ) -> npd_pipeline::Result<Trainer> {
         tch::set_num_threads(self.threads.train);
         tch::manual_seed((seed ^ self.train_seed) as i64);
-        let model = match start {
+        let folder = match start {
+            RlStart::WarmStart => None,
+            RlStart::Checkpoint(dir) => Some(dir.join(crate::checkpoint::MODEL_DIR)),
+            RlStart::Model(dir) => Some(dir.to_path_buf()),
+        };
+        let model = match folder {
             Some(dir) => {
-                // Every tensor checked by name and shape against this
-                // run's student.
                 let mut m = Llama::new(self.student.clone(), self.teacher.device());
-                let mut store = TensorStore::open(&dir.join(crate::checkpoint::MODEL_DIR))?;
+                let mut store = TensorStore::open(&dir)?;
                 m.load_from(&mut store)?;
                 m
             }

@@ -1,0 +1,68 @@
+//! End to end with real vLLM servers: the RL stage after NPD
+//! (`--methods npd+rl`) samples its groups on the student server, which
+//! reloads the trained weights every `rl.refresh_every` steps; every
+//! reload is verified by probe, and the report carries the RL section.
+
+mod common;
+
+use common::{example, scratch, step_events};
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
+    let dir = scratch("vllm-rl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, cache, config) = (dir.join("out"), dir.join("cache"), dir.join("rl.toml"));
+    std::fs::write(
+        &config,
+        "[rl]\nsteps = 6\ngroup_size = 3\nprompts_per_step = 4\nrefresh_every = 2\n\
+         eval_every = 3\neval_samples = 2\neval_prompts = 8\npass_k = [1, 2]\n",
+    )
+    .unwrap();
+    let run = Command::new(example())
+        .args(["--quick", "--engine", "vllm", "--methods", "npd+rl"])
+        .args(["--steps", "4", "--refresh-every", "2", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let rl: Vec<Value> = step_events(&out)
+        .into_iter()
+        .filter(|e| e["method"] == "NPD+RL")
+        .collect();
+    assert_eq!(rl.len(), 6, "{rl:?}");
+    assert!(rl.iter().all(|e| e["rl"]["staleness"].as_u64() < Some(2)));
+    // The RL stage's snapshots were published for the server.
+    let published = std::fs::read_dir(out.join("served/NPD+RL-seed0"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(published > 0, "no RL snapshot was published");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## RL after distillation"), "{report}");
+    assert!(
+        report.contains("weight refreshes verified by probe") && report.contains(" 0 failed"),
+        "{report}"
+    );
+    // NPD refreshes at steps 2 and 4 (and its start), the RL stage at its
+    // start and steps 2 and 4: at least five verified reloads.
+    let line = report
+        .lines()
+        .find(|l| l.contains("weight refreshes verified by probe"))
+        .unwrap();
+    let verified: usize = line
+        .split("verified by probe: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(verified >= 5, "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
