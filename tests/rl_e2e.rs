@@ -109,7 +109,7 @@ fn rl_after_npd_runs_reports_and_resumes_exactly() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["method"] == "npd+rl")
+        .find(|o| o["method"] == "near-policy-rl")
         .map(|o| o["rl"].clone())
         .expect("the RL outcome");
     assert_eq!(rl["start"], "near-policy");

@@ -76,6 +76,37 @@ pub fn common_target(r: &Report) -> Option<f64> {
         .reduce(f64::min)
 }
 
+/// The common pass@1 of [`steps_to_pass1`]: the lowest of the RL
+/// methods' mean final pass@1 (`None` without sampled evaluations).
+pub fn common_pass1(r: &Report) -> Option<f64> {
+    rl_methods(r)
+        .iter()
+        .map(|(_, runs)| {
+            let finals: Option<Vec<f64>> = runs
+                .iter()
+                .map(|o| ends(o).and_then(|(_, b)| b.pass_at.get(&1).copied()))
+                .collect();
+            finals.map(|f| mean(f))
+        })
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::min)
+}
+
+/// The first sampled evaluation at which a run's pass@1 reaches `target`.
+pub fn steps_to_pass1(o: &Outcome, target: f64) -> Option<u64> {
+    o.rl.as_ref()?
+        .evals
+        .iter()
+        .find(|e| {
+            e.scores
+                .pass_at
+                .get(&1)
+                .is_some_and(|&p| p >= target - 1e-9)
+        })
+        .map(|e| e.step)
+}
+
 /// The first evaluated step at which a run's accuracy reaches `target`.
 pub fn steps_to(o: &Outcome, target: f64) -> Option<u64> {
     o.curve
@@ -162,18 +193,27 @@ pub fn section(r: &Report) -> Option<String> {
         }
     }
     if let Some(target) = common_target(r) {
+        let pass1 = common_pass1(r);
         let _ = writeln!(
             md,
-            "\nMeans over seeds. Steps to {}: the first evaluation at which a run reaches the lowest of the methods' mean final accuracies (mean over seeds; \"not reached\" when a seed never does).\n",
-            pct(target)
+            "\nMeans over seeds. Steps to {}: the first evaluation at which a run's greedy accuracy reaches the lowest of the methods' mean final accuracies{}; the mean over seeds, \"not reached\" when a seed never does.\n",
+            pct(target),
+            pass1.map_or(String::new(), |p| format!(
+                "; steps to pass@1 {}: the same for pass@1",
+                pct(p)
+            ))
         );
         let mut head = String::from("| method | seeds | accuracy gain (min) |");
         for k in &ks {
             let _ = write!(head, " pass@{k} gain |");
         }
-        head.push_str(&format!(" start entropy | steps to {} |\n", pct(target)));
+        head.push_str(&format!(" start entropy | steps to {} |", pct(target)));
+        if let Some(p) = pass1 {
+            let _ = write!(head, " steps to pass@1 {} |", pct(p));
+        }
+        head.push('\n');
         md.push_str(&head);
-        md.push_str(&"|---".repeat(ks.len() + 5));
+        md.push_str(&"|---".repeat(ks.len() + 5 + usize::from(pass1.is_some())));
         md.push_str("|\n");
         for (m, runs) in &methods {
             let gains: Vec<f64> = runs
@@ -197,15 +237,17 @@ pub fn section(r: &Report) -> Option<String> {
                 let _ = write!(md, " {:+.1} |", 100.0 * g);
             }
             let entropy = mean(runs.iter().filter_map(|o| ends(o).map(|(a, _)| a.entropy)));
-            let steps: Option<Vec<u64>> = runs.iter().map(|o| steps_to(o, target)).collect();
-            let _ = writeln!(
-                md,
-                " {entropy:.3} | {} |",
-                steps.map_or("not reached".into(), |s| format!(
-                    "{:.0}",
-                    mean(s.iter().map(|&v| v as f64))
-                ))
-            );
+            let steps = |f: &dyn Fn(&Outcome) -> Option<u64>| -> String {
+                let s: Option<Vec<u64>> = runs.iter().map(|o| f(o)).collect();
+                s.map_or("not reached".into(), |s| {
+                    format!("{:.0}", mean(s.iter().map(|&v| v as f64)))
+                })
+            };
+            let _ = write!(md, " {entropy:.3} | {} |", steps(&|o| steps_to(o, target)));
+            if let Some(p) = pass1 {
+                let _ = write!(md, " {} |", steps(&|o| steps_to_pass1(o, p)));
+            }
+            md.push('\n');
         }
     }
     md.push_str("\n![reward and accuracy against RL steps](rl.svg)\n\n");

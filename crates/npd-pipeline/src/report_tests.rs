@@ -219,3 +219,94 @@ fn a_disaggregated_run_is_named_as_such_in_the_targets() {
         "{targets}"
     );
 }
+
+/// An RL outcome whose accuracy and pass@1 rise linearly from `start` by
+/// `per_eval` at each evaluation (steps 0, 10, 20), and whose reward rises
+/// by 0.01 a step.
+fn rl_outcome(method: Method, seed: u64, start: f64, per_eval: f64) -> Outcome {
+    use crate::outcome::{RlEvalPoint, RlStepPoint, RlTrace};
+    use npd_core::events::RlStep;
+    use npd_core::sampled::SampledScores;
+    let at = |i: u64| start + per_eval * i as f64;
+    let mut o = outcome(method, seed, at(2), 5.0);
+    o.curve = (0..3)
+        .map(|i| CurvePoint {
+            step: 10 * i,
+            wall_s: i as f64,
+            accuracy: at(i),
+        })
+        .collect();
+    o.rl = Some(RlTrace {
+        start: method.rl_start().flatten(),
+        steps: (1..=20)
+            .map(|s| RlStepPoint {
+                step: s,
+                wall_s: s as f64 / 4.0,
+                rl: RlStep {
+                    reward: 0.2 + 0.01 * s as f64,
+                    response_tokens: 30.0,
+                    groups_kept: 3,
+                    groups_dropped: 1,
+                    staleness: 0,
+                },
+            })
+            .collect(),
+        evals: (0..3)
+            .map(|i| RlEvalPoint {
+                step: 10 * i,
+                wall_s: i as f64,
+                scores: SampledScores {
+                    prompts: 8,
+                    samples: 4,
+                    pass_at: BTreeMap::from([(1, at(i) - 0.3), (4, at(i) - 0.1)]),
+                    entropy: 0.2 - 0.05 * i as f64,
+                    response_tokens: 30.0,
+                    ..SampledScores::default()
+                },
+            })
+            .collect(),
+    });
+    o
+}
+
+#[test]
+fn the_rl_section_shows_gains_rises_and_steps_to_a_common_accuracy() {
+    let report = Report {
+        setup: Vec::new(),
+        checks: Vec::new(),
+        teacher_accuracy: 0.97,
+        warm_start_accuracy: 0.6,
+        outcomes: vec![
+            outcome(Method::NearPolicy, 0, 0.70, 20.0),
+            rl_outcome(Method::NearPolicyRl, 0, 0.70, 0.02),
+            rl_outcome(Method::SftRl, 0, 0.72, 0.005),
+        ],
+    };
+    // The distillation table leaves RL runs out.
+    assert!(!report.table().contains("NPD+RL"));
+    let md = report.markdown();
+    assert!(md.contains("## RL after distillation"), "{md}");
+    // NPD+RL: 70% -> 74%, pass@1 40% -> 44%, entropy 0.200 -> 0.100.
+    assert!(
+        md.contains(
+            "| NPD+RL | 0 | 70.0% → 74.0% | 40.0% → 44.0% | 60.0% → 64.0% | 0.200 → 0.100 |"
+        ),
+        "{md}"
+    );
+    // Reward: mean of steps 1-10 and 11-20, and 1 point per 100 steps.
+    assert!(md.contains("| 0.255 → 0.355 | +1.000 | 20 of 80 |"), "{md}");
+    // The common accuracy is the lower final mean (SFT+RL's 73%): NPD+RL
+    // reaches it at step 20, SFT+RL at 20 too; the common pass@1 is 43%.
+    assert_eq!(crate::report_rl::common_target(&report), Some(0.73));
+    let p1 = crate::report_rl::common_pass1(&report).unwrap();
+    assert!((p1 - 0.43).abs() < 1e-12);
+    assert!(
+        md.contains("| NPD+RL | 1 | +4.0 (+4.0) | +4.0 | +4.0 | 0.200 | 20 | 20 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| SFT+RL | 1 | +1.0 (+1.0) | +1.0 | +1.0 | 0.200 | 20 | 20 |"),
+        "{md}"
+    );
+    assert!(crate::report_rl::svg(&report).unwrap().contains("<svg"));
+}
