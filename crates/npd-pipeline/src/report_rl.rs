@@ -86,7 +86,7 @@ pub fn common_pass1(r: &Report) -> Option<f64> {
                 .iter()
                 .map(|o| ends(o).and_then(|(_, b)| b.pass_at.get(&1).copied()))
                 .collect();
-            finals.map(|f| mean(f))
+            finals.map(mean)
         })
         .collect::<Option<Vec<f64>>>()?
         .into_iter()
@@ -272,6 +272,9 @@ pub fn svg(r: &Report) -> Option<String> {
 
 type Series = Vec<(f64, f64)>;
 
+/// A chart's curve of one run.
+type Curve<'f> = &'f dyn Fn(&Outcome) -> Series;
+
 fn draw(
     methods: &[(Method, Vec<&Outcome>)],
     out: &mut String,
@@ -307,7 +310,7 @@ fn draw(
     let root = SVGBackend::with_string(out, (1080, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
-    let charts: [(&str, &dyn Fn(&Outcome) -> Series); 2] = [
+    let charts: [(&str, Curve<'_>); 2] = [
         ("training reward (10-step mean)", &reward),
         ("held-out accuracy", &accuracy),
     ];
