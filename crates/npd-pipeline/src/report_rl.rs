@@ -250,8 +250,91 @@ pub fn section(r: &Report) -> Option<String> {
             md.push('\n');
         }
     }
+    md.push_str(&curves(&methods, &ks));
     md.push_str("\n![reward and accuracy against RL steps](rl.svg)\n\n");
     Some(md)
+}
+
+/// Per RL method, the means over seeds at each evaluation: steps,
+/// wall-clock, greedy accuracy, pass@k, entropy, response length and the
+/// training reward of the steps since the previous evaluation.
+fn curves(methods: &[(Method, Vec<&Outcome>)], ks: &[usize]) -> String {
+    let mut md = String::from(
+        "\nAlong the runs, means over seeds at each evaluation (reward: the training steps \
+         since the previous evaluation):\n\n| method | step | wall-clock | accuracy |",
+    );
+    for k in ks {
+        let _ = write!(md, " pass@{k} |");
+    }
+    md.push_str(" entropy | response tokens | reward |\n");
+    md.push_str(&"|---".repeat(ks.len() + 7));
+    md.push_str("|\n");
+    for (m, runs) in methods {
+        let Some(first) = runs.first() else { continue };
+        for (i, point) in first.curve.iter().enumerate() {
+            let at: Vec<_> = runs
+                .iter()
+                .filter_map(|o| {
+                    let c = o.curve.get(i).filter(|c| c.step == point.step)?;
+                    let e = o.rl.as_ref()?.evals.iter().find(|e| e.step == point.step);
+                    let prev = i
+                        .checked_sub(1)
+                        .and_then(|j| o.curve.get(j))
+                        .map_or(0, |c| c.step);
+                    let reward = mean(
+                        o.rl.as_ref()?
+                            .steps
+                            .iter()
+                            .filter(|s| s.step > prev && s.step <= point.step)
+                            .map(|s| s.rl.reward),
+                    );
+                    Some((c, e, reward))
+                })
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                md,
+                "| {} | {} | {:.1}s | {} |",
+                m.name(),
+                point.step,
+                mean(at.iter().map(|(c, _, _)| c.wall_s)),
+                pct(mean(at.iter().map(|(c, _, _)| c.accuracy)))
+            );
+            for k in ks {
+                let v = mean(
+                    at.iter()
+                        .filter_map(|(_, e, _)| e.and_then(|e| e.scores.pass_at.get(k).copied())),
+                );
+                let _ = write!(md, " {} |", if v.is_nan() { "-".into() } else { pct(v) });
+            }
+            let entropy = mean(
+                at.iter()
+                    .filter_map(|(_, e, _)| e.map(|e| e.scores.entropy)),
+            );
+            let length = mean(
+                at.iter()
+                    .filter_map(|(_, e, _)| e.map(|e| e.scores.response_tokens)),
+            );
+            let reward = mean(at.iter().map(|(_, _, r)| *r).filter(|r| !r.is_nan()));
+            let num = |v: f64, d: usize| {
+                if v.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{v:.d$}")
+                }
+            };
+            let _ = writeln!(
+                md,
+                " {} | {} | {} |",
+                num(entropy, 3),
+                num(length, 1),
+                num(reward, 3)
+            );
+        }
+    }
+    md
 }
 
 /// Reward (10-step moving mean) and held-out accuracy against RL steps,

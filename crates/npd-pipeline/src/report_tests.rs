@@ -308,5 +308,11 @@ fn the_rl_section_shows_gains_rises_and_steps_to_a_common_accuracy() {
         md.contains("| SFT+RL | 1 | +1.0 (+1.0) | +1.0 | +1.0 | 0.200 | 20 | 20 |"),
         "{md}"
     );
+    // Along the run: at step 10, NPD+RL's accuracy 72%, pass@1 42%, and
+    // the reward of steps 1-10.
+    assert!(
+        md.contains("| NPD+RL | 10 | 1.0s | 72.0% | 42.0% | 62.0% | 0.150 | 30.0 | 0.255 |"),
+        "{md}"
+    );
     assert!(crate::report_rl::svg(&report).unwrap().contains("<svg"));
 }
