@@ -87,6 +87,13 @@ fn rl_after_npd_runs_reports_and_resumes_exactly() {
     }
     assert!(whole.join("rl.svg").is_file());
     assert!(
+        report
+            .contains("NPD+RL seed 0: metrics.jsonl holds 40 step lines (steps 1 to 40 once each)")
+            && report.contains(": agree")
+            && !report.contains("DISAGREE"),
+        "{report}"
+    );
+    assert!(
         whole
             .join("checkpoints/npd+rl-seed0/step-00000040/model/model.safetensors")
             .is_file()
@@ -135,6 +142,7 @@ fn rl_after_npd_runs_reports_and_resumes_exactly() {
     interrupt(&child);
     let stopped = child.wait_with_output().unwrap();
     if stopped.status.code() == Some(130) {
+        eprintln!("stopped after {} RL steps; resuming", rl_steps(&out).len());
         let resumed = command(&out, &cache, &config, true).output().unwrap();
         assert!(resumed.status.success(), "{}", text(&resumed));
     } else {
@@ -142,5 +150,11 @@ fn rl_after_npd_runs_reports_and_resumes_exactly() {
         assert!(stopped.status.success(), "{}", text(&stopped));
     }
     assert_eq!(rl_steps(&out), reference, "the resumed RL stage differs");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report
+            .contains("NPD+RL seed 0: metrics.jsonl holds 40 step lines (steps 1 to 40 once each)"),
+        "{report}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,10 +51,13 @@ pub struct StepEvent {
     pub prompts_failed: Option<Vec<u64>>,
     /// NPD: the dataset record id of each of `prompts_trained` (prompt ids
     /// count visits of the seeded prompt order, so a record visited in two
-    /// epochs has two prompt ids and one record id).
+    /// epochs has two prompt ids and one record id). RL: the dataset ids of
+    /// the prompts whose groups the step trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records_trained: Option<Vec<u64>>,
-    /// NPD: the dataset record id of each of `prompts_filtered`.
+    /// NPD: the dataset record id of each of `prompts_filtered`. RL: the
+    /// dataset ids of the prompts whose groups were dropped (equal
+    /// rewards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records_filtered: Option<Vec<u64>>,
     /// NPD: the dataset record id of each of `prompts_failed`.

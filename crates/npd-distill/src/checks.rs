@@ -193,3 +193,53 @@ pub fn ledger_checks(
     }
     Ok(lines)
 }
+
+/// The RL runs' account, step by step: `metrics.jsonl` must hold each of
+/// an RL run's steps once, and name as many trained and dropped groups as
+/// the run recorded.
+pub fn rl_checks(
+    metrics: &std::path::Path,
+    outcomes: &[npd_pipeline::Outcome],
+) -> Result<Vec<String>> {
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    // (method, seed) -> (steps seen, trained groups, dropped groups)
+    let mut seen: BTreeMap<(Method, u64), (Vec<u64>, usize, usize)> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(Event::Step(s)) = serde_json::from_str::<Event>(line) else {
+            continue;
+        };
+        if !s.method.is_rl() {
+            continue;
+        }
+        let e = seen.entry((s.method, s.seed)).or_default();
+        e.0.push(s.step);
+        e.1 += s.records_trained.as_ref().map_or(0, Vec::len);
+        e.2 += s.records_filtered.as_ref().map_or(0, Vec::len);
+    }
+    let mut lines = Vec::new();
+    for o in outcomes {
+        let Some(trace) = &o.rl else { continue };
+        let (steps, trained, dropped) = seen.remove(&(o.method, o.seed)).unwrap_or_default();
+        let (kept, gone) = trace.steps.iter().fold((0, 0), |(k, d), p| {
+            (k + p.rl.groups_kept, d + p.rl.groups_dropped)
+        });
+        let n = trace.steps.len() as u64;
+        let once = steps == (1..=n).collect::<Vec<u64>>();
+        let agree = once && trained == kept && dropped == gone;
+        lines.push(format!(
+            "{} seed {}: metrics.jsonl holds {} step lines ({}), naming {trained} trained and \
+             {dropped} dropped groups; the run recorded {kept} and {gone}: {}",
+            o.method.name(),
+            o.seed,
+            steps.len(),
+            if once {
+                format!("steps 1 to {n} once each")
+            } else {
+                "NOT each step once".to_string()
+            },
+            if agree { "agree" } else { "DISAGREE" }
+        ));
+    }
+    Ok(lines)
+}

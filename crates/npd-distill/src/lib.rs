@@ -387,7 +387,11 @@ fn run_methods<S: Stages>(
             ],
         ]
         .concat(),
-        checks: checks::ledger_checks(&metrics_path, &outcomes)?,
+        checks: [
+            checks::ledger_checks(&metrics_path, &outcomes)?,
+            checks::rl_checks(&metrics_path, &outcomes)?,
+        ]
+        .concat(),
         teacher_accuracy: inputs.teacher_accuracy,
         warm_start_accuracy: outcomes
             .first()

@@ -311,6 +311,10 @@ impl<'p> Draws<'p> {
 struct Sampled {
     samples: Vec<TrainSample>,
     step: GrpoStep,
+    /// Dataset ids of the prompts whose groups train, in draw order.
+    trained: Vec<u64>,
+    /// Dataset ids of the prompts whose groups were dropped (equal rewards).
+    dropped: Vec<u64>,
 }
 
 /// Draws prompt batches (up to `max_draws`, until one has a group whose
@@ -325,8 +329,8 @@ fn sample_groups<G: Generator>(
     version: u64,
 ) -> npd_core::Result<Sampled> {
     let mut samples = Vec::new();
-    let (mut kept, mut dropped, mut rewards_sum, mut responses, mut tokens) =
-        (0usize, 0usize, 0.0f64, 0usize, 0usize);
+    let (mut trained, mut dropped) = (Vec::new(), Vec::new());
+    let (mut rewards_sum, mut responses, mut tokens) = (0.0f64, 0usize, 0usize);
     for draw in 0..s.max_draws.max(1) {
         let batch = draws.batch(s.prompts_per_step);
         let mut groups: Vec<Vec<Rollout>> = vec![Vec::new(); batch.len()];
@@ -365,8 +369,14 @@ fn sample_groups<G: Generator>(
             .map(|r| r.response.len())
             .sum::<usize>();
         let b = batch_advantages(&rewards, s.scale);
-        dropped += b.dropped_equal;
-        kept += b.kept.len();
+        let kept_at: Vec<usize> = b.kept.iter().map(|(i, _)| *i).collect();
+        for (i, p) in batch.iter().enumerate() {
+            if kept_at.contains(&i) {
+                trained.push(p.id.0);
+            } else {
+                dropped.push(p.id.0);
+            }
+        }
         for (i, advantages) in b.kept {
             for (r, a) in groups[i].iter().zip(advantages) {
                 if r.response.is_empty() {
@@ -397,12 +407,14 @@ fn sample_groups<G: Generator>(
         step: GrpoStep {
             step: 0,
             mean_reward: rewards_sum / responses.max(1) as f64,
-            groups_kept: kept,
-            groups_dropped: dropped,
+            groups_kept: trained.len(),
+            groups_dropped: dropped.len(),
             staleness: 0,
             mean_response_tokens: tokens as f64 / responses.max(1) as f64,
             stats: None,
         },
+        trained,
+        dropped,
     })
 }
 
@@ -482,8 +494,9 @@ where
         if version.is_multiple_of(s.refresh_every.max(1)) || generator.version() > version {
             generator.load(learner.publish()?, version)?;
         }
-        let Sampled { mut samples, step } =
-            sample_groups(generator, &mut draws, reward, s, version)?;
+        let Sampled {
+            mut samples, step, ..
+        } = sample_groups(generator, &mut draws, reward, s, version)?;
         if let Some(scorer) = reference.as_deref_mut() {
             add_reference(scorer, &mut samples)?;
         }
@@ -589,6 +602,8 @@ where
             let Sampled {
                 mut samples,
                 step: mut record,
+                trained,
+                dropped,
             } = sampled;
             if let Some(scorer) = reference.as_deref_mut() {
                 run.clock
@@ -617,6 +632,8 @@ where
             run.grpo = Some(draws.at.clone());
             let extra = StepExtra {
                 samples: Some(rows.iter().map(|r| r.segments.len()).sum()),
+                records_trained: Some(trained),
+                records_filtered: Some(dropped),
                 rl: Some(event),
                 ..StepExtra::default()
             };
