@@ -110,13 +110,14 @@ fn bad_configuration_fails_with_the_key() {
         "{err}"
     );
     let run = Command::new(example())
-        .args(["--methods", "rl"])
+        .args(["--methods", "ppo"])
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
-        err.contains("invalid value 'rl'") && err.contains("sft, on-policy, npd"),
+        err.contains("invalid value 'ppo'")
+            && err.contains("sft, on-policy, npd, rl, sft+rl, on-policy+rl, npd+rl"),
         "{err}"
     );
     let run = Command::new(example())
