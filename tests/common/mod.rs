@@ -17,6 +17,7 @@ pub fn example_named(name: &str) -> PathBuf {
 }
 
 /// An empty scratch path, unique to this test process, named `what`.
+#[allow(dead_code)]
 pub fn scratch(what: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("npd-e2e-{}-{what}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

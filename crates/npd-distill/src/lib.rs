@@ -150,7 +150,10 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         return Ok(Ended::Checked(config.to_toml()));
     }
     if check {
-        return Ok(Ended::Checked("configuration valid\n".into()));
+        return Ok(Ended::Checked(format!(
+            "configuration valid\n{}",
+            npd_train::device::Libtorch::probe()
+        )));
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
     let out = config.output.dir.clone();
