@@ -363,6 +363,14 @@ pub struct TrainConfig {
     pub teacher_fraction: f64,
     /// Abort after this many consecutive steps with a non-finite loss.
     pub max_nonfinite_steps: u32,
+    /// Recompute each decoder block's activations in the backward pass
+    /// instead of keeping them (activation checkpointing per block): less
+    /// memory, about one more forward of compute.
+    pub recompute: bool,
+    /// Loss targets whose logits are computed at once: the lm-head and
+    /// loss run over chunks of this many targets, so `[targets, vocab]`
+    /// logits never exist for a whole micro-batch; 0: all at once.
+    pub loss_chunk_tokens: usize,
     /// libtorch intra-op threads of the training thread (teacher scoring
     /// and optimizer steps); 0 uses every core (NPD's generating thread
     /// runs beside it with `rollout.threads`).
@@ -393,6 +401,8 @@ impl Default for TrainConfig {
             target_temperature: 1.0,
             teacher_fraction: 0.0,
             max_nonfinite_steps: 5,
+            recompute: false,
+            loss_chunk_tokens: 4096,
             threads: 0,
             seed: 0,
         }
@@ -429,6 +439,7 @@ impl Section for TrainConfig {
         c.non_negative("grad_clip", self.grad_clip, " (0 turns clipping off)")?;
         c.non_negative("ce_weight", self.ce_weight, "")?;
         c.between("top_k", self.top_k, 1, MAX_TOKENS)?;
+        c.between("loss_chunk_tokens", self.loss_chunk_tokens, 0, MAX_TOKENS)?;
         c.between("threads", self.threads, 0, MAX_THREADS)?;
         c.fraction("jsd_beta", self.jsd_beta, false, false)?;
         c.fraction("skew_alpha", self.skew_alpha, false, false)?;

@@ -341,22 +341,159 @@ impl Llama {
         positions: &Tensor,
         mut attend: impl FnMut(usize, Tensor, Tensor, Tensor) -> Tensor,
     ) -> Tensor {
+        let rope = self.rope(positions, x.kind());
+        for i in 0..self.layers.len() {
+            x = self.block(i, &x, &rope, &mut attend);
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Decoder block `i` over `x`, with RoPE's `(cos, sin)`.
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        (cos, sin): &(Tensor, Tensor),
+        attend: &mut impl FnMut(usize, Tensor, Tensor, Tensor) -> Tensor,
+    ) -> Tensor {
         let c = &self.config;
+        let block = &self.layers[i];
         let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
-        let (cos, sin) = self.rope(positions, x.kind());
         let lead: Vec<i64> = x.size()[..x.dim() - 1].to_vec();
         let heads = |n: i64| [lead.as_slice(), &[n, hd]].concat();
-        for (i, block) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps);
-            let q = Self::rotate(&block.q.forward(&h).view(heads(nh).as_slice()), &cos, &sin);
-            let k = Self::rotate(&block.k.forward(&h).view(heads(nkv).as_slice()), &cos, &sin);
-            let v = block.v.forward(&h).view(heads(nkv).as_slice());
-            // Not `+=`: that adds in place and corrupts tensors autograd saved.
-            x = &x + block.o.forward(&attend(i, q, k, v));
-            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
-            x = &x + Self::mlp(block, &h);
+        let h = rms_norm(x, &block.input_norm, c.rms_norm_eps);
+        let q = Self::rotate(&block.q.forward(&h).view(heads(nh).as_slice()), cos, sin);
+        let k = Self::rotate(&block.k.forward(&h).view(heads(nkv).as_slice()), cos, sin);
+        let v = block.v.forward(&h).view(heads(nkv).as_slice());
+        // Not `+=`: that adds in place and corrupts tensors autograd saved.
+        let x = x + block.o.forward(&attend(i, q, k, v));
+        let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps);
+        &x + Self::mlp(block, &h)
+    }
+
+    /// Checks packed rows' shapes and tokens and plans their attention.
+    fn packed_attention(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        lengths: &[usize],
+    ) -> Result<Attention> {
+        let t = tokens.size1().map_err(|e| shape_err("tokens", e))?;
+        if lengths.iter().sum::<usize>() as i64 != t || positions.size() != [t] {
+            return Err(Error::invalid(
+                "packed forward",
+                format!(
+                    "tokens [{t}], positions {:?} and segment lengths summing to {} disagree",
+                    positions.size(),
+                    lengths.iter().sum::<usize>()
+                ),
+            ));
         }
-        rms_norm(&x, &self.norm, c.rms_norm_eps)
+        self.check_tokens(tokens)?;
+        let plan = (lengths.len() > 1).then(|| SegmentPlan::new(lengths, self.device()));
+        Ok(Attention::Packed { t, plan })
+    }
+
+    /// Checks a padded batch's shapes and tokens.
+    fn padded_attention(&self, tokens: &Tensor, positions: &Tensor) -> Result<Attention> {
+        let (b, l) = tokens.size2().map_err(|e| shape_err("tokens", e))?;
+        if positions.size() != [b, l] {
+            return Err(Error::invalid(
+                "padded forward",
+                format!(
+                    "tokens [{b}, {l}] need positions [{b}, {l}], got {:?}",
+                    positions.size()
+                ),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        Ok(Attention::Padded { b, l })
+    }
+
+    /// Causal attention of `q`, `k`, `v` (`[..., tokens, heads, head_dim]`)
+    /// laid out as `how` says, into `[..., tokens, heads * head_dim]`.
+    fn attend(&self, how: &Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor {
+        let nh = self.config.num_heads as i64;
+        let hd = self.config.head_dim as i64;
+        match how {
+            Attention::Padded { b, l } => self
+                .causal(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2))
+                .transpose(1, 2)
+                .reshape([*b, *l, nh * hd]),
+            Attention::Packed { t, plan: None } => self
+                .causal(
+                    &q.transpose(0, 1).unsqueeze(0),
+                    &k.transpose(0, 1).unsqueeze(0),
+                    &v.transpose(0, 1).unsqueeze(0),
+                )
+                .squeeze_dim(0)
+                .transpose(0, 1)
+                .reshape([*t, nh * hd]),
+            Attention::Packed {
+                plan: Some(plan), ..
+            } => {
+                let nkv = self.config.num_kv_heads as i64;
+                let parts: Vec<Tensor> = plan
+                    .groups
+                    .iter()
+                    .map(|(idx, n, len)| {
+                        let pick = |x: &Tensor, heads: i64| {
+                            x.index_select(0, idx)
+                                .view([*n, *len, heads, hd])
+                                .transpose(1, 2)
+                        };
+                        self.causal(&pick(&q, nh), &pick(&k, nkv), &pick(&v, nkv))
+                            .transpose(1, 2)
+                            .reshape([n * len, nh * hd])
+                    })
+                    .collect();
+                Tensor::cat(&parts, 0).index_select(0, &plan.gather)
+            }
+        }
+    }
+
+    /// Causal attention on `[batch, heads, len, head_dim]`, keys and values
+    /// with the model's KV heads. Each KV head is repeated for the query
+    /// heads that share it (as transformers' `repeat_kv`), so the call
+    /// reaches libtorch's fused kernels (flash or memory-efficient, whose
+    /// memory grows linearly with the length); asked to broadcast the
+    /// heads itself (`enable_gqa`) libtorch falls back to the math kernel,
+    /// which materialises every `[len, len]` score matrix.
+    fn causal(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (k, v) = self.repeat_kv(k, v);
+        sdpa_causal(q, &k, &v)
+    }
+
+    /// Keys and values `[batch, kv_heads, len, head_dim]` with each KV head
+    /// repeated for its query heads: `[batch, heads, len, head_dim]`.
+    fn repeat_kv(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let rep = (self.config.num_heads / self.config.num_kv_heads) as i64;
+        if rep == 1 {
+            return (k.shallow_clone(), v.shallow_clone());
+        }
+        let r = |x: &Tensor| x.repeat_interleave_self_int(rep, 1, None);
+        (r(k), r(v))
+    }
+
+    /// The fused-attention kernel libtorch picks for a training forward of
+    /// `len` tokens in the model's dtype on its device (`math`, `flash`,
+    /// `efficient`, `cudnn`, ...), as [`Llama::forward_packed`] calls it.
+    pub fn attention_kernel(&self, len: usize) -> &'static str {
+        let c = &self.config;
+        let q = Tensor::zeros(
+            [1, c.num_heads as i64, len as i64, c.head_dim as i64],
+            (self.kind(), self.device()),
+        );
+        let choice =
+            Tensor::internal_fused_sdp_choice::<Tensor>(&q, &q, &q, None, 0.0, true, None, false);
+        match choice {
+            0 => "math",
+            1 => "flash",
+            2 => "efficient",
+            3 => "cudnn",
+            4 => "overrideable",
+            _ => "none",
+        }
     }
 
     /// Final hidden states `[T, hidden]` of packed sequences.
@@ -371,54 +508,9 @@ impl Llama {
         positions: &Tensor,
         lengths: &[usize],
     ) -> Result<Tensor> {
-        let t = tokens.size1().map_err(|e| shape_err("tokens", e))?;
-        if lengths.iter().sum::<usize>() as i64 != t || positions.size() != [t] {
-            return Err(Error::invalid(
-                "packed forward",
-                format!(
-                    "tokens [{t}], positions {:?} and segment lengths summing to {} disagree",
-                    positions.size(),
-                    lengths.iter().sum::<usize>()
-                ),
-            ));
-        }
-        self.check_tokens(tokens)?;
-        let c = &self.config;
-        let (nh, nkv) = (c.num_heads as i64, c.num_kv_heads as i64);
-        let gqa = nkv != nh;
-        let plan = (lengths.len() > 1).then(|| SegmentPlan::new(lengths, self.device()));
+        let how = self.packed_attention(tokens, positions, lengths)?;
         let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
-        Ok(self.blocks(x, positions, |_, q, k, v| {
-            let hd = q.size()[2];
-            match &plan {
-                None => sdpa_causal(
-                    &q.transpose(0, 1).unsqueeze(0),
-                    &k.transpose(0, 1).unsqueeze(0),
-                    &v.transpose(0, 1).unsqueeze(0),
-                    gqa,
-                )
-                .squeeze_dim(0)
-                .transpose(0, 1)
-                .reshape([t, nh * hd]),
-                Some(plan) => {
-                    let parts: Vec<Tensor> = plan
-                        .groups
-                        .iter()
-                        .map(|(idx, n, len)| {
-                            let pick = |x: &Tensor, heads: i64| {
-                                x.index_select(0, idx)
-                                    .view([*n, *len, heads, hd])
-                                    .transpose(1, 2)
-                            };
-                            sdpa_causal(&pick(&q, nh), &pick(&k, nkv), &pick(&v, nkv), gqa)
-                                .transpose(1, 2)
-                                .reshape([n * len, nh * hd])
-                        })
-                        .collect();
-                    Tensor::cat(&parts, 0).index_select(0, &plan.gather)
-                }
-            }
-        }))
+        Ok(self.blocks(x, positions, |_, q, k, v| self.attend(&how, q, k, v)))
     }
 
     /// Final hidden states `[B, L, hidden]` of a right-padded batch: one
@@ -426,31 +518,107 @@ impl Llama {
     /// after each sequence, so real tokens never attend to it; its cost is
     /// the full `B · L²` that packing avoids.
     pub fn forward_padded(&self, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, l) = tokens.size2().map_err(|e| shape_err("tokens", e))?;
-        if positions.size() != [b, l] {
-            return Err(Error::invalid(
-                "padded forward",
-                format!(
-                    "tokens [{b}, {l}] need positions [{b}, {l}], got {:?}",
-                    positions.size()
-                ),
-            ));
-        }
-        self.check_tokens(tokens)?;
-        let c = &self.config;
-        let (nh, gqa) = (c.num_heads as i64, c.num_kv_heads != c.num_heads);
+        let how = self.padded_attention(tokens, positions)?;
         let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
-        Ok(self.blocks(x, positions, |_, q, k, v| {
-            let hd = q.size()[3];
-            sdpa_causal(
-                &q.transpose(1, 2),
-                &k.transpose(1, 2),
-                &v.transpose(1, 2),
-                gqa,
-            )
-            .transpose(1, 2)
-            .reshape([b, l, nh * hd])
-        }))
+        Ok(self.blocks(x, positions, |_, q, k, v| self.attend(&how, q, k, v)))
+    }
+
+    /// A training pass over packed rows (`tokens`, `positions`, `lengths`
+    /// as [`Llama::forward_packed`] takes them): the forward, then `head`,
+    /// then the backward into every parameter's gradient (accumulated).
+    ///
+    /// `head` gets the final hidden states `[T, hidden]` as a leaf that
+    /// requires grad, computes the loss from them and calls `backward` on
+    /// it, as often as it likes (a loss computed in chunks calls it once
+    /// per chunk, so only one chunk's logits exist at a time); it returns
+    /// the loss. When that is not finite nothing more is propagated.
+    ///
+    /// With `recompute`, the forward keeps only each decoder block's input;
+    /// the backward recomputes one block at a time (activation
+    /// checkpointing per block): activation memory is one block's plus
+    /// `layers × [T, hidden]`, at the cost of a second forward.
+    pub fn backward_packed(
+        &self,
+        (tokens, positions, lengths): (&Tensor, &Tensor, &[usize]),
+        recompute: bool,
+        head: impl FnOnce(&Tensor) -> Result<f64>,
+    ) -> Result<f64> {
+        let how = self.packed_attention(tokens, positions, lengths)?;
+        self.backward(tokens, positions, &how, recompute, head)
+    }
+
+    /// [`Llama::backward_packed`] for a right-padded batch `[B, L]` (as
+    /// [`Llama::forward_padded`] takes it); `head` gets `[B · L, hidden]`.
+    pub fn backward_padded(
+        &self,
+        (tokens, positions): (&Tensor, &Tensor),
+        recompute: bool,
+        head: impl FnOnce(&Tensor) -> Result<f64>,
+    ) -> Result<f64> {
+        let how = self.padded_attention(tokens, positions)?;
+        self.backward(tokens, positions, &how, recompute, head)
+    }
+
+    fn backward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        how: &Attention,
+        recompute: bool,
+        head: impl FnOnce(&Tensor) -> Result<f64>,
+    ) -> Result<f64> {
+        let hidden = self.config.hidden_size as i64;
+        let mut attend = |_: usize, q, k, v| self.attend(how, q, k, v);
+        // The head's loss and the gradient of the final hidden states.
+        let run_head = |h: &Tensor| -> Result<(f64, Option<Tensor>)> {
+            let leaf = h.view([-1, hidden]).detach().set_requires_grad(true);
+            let loss = head(&leaf)?;
+            let grad = leaf.grad();
+            Ok((loss, (loss.is_finite() && grad.defined()).then_some(grad)))
+        };
+        if !recompute {
+            let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+            let h = self.blocks(x, positions, &mut attend);
+            let (loss, grad) = run_head(&h)?;
+            if let Some(g) = grad {
+                backward_from(&h.view([-1, hidden]), &g);
+            }
+            return Ok(loss);
+        }
+        // Forward without a graph, keeping each block's input.
+        let kind = self.embed.kind();
+        let rope = self.rope(positions, kind);
+        let inputs: Vec<Tensor> = tch::no_grad(|| {
+            let mut x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+            let mut inputs = Vec::with_capacity(self.layers.len() + 1);
+            for i in 0..self.layers.len() {
+                let next = self.block(i, &x, &rope, &mut attend);
+                inputs.push(x);
+                x = next;
+            }
+            inputs.push(x);
+            inputs
+        });
+        let last = inputs[self.layers.len()].detach().set_requires_grad(true);
+        let h = rms_norm(&last, &self.norm, self.config.rms_norm_eps);
+        let (loss, grad) = run_head(&h)?;
+        let Some(g) = grad else {
+            return Ok(loss);
+        };
+        backward_from(&h.view([-1, hidden]), &g);
+        let mut g = last.grad();
+        // Backward one block at a time, recomputing its forward.
+        for i in (0..self.layers.len()).rev() {
+            let x = inputs[i].detach().set_requires_grad(true);
+            let out = self.block(i, &x, &rope, &mut attend);
+            backward_from(&out, &g);
+            g = x.grad();
+        }
+        let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        if x.requires_grad() {
+            backward_from(&x, &g);
+        }
+        Ok(loss)
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` positions.
@@ -553,9 +721,23 @@ impl Llama {
     }
 }
 
+/// How a training or scoring forward attends.
+enum Attention {
+    /// `t` packed tokens; segments grouped by `plan` (one segment: none).
+    Packed { t: i64, plan: Option<SegmentPlan> },
+    /// A right-padded batch of `b` rows of `l` tokens.
+    Padded { b: i64, l: i64 },
+}
+
+/// Propagates `grad` (the gradient of a loss with respect to `out`) back
+/// through `out`'s graph: the backward of `Σ out · grad`.
+fn backward_from(out: &Tensor, grad: &Tensor) {
+    (out * grad.detach()).sum(Kind::Float).backward();
+}
+
 /// Causal scaled-dot-product attention on `[batch, heads, len, head_dim]`.
-fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor, gqa: bool) -> Tensor {
-    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, gqa)
+fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, false)
 }
 
 fn shape_err(what: &str, e: tch::TchError) -> Error {

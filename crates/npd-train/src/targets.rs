@@ -21,6 +21,26 @@ pub(crate) struct Targets {
     pub policy: Option<(Tensor, Tensor, Option<Tensor>)>,
 }
 
+impl Targets {
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.tokens.size()[0] as usize
+    }
+
+    /// Targets `start..start + len` (views, no copy).
+    pub fn narrow(&self, start: usize, len: usize) -> Targets {
+        let (s, n) = (start as i64, len as i64);
+        let cut = |t: &Tensor| t.narrow(0, s, n);
+        Targets {
+            rows: cut(&self.rows),
+            tokens: cut(&self.tokens),
+            weights: cut(&self.weights),
+            topk: (self.topk.as_ref()).map(|(i, l, t)| (cut(i), cut(l), cut(t))),
+            policy: (self.policy.as_ref()).map(|(b, a, r)| (cut(b), cut(a), r.as_ref().map(cut))),
+        }
+    }
+}
+
 /// Loss targets gathered from rows, before they become tensors.
 #[derive(Default)]
 struct TargetLists {

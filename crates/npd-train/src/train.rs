@@ -13,7 +13,7 @@ use crate::loss::{
 };
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, lr_at};
-use crate::targets::{gather_packed, gather_padded};
+use crate::targets::{Targets, gather_packed, gather_padded};
 use crate::weights::TensorStore;
 
 /// How rows are laid out for the forward pass.
@@ -67,6 +67,11 @@ pub struct TrainOptions {
     /// with policy targets carry ([`crate::loss::kl_to_reference`]); 0
     /// turns it off.
     pub policy_kl: f64,
+    /// Recompute each block's activations in the backward pass
+    /// ([`Llama::backward_packed`]).
+    pub recompute: bool,
+    /// Targets whose logits are computed at once (0: all of a micro-batch).
+    pub loss_chunk_tokens: usize,
 }
 
 /// The clip range of the policy objective unless one is set: DAPO's
@@ -99,6 +104,8 @@ impl TrainOptions {
             layout: Layout::Packed,
             policy_clip: POLICY_CLIP,
             policy_kl: 0.0,
+            recompute: c.recompute,
+            loss_chunk_tokens: c.loss_chunk_tokens,
         }
     }
 }
@@ -251,9 +258,7 @@ impl Trainer {
         self.opt.zero_grad();
         let mut total = 0.0;
         for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
-            let loss = self.loss(chunk, n as f64)?;
-            total += loss.double_value(&[]);
-            loss.backward();
+            total += self.pass(chunk, n as f64, true)?;
         }
         let grads = tch::no_grad(|| {
             self.model
@@ -275,28 +280,73 @@ impl Trainer {
         tch::no_grad(|| -> Result<f64> {
             let mut total = 0.0;
             for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
-                total += self.loss(chunk, n as f64)?.double_value(&[]);
+                total += self.pass(chunk, n as f64, false)?;
             }
             Ok(total)
         })
     }
 
-    /// The weighted loss of `rows`, summed over targets and divided by `norm`.
-    fn loss(&self, rows: &[PackedRow], norm: f64) -> Result<Tensor> {
+    /// The weighted loss of `rows`, summed over targets and divided by
+    /// `norm`, with its backward into the parameters' gradients when
+    /// `backward` is set (then with recomputation when the options say).
+    /// A non-finite loss is returned as soon as a chunk has one.
+    fn pass(&self, rows: &[PackedRow], norm: f64, backward: bool) -> Result<f64> {
         let device = self.model.device();
-        let (hidden, targets) = match self.options.layout {
+        let recompute = self.options.recompute;
+        match self.options.layout {
             Layout::Packed => {
                 let (tokens, positions, lengths, targets) = gather_packed(rows, device)?;
-                let h = self.model.forward_packed(&tokens, &positions, &lengths)?;
-                (h, targets)
+                if backward {
+                    let head = |h: &Tensor| self.head(h, &targets, norm, true);
+                    self.model
+                        .backward_packed((&tokens, &positions, &lengths), recompute, head)
+                } else {
+                    let h = self.model.forward_packed(&tokens, &positions, &lengths)?;
+                    self.head(&h, &targets, norm, false)
+                }
             }
             Layout::Padded => {
                 let (tokens, positions, targets) = gather_padded(rows, device)?;
-                let h = self.model.forward_padded(&tokens, &positions)?;
-                let hs = h.size();
-                (h.view([hs[0] * hs[1], hs[2]]), targets)
+                if backward {
+                    let head = |h: &Tensor| self.head(h, &targets, norm, true);
+                    self.model
+                        .backward_padded((&tokens, &positions), recompute, head)
+                } else {
+                    let h = self.model.forward_padded(&tokens, &positions)?;
+                    let hs = h.size();
+                    self.head(&h.view([hs[0] * hs[1], hs[2]]), &targets, norm, false)
+                }
             }
+        }
+    }
+
+    /// The loss of `targets` predicted from `hidden` (`[tokens, hidden]`),
+    /// over chunks of `loss_chunk_tokens` targets, each chunk's backward
+    /// run (when `backward`) before the next chunk's logits exist.
+    fn head(&self, hidden: &Tensor, targets: &Targets, norm: f64, backward: bool) -> Result<f64> {
+        let n = targets.len();
+        let chunk = match self.options.loss_chunk_tokens {
+            0 => n.max(1),
+            c => c,
         };
+        let mut total = 0.0;
+        for start in (0..n).step_by(chunk) {
+            let loss =
+                self.chunk_loss(hidden, &targets.narrow(start, chunk.min(n - start)), norm)?;
+            let v = loss.double_value(&[]);
+            if !v.is_finite() {
+                return Ok(v);
+            }
+            if backward {
+                loss.backward();
+            }
+            total += v;
+        }
+        Ok(total)
+    }
+
+    /// The loss of one chunk of targets, as a tensor.
+    fn chunk_loss(&self, hidden: &Tensor, targets: &Targets, norm: f64) -> Result<Tensor> {
         let logits = self
             .model
             .logits(&hidden.index_select(0, &targets.rows))
@@ -382,13 +432,11 @@ impl Learner for Trainer {
         let mut loss_sum = 0.0;
         let mut finite = true;
         for chunk in rows.chunks(self.options.micro_batch_rows.max(1)) {
-            let loss = self.loss(chunk, targets as f64)?;
-            let v = loss.double_value(&[]);
+            let v = self.pass(chunk, targets as f64, true)?;
             if !v.is_finite() {
                 finite = false;
                 break;
             }
-            loss.backward();
             loss_sum += v;
         }
         let lr = lr_at(
