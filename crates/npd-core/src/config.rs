@@ -295,6 +295,20 @@ impl Section for SamplingConfig {
     }
 }
 
+/// The floating-point type the student trains in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 parameters and activations.
+    F32,
+    /// bf16 parameters and activations, with f32 master weights and
+    /// AdamW moments.
+    Bf16,
+    /// IEEE half precision: refused for training (it needs loss scaling,
+    /// which npd does not do).
+    F16,
+}
+
 /// The divergence the student is trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -363,6 +377,9 @@ pub struct TrainConfig {
     pub teacher_fraction: f64,
     /// Abort after this many consecutive steps with a non-finite loss.
     pub max_nonfinite_steps: u32,
+    /// The student's parameters and activations while training: `f32`, or
+    /// `bf16` with f32 master weights and optimizer moments.
+    pub precision: Precision,
     /// Recompute each decoder block's activations in the backward pass
     /// instead of keeping them (activation checkpointing per block): less
     /// memory, about one more forward of compute.
@@ -401,6 +418,7 @@ impl Default for TrainConfig {
             target_temperature: 1.0,
             teacher_fraction: 0.0,
             max_nonfinite_steps: 5,
+            precision: Precision::F32,
             recompute: false,
             loss_chunk_tokens: 4096,
             threads: 0,
@@ -440,6 +458,13 @@ impl Section for TrainConfig {
         c.non_negative("ce_weight", self.ce_weight, "")?;
         c.between("top_k", self.top_k, 1, MAX_TOKENS)?;
         c.between("loss_chunk_tokens", self.loss_chunk_tokens, 0, MAX_TOKENS)?;
+        c.that(
+            self.precision != Precision::F16,
+            "precision",
+            "\"f32\" or \"bf16\" (f16 training needs loss scaling, which npd does not do; \
+             bf16 has f32's range and needs none)",
+            "\"f16\"",
+        )?;
         c.between("threads", self.threads, 0, MAX_THREADS)?;
         c.fraction("jsd_beta", self.jsd_beta, false, false)?;
         c.fraction("skew_alpha", self.skew_alpha, false, false)?;

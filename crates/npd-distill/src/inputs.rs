@@ -306,7 +306,10 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             ),
             format!("teacher: {}", describe(&teacher)),
             format!("student: {}", describe(&student)),
-            format!("device {}, dtype {:?}", m.device, m.dtype),
+            format!(
+                "device {}, teacher in {:?}, student trains in {:?}",
+                m.device, m.dtype, config.train.precision
+            ),
         ],
         alone_prefix: student.alone_prefix()?,
         pad_id: student.pad_id(),

@@ -50,15 +50,28 @@ fn write_model_files(
     config_json: Option<&str>,
     shard_bytes: usize,
 ) -> Result<()> {
-    let config = match config_json {
-        Some(text) => text.to_string(),
+    let dtype = match model.kind() {
+        tch::Kind::BFloat16 => "bfloat16",
+        tch::Kind::Half => "float16",
+        _ => "float32",
+    };
+    // The config states the dtype the weights are written in.
+    let config = match config_json.map(serde_json::from_str::<Value>) {
+        Some(Ok(mut v)) if v.is_object() => {
+            v["torch_dtype"] = dtype.into();
+            if v.get("dtype").is_some() {
+                v["dtype"] = dtype.into();
+            }
+            serde_json::to_string_pretty(&v).expect("JSON values serialise")
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "the student's config.json",
+                "not a JSON object; it is copied into checkpoints",
+            ));
+        }
         None => {
             let mut v = model.config().to_llama_json();
-            let dtype = match model.kind() {
-                tch::Kind::BFloat16 => "bfloat16",
-                tch::Kind::Half => "float16",
-                _ => "float32",
-            };
             v["torch_dtype"] = dtype.into();
             serde_json::to_string_pretty(&v).expect("JSON values serialise")
         }

@@ -326,8 +326,11 @@ impl<'a> Stages for TchStages<'a> {
             .with_config_json(self.student_config_json.clone()))
     }
 
+    /// The generator runs in the student's training precision, so its
+    /// log-probs are the policy the trainer holds.
     fn generator(&self, method: Method) -> npd_pipeline::Result<ModelGenerator> {
-        let model = Llama::new(self.student.clone(), self.teacher.device());
+        let mut model = Llama::new(self.student.clone(), self.teacher.device());
+        model.set_kind(self.train.precision);
         let generator = ModelGenerator::new(model, 0);
         Ok(match method {
             Method::NearPolicy => {
@@ -372,6 +375,7 @@ impl<'a> Stages for TchStages<'a> {
 
     fn reference(&self, learner: &Trainer) -> npd_pipeline::Result<Reference> {
         let mut model = Llama::new(self.student.clone(), self.teacher.device());
+        model.set_kind(self.rl.precision);
         let weights: Weights = tch::no_grad(|| {
             (learner.model().named_parameters().into_iter())
                 .map(|(n, t)| (n, t.detach().copy()))

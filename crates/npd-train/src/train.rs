@@ -4,7 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-use npd_core::config::{LossKind, TrainConfig};
+use npd_core::config::{LossKind, Precision, TrainConfig};
 use npd_core::traits::{Learner, StepStats};
 use npd_core::{Error, PackedRow, PolicyVersion, Result};
 
@@ -72,6 +72,9 @@ pub struct TrainOptions {
     pub recompute: bool,
     /// Targets whose logits are computed at once (0: all of a micro-batch).
     pub loss_chunk_tokens: usize,
+    /// The dtype the student trains in (f32 or bf16; bf16 with f32 master
+    /// weights in the optimizer).
+    pub precision: Kind,
 }
 
 /// The clip range of the policy objective unless one is set: DAPO's
@@ -106,9 +109,22 @@ impl TrainOptions {
             policy_kl: 0.0,
             recompute: c.recompute,
             loss_chunk_tokens: c.loss_chunk_tokens,
+            precision: precision_kind(c.precision),
         }
     }
 }
+
+/// The libtorch kind of a training precision.
+pub fn precision_kind(p: Precision) -> Kind {
+    match p {
+        Precision::F32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::F16 => Kind::Half,
+    }
+}
+
+/// Prefix of the optimizer-state tensors holding f32 master weights.
+const MASTER_PREFIX: &str = "master.";
 
 /// Trains a student model.
 #[derive(Debug)]
@@ -125,9 +141,13 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer over `model`'s parameters.
-    pub fn new(model: Llama, options: TrainOptions) -> Self {
+    /// A trainer over `model`'s parameters, cast to `options.precision`;
+    /// a model cast down from f32 keeps its f32 values as the optimizer's
+    /// master weights.
+    pub fn new(mut model: Llama, options: TrainOptions) -> Self {
         let params = model.var_store().trainable_variables();
+        let masters: Vec<Tensor> = tch::no_grad(|| params.iter().map(Tensor::copy).collect());
+        model.set_kind(options.precision);
         let named = model.named_parameters();
         let names = params
             .iter()
@@ -138,7 +158,7 @@ impl Trainer {
                     .map_or_else(String::new, |(n, _)| n.clone())
             })
             .collect();
-        let opt = AdamW::new(params, options.adamw);
+        let opt = AdamW::with_masters(params, masters, options.adamw);
         Self {
             model,
             names,
@@ -184,14 +204,25 @@ impl Trainer {
         &mut self.opt
     }
 
-    /// The optimizer moments for a checkpoint, named like PyTorch's AdamW
-    /// state: `exp_avg.<parameter>` and `exp_avg_sq.<parameter>`.
+    /// The optimizer state for a checkpoint, named like PyTorch's AdamW
+    /// state: `exp_avg.<parameter>` and `exp_avg_sq.<parameter>`, and
+    /// `master.<parameter>` for the f32 master weight of a parameter held
+    /// in lower precision.
     pub fn optimizer_state(&self) -> Vec<(String, Tensor)> {
         let (first, second) = self.opt.state();
-        let mut out = Vec::with_capacity(2 * first.len());
-        for ((name, m), v) in self.names.iter().zip(first).zip(second) {
+        let mut out = Vec::with_capacity(3 * first.len());
+        for (((name, m), v), master) in self
+            .names
+            .iter()
+            .zip(first)
+            .zip(second)
+            .zip(self.opt.masters())
+        {
             out.push((format!("exp_avg.{name}"), m.shallow_clone()));
             out.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
+            if let Some(master) = master {
+                out.push((format!("{MASTER_PREFIX}{name}"), master.shallow_clone()));
+            }
         }
         out
     }
@@ -211,7 +242,24 @@ impl Trainer {
         let device = self.model.device();
         let mut m = Vec::with_capacity(first.len());
         let mut v = Vec::with_capacity(second.len());
-        for ((name, f), s) in self.names.iter().zip(first).zip(second) {
+        let mut masters = Vec::with_capacity(first.len());
+        for (((name, f), s), master) in self
+            .names
+            .iter()
+            .zip(first)
+            .zip(second)
+            .zip(self.opt.masters())
+        {
+            let key = format!("{MASTER_PREFIX}{name}");
+            masters.push(match master {
+                // A checkpoint written in f32 has no masters: its weights are.
+                Some(_) if !moments.contains(&key) => None,
+                Some(w) => Some(moments.take(&key, &w.size())?.to_kind(Kind::Float)),
+                None => {
+                    moments.discard(&key);
+                    None
+                }
+            });
             m.push(
                 moments
                     .take(&format!("exp_avg.{name}"), &f.size())?
@@ -232,6 +280,7 @@ impl Trainer {
             ));
         }
         self.opt.restore(m, v, optimizer_steps);
+        self.opt.restore_masters(masters);
         self.skipped = skipped;
         self.nonfinite_run = 0;
         Ok(())
