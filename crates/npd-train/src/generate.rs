@@ -177,28 +177,21 @@ fn run(
             }
         };
         let last = hidden.select(1, hidden.size()[1] - 1);
-        let logits = model
-            .logits(&last)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu);
-        let vocab = logits.size()[1] as usize;
-        let flat = Vec::<f32>::try_from(logits.flatten(0, -1)).map_err(|e| Error::Backend {
-            context: "reading logits".into(),
-            cause: Box::new(e),
-        })?;
-        for (b, row) in flat.chunks(vocab).enumerate() {
+        let logits = model.logits(&last).to_kind(Kind::Float);
+        // Only the picked tokens and their log-probs reach the host.
+        let (tokens, logprobs) = pick(&logits, params, &mut rng)?;
+        for (b, (&tok, &logprob)) in tokens.iter().zip(&logprobs).enumerate() {
             let i = active[b];
             let next = if done[i] {
                 pad_id
             } else {
-                let tok = pick(row, params, &mut rng);
                 out[i].tokens.push(tok as TokenId);
-                out[i].logprobs.push(log_softmax_at(row, tok));
+                out[i].logprobs.push(logprob);
                 if params.stop_ids.contains(&(tok as TokenId)) {
                     done[i] = true;
                     out[i].finish = FinishReason::Stop;
                 }
-                tok as i64
+                tok
             };
             batch.rows[b].push(next);
         }
@@ -220,69 +213,76 @@ fn run(
     Ok(out)
 }
 
-/// `log softmax(row)[i]`.
-fn log_softmax_at(row: &[f32], i: usize) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    (row[i] - max) - sum.ln() as f32
-}
-
-/// Picks the next token: argmax at temperature 0, else a sample from the
-/// tempered distribution restricted to the top k and the top-p nucleus.
-fn pick(row: &[f32], params: &SamplingParams, rng: &mut StdRng) -> usize {
-    if params.temperature == 0.0 {
-        return argmax(row);
-    }
-    let inv_t = 1.0 / params.temperature as f64;
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    let restrict = params.top_k.is_some_and(|k| k < row.len()) || params.top_p < 1.0;
-    if restrict {
-        // Most likely first, ties by id.
-        idx.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        if let Some(k) = params.top_k {
-            idx.truncate(k.max(1));
+/// Picks the next token of each row of `logits` (`[rows, vocab]` f32, on
+/// the model's device), on the device: the argmax at temperature 0, else a
+/// sample from the tempered distribution restricted to the top k and the
+/// top-p nucleus (most likely first, ties by id), drawn with one uniform
+/// number per row from `rng`. Returns each row's token and its log-prob at
+/// temperature 1; only these cross to the host (one synchronisation).
+fn pick(
+    logits: &Tensor,
+    params: &SamplingParams,
+    rng: &mut StdRng,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    let (rows, vocab) = logits.size2().map_err(|e| Error::Backend {
+        context: "logits".into(),
+        cause: Box::new(e),
+    })?;
+    let tokens = if params.temperature == 0.0 {
+        logits.argmax(-1, false)
+    } else {
+        let scaled = logits.to_kind(Kind::Double) / params.temperature as f64;
+        let top_k = params.top_k.map_or(vocab, |k| (k as i64).clamp(1, vocab));
+        let restrict = top_k < vocab || params.top_p < 1.0;
+        let (values, ids) = if restrict {
+            let (v, i) = scaled.sort_stable(true, -1, true);
+            (v.narrow(1, 0, top_k), Some(i.narrow(1, 0, top_k)))
+        } else {
+            (scaled, None)
+        };
+        let mut weights = (&values - values.max_dim(1, true).0).exp();
+        if params.top_p < 1.0 {
+            // Keep each candidate whose predecessors' mass is below top_p.
+            let p = &weights / weights.sum_dim_intlist(1, true, Kind::Double);
+            let before = p.cumsum(1, Kind::Double) - &p;
+            weights *= before.lt(params.top_p as f64).to_kind(Kind::Double);
         }
-    }
-    let max = idx
-        .iter()
-        .map(|&i| row[i])
-        .fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut weights: Vec<f64> = idx
-        .iter()
-        .map(|&i| ((row[i] as f64 - max) * inv_t).exp())
-        .collect();
-    if params.top_p < 1.0 {
-        let total: f64 = weights.iter().sum();
-        let mut acc = 0.0;
-        let mut keep = weights.len();
-        for (n, w) in weights.iter().enumerate() {
-            acc += w / total;
-            if acc >= params.top_p as f64 {
-                keep = n + 1;
-                break;
-            }
+        let cumulative = weights.cumsum(1, Kind::Double);
+        let n = cumulative.size()[1];
+        let total = cumulative.narrow(1, n - 1, 1);
+        let uniforms: Vec<f64> = (0..rows).map(|_| rng.random::<f64>()).collect();
+        let u = Tensor::from_slice(&uniforms)
+            .to_device(logits.device())
+            .unsqueeze(1)
+            * total;
+        // The first candidate whose cumulative weight exceeds u.
+        let at = cumulative
+            .le_tensor(&u)
+            .sum_dim_intlist(1, false, Kind::Int64)
+            .clamp_max(n - 1);
+        match ids {
+            Some(ids) => ids.gather(1, &at.unsqueeze(1), false).squeeze_dim(1),
+            None => at,
         }
-        weights.truncate(keep);
-    }
-    let total: f64 = weights.iter().sum();
-    let mut u = rng.random::<f64>() * total;
-    for (n, w) in weights.iter().enumerate() {
-        u -= w;
-        if u < 0.0 {
-            return idx[n];
-        }
-    }
-    idx[weights.len() - 1]
-}
-
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best
+    };
+    let logprobs = logits
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &tokens.unsqueeze(1), false)
+        .squeeze_dim(1);
+    let both = Tensor::stack(
+        &[tokens.to_kind(Kind::Double), logprobs.to_kind(Kind::Double)],
+        0,
+    )
+    .to_device(Device::Cpu);
+    let flat = Vec::<f64>::try_from(both.flatten(0, -1)).map_err(|e| Error::Backend {
+        context: "reading sampled tokens".into(),
+        cause: Box::new(e),
+    })?;
+    let (tokens, logprobs) = flat.split_at(rows as usize);
+    Ok((
+        tokens.iter().map(|&t| t as i64).collect(),
+        logprobs.iter().map(|&l| l as f32).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -300,46 +300,88 @@ mod tests {
         }
     }
 
+    /// `rows` copies of `row` as a logits tensor.
+    fn batch(row: &[f32], rows: i64) -> Tensor {
+        Tensor::from_slice(row).unsqueeze(0).repeat([rows, 1])
+    }
+
+    fn picks(row: &[f32], rows: i64, p: &SamplingParams, seed: u64) -> Vec<i64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        pick(&batch(row, rows), p, &mut rng).unwrap().0
+    }
+
     #[test]
-    fn top_k_one_is_greedy() {
+    fn top_k_one_and_temperature_zero_are_greedy() {
         let row = [0.1, 3.0, 2.9, -1.0];
-        let mut rng = StdRng::seed_from_u64(3);
-        for _ in 0..50 {
-            assert_eq!(pick(&row, &params(1.0, Some(1), 1.0), &mut rng), 1);
-        }
+        assert!(
+            picks(&row, 50, &params(1.0, Some(1), 1.0), 3)
+                .iter()
+                .all(|&t| t == 1)
+        );
+        assert!(
+            picks(&row, 50, &params(0.0, None, 1.0), 3)
+                .iter()
+                .all(|&t| t == 1)
+        );
+        // Ties go to the lowest id.
+        let tie = [0.5, 2.0, 2.0];
+        assert!(
+            picks(&tie, 20, &params(1.0, Some(1), 1.0), 1)
+                .iter()
+                .all(|&t| t == 1)
+        );
+        assert!(
+            picks(&tie, 20, &params(0.0, None, 1.0), 1)
+                .iter()
+                .all(|&t| t == 1)
+        );
     }
 
     #[test]
     fn top_p_keeps_the_nucleus() {
         // Probabilities about 0.64, 0.24, 0.09, 0.03: top_p 0.8 keeps two.
-        let row = [3.0, 2.0, 1.0, 0.0];
-        let mut rng = StdRng::seed_from_u64(5);
         let mut seen = [0; 4];
-        for _ in 0..2000 {
-            seen[pick(&row, &params(1.0, None, 0.8), &mut rng)] += 1;
+        for t in picks(&[3.0, 2.0, 1.0, 0.0], 2000, &params(1.0, None, 0.8), 5) {
+            seen[t as usize] += 1;
         }
         assert!(
             seen[0] > 0 && seen[1] > 0 && seen[2] == 0 && seen[3] == 0,
             "{seen:?}"
         );
+        // top_k 3 with top_p 1 never picks the fourth.
+        let ids = picks(&[3.0, 2.0, 1.0, 0.5], 4000, &params(2.0, Some(3), 1.0), 6);
+        assert!(ids.iter().all(|&t| t < 3) && ids.contains(&2));
     }
 
     #[test]
     fn sampling_follows_the_distribution() {
         let row = [0.0f32, (3.0f32).ln()];
-        let mut rng = StdRng::seed_from_u64(7);
         let n = 20_000;
-        let ones = (0..n)
-            .filter(|_| pick(&row, &params(1.0, None, 1.0), &mut rng) == 1)
+        let ones = picks(&row, n, &params(1.0, None, 1.0), 7)
+            .iter()
+            .filter(|&&t| t == 1)
             .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.02, "{frac}");
+        // Temperature 2 flattens 3:1 into sqrt(3):1.
+        let ones = picks(&row, n, &params(2.0, None, 1.0), 8)
+            .iter()
+            .filter(|&&t| t == 1)
+            .count();
+        let want = 3f64.sqrt() / (1.0 + 3f64.sqrt());
+        assert!((ones as f64 / n as f64 - want).abs() < 0.02);
     }
 
     #[test]
-    fn log_softmax_normalises() {
+    fn log_probs_are_at_temperature_one_and_sampling_is_seeded() {
         let row = [1.0f32, 2.0, 3.0];
-        let total: f32 = (0..3).map(|i| log_softmax_at(&row, i).exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6);
+        let mut rng = StdRng::seed_from_u64(9);
+        let (ids, lps) = pick(&batch(&row, 64), &params(0.7, None, 1.0), &mut rng).unwrap();
+        let norm = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        for (&t, &lp) in ids.iter().zip(&lps) {
+            let want = (row[t as usize] as f64 - norm) as f32;
+            assert!((lp - want).abs() < 1e-6, "{lp} against {want}");
+        }
+        assert_eq!(picks(&row, 64, &params(0.7, None, 1.0), 9), ids);
     }
 }
