@@ -62,6 +62,10 @@ fn check_prints_what_libtorch_sees() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("configuration valid"), "{text}");
     assert!(text.contains("CUDA available:"), "{text}");
+    // The memory plan per role, and its peak against the machine.
+    assert!(text.contains("memory plan on cpu"), "{text}");
+    assert!(text.contains("| student trainer"), "{text}");
+    assert!(text.contains("peak (resident + largest phase)"), "{text}");
     let lib = Path::new(env!("NPD_LIBTORCH_LIB"));
     if lib.join("libtorch_cuda.so").exists() {
         assert!(text.contains("libtorch_cuda.so linked"), "{text}");

@@ -261,6 +261,9 @@ pub struct SamplingConfig {
     /// Sampler seed, mixed (XOR) with each run's seed: runs with seeds 0, 1,
     /// ... sample differently, and a different value here changes them all.
     pub seed: u64,
+    /// Sequences the in-process evaluation and the teacher's accuracy check
+    /// decode at once (their KV cache grows with it).
+    pub eval_batch_size: usize,
 }
 
 impl Default for SamplingConfig {
@@ -271,6 +274,7 @@ impl Default for SamplingConfig {
             top_p: 1.0,
             max_new_tokens: 512,
             seed: 0,
+            eval_batch_size: 256,
         }
     }
 }
@@ -291,7 +295,8 @@ impl Section for SamplingConfig {
             format!("a number in [{MIN_TOP_P:e}, 1] (1 keeps every token)"),
             show(self.top_p),
         )?;
-        c.between("max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
+        c.between("max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)?;
+        c.between("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
     }
 }
 

@@ -278,12 +278,11 @@ mod tests {
     }
 
     fn configured(text: &str, o: impl FnOnce(&mut Options)) -> Result<(RunConfig, Setup, u64)> {
-        let path = std::env::temp_dir().join(format!(
-            "npd-configure-{}-{:x}.toml",
-            std::process::id(),
-            text.bytes()
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
-        ));
+        // Unique per call: tests with the same text run in parallel.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("npd-configure-{}-{call}.toml", std::process::id(),));
         std::fs::write(&path, text).unwrap();
         let mut options = options(Some(path.clone()));
         o(&mut options);

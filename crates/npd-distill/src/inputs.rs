@@ -274,7 +274,13 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
     let stop_ids = student.stop_ids();
     let max_new = config.sampling.max_new_tokens;
     let pb = Spinner::start("evaluating the teacher on the held-out prompts");
-    let teacher_accuracy = accuracy(&teacher.model, &eval, &*answer, max_new, &stop_ids)?;
+    let teacher_accuracy = accuracy(
+        &teacher.model,
+        (&eval, config.sampling.eval_batch_size),
+        &*answer,
+        max_new,
+        &stop_ids,
+    )?;
     pb.done();
     let warm_start: Weights = npd_train::tch::no_grad(|| {
         student

@@ -12,6 +12,8 @@
 //! - [`run_dir`]: the output folder (what a run started with, resume);
 //! - [`checks`]: what can only be checked with the models, prompts or
 //!   metrics in hand;
+//! - [`memory_check`]: the memory plan per role that `--check` prints
+//!   and refuses when it exceeds the device;
 //! - [`progress`]: bars on a terminal, log lines elsewhere;
 //! - [`configure`]: the embedded default's values, the file's and the
 //!   command line's, checked as a whole.
@@ -24,6 +26,7 @@ pub mod config;
 mod configure;
 pub mod embedded;
 pub mod inputs;
+pub mod memory_check;
 pub mod progress;
 pub mod run_dir;
 pub mod servers;
@@ -150,9 +153,13 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         return Ok(Ended::Checked(config.to_toml()));
     }
     if check {
+        let (teacher, student) = memory_check::architectures(&config, &setup)?;
+        let plan = memory_check::plan(&config, &teacher, &student);
+        plan.check()?;
         return Ok(Ended::Checked(format!(
-            "configuration valid\n{}",
-            npd_train::device::Libtorch::probe()
+            "configuration valid\n{}{}",
+            npd_train::device::Libtorch::probe(),
+            plan.table()
         )));
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
@@ -207,6 +214,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         colocated,
     ))
     .with_baselines(config.pack.baselines)
+    .with_eval_batch(config.sampling.eval_batch_size)
     .with_alone_prefix(
         (config.filter.enabled && config.filter.form.needs_alone())
             .then(|| inputs.alone_prefix.clone()),

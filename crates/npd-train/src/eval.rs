@@ -16,9 +16,16 @@ pub type AnswerFn<'a> = dyn Fn(&[TokenId]) -> Option<String> + Sync + 'a;
 
 /// Fraction of `examples` whose greedy response's final answer equals the
 /// expected one (examples without an expected answer are skipped).
+/// Sequences decoded at once by [`HeldOut`] unless set
+/// (`sampling.eval_batch_size`).
+pub const EVAL_BATCH: usize = 256;
+
+/// Fraction of `examples` whose greedy response's final answer equals the
+/// expected one (examples without an expected answer are skipped),
+/// decoding `batch` prompts at a time.
 pub fn accuracy(
     model: &Llama,
-    examples: &[Example],
+    (examples, batch): (&[Example], usize),
     answer: &AnswerFn<'_>,
     max_new_tokens: usize,
     stop_ids: &[TokenId],
@@ -36,7 +43,7 @@ pub fn accuracy(
         seed: 0,
     };
     let mut correct = 0;
-    for chunk in scored.chunks(256) {
+    for chunk in scored.chunks(batch.max(1)) {
         let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
         let out = tch::no_grad(|| generate(model, &prompts, &params, Decoding::Cached))?;
         for (g, e) in out.iter().zip(chunk) {
@@ -51,10 +58,10 @@ pub fn accuracy(
 /// pass@k, entropy and lengths of `eval.samples` responses sampled by
 /// `model` for each of the first `eval.prompts` `examples` with an answer;
 /// sample `j` of every prompt uses seed `eval.sampling.seed` mixed with
-/// `j`.
+/// `j`; `batch` prompts are decoded at a time.
 pub fn sampled_scores(
     model: &Llama,
-    examples: &[Example],
+    (examples, batch): (&[Example], usize),
     answer: &AnswerFn<'_>,
     eval: &SampledEval,
 ) -> Result<SampledScores> {
@@ -72,15 +79,16 @@ pub fn sampled_scores(
             seed: eval.sampling.seed ^ (j as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ..eval.sampling.clone()
         };
-        for (c, chunk) in scored.chunks(256).enumerate() {
+        let batch = batch.max(1);
+        for (c, chunk) in scored.chunks(batch).enumerate() {
             let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
             let out = tch::no_grad(|| generate(model, &prompts, &params, Decoding::Cached))?;
             for (i, (g, e)) in out.iter().zip(chunk).enumerate() {
                 let found = answer(&g.tokens);
                 if found.as_ref() == e.answer.as_ref() {
-                    correct[c * 256 + i] += 1;
+                    correct[c * batch + i] += 1;
                 }
-                answers[c * 256 + i].insert(found);
+                answers[c * batch + i].insert(found);
                 nll -= g.logprobs.iter().map(|&l| f64::from(l)).sum::<f64>();
                 tokens += g.tokens.len();
                 truncated += usize::from(g.finish == FinishReason::Length);
@@ -115,6 +123,7 @@ pub struct HeldOut<'a> {
     answer: &'a AnswerFn<'a>,
     max_new_tokens: usize,
     stop_ids: Vec<TokenId>,
+    batch: usize,
 }
 
 impl<'a> HeldOut<'a> {
@@ -130,7 +139,14 @@ impl<'a> HeldOut<'a> {
             answer,
             max_new_tokens,
             stop_ids,
+            batch: EVAL_BATCH,
         }
+    }
+
+    /// Decode `batch` prompts at a time (default [`EVAL_BATCH`]).
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
     }
 }
 
@@ -138,7 +154,7 @@ impl Evaluator<Trainer> for HeldOut<'_> {
     fn evaluate(&mut self, learner: &Trainer) -> Result<f64> {
         accuracy(
             learner.model(),
-            self.examples,
+            (self.examples, self.batch),
             self.answer,
             self.max_new_tokens,
             &self.stop_ids,
@@ -157,6 +173,6 @@ impl HeldOut<'_> {
         let mut eval = eval.clone();
         eval.sampling.stop_ids = self.stop_ids.clone();
         eval.sampling.max_new_tokens = self.max_new_tokens;
-        sampled_scores(model, self.examples, self.answer, &eval)
+        sampled_scores(model, (self.examples, self.batch), self.answer, &eval)
     }
 }

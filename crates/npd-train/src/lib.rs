@@ -24,6 +24,7 @@ pub mod generate;
 pub mod generator;
 pub mod loss;
 pub mod memory;
+pub mod memory_plan;
 pub mod model;
 pub mod models_config;
 pub mod optim;

@@ -70,6 +70,52 @@ pub fn check_fits(
     }
 }
 
+/// Resident memory of this process now and its peak since the last reset,
+/// in bytes (`VmRSS` and `VmHWM` of `/proc/self/status`); `None` where
+/// they cannot be read.
+pub fn resident() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(1024)
+    };
+    Some((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// glibc's tunable (an environment variable read at start) that fixes
+/// its mmap threshold: set to 65536, every tensor-sized block is mapped on
+/// allocation and returned to the OS on free. Left adaptive, glibc keeps
+/// freed blocks for reuse, and memory an earlier step freed hides the next
+/// step's allocations from [`peak_rise`].
+pub const MMAP_THRESHOLD_ENV: &str = "MALLOC_MMAP_THRESHOLD_";
+
+/// Whether this process started with [`MMAP_THRESHOLD_ENV`] set.
+pub fn mmap_threshold_fixed() -> bool {
+    std::env::var_os(MMAP_THRESHOLD_ENV).is_some()
+}
+
+/// Runs `f` and returns its result and how far the process's resident
+/// memory rose above where it was before `f` at its peak (the peak is
+/// reset first through `/proc/self/clear_refs`). `None` for the rise where
+/// Linux's counters are not available, or where the process did not start
+/// with [`MMAP_THRESHOLD_ENV`] set (the rise would be too low). Other
+/// threads' allocations count too: measure with nothing else running.
+pub fn peak_rise<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = resident();
+    let out = f();
+    let after = resident();
+    let rise = match (reset && mmap_threshold_fixed(), before, after) {
+        (true, Some((base, _)), Some((_, peak))) => Some(peak.saturating_sub(base)),
+        _ => None,
+    };
+    (out, rise)
+}
+
 /// `bytes` in GiB, for messages.
 pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)

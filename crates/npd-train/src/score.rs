@@ -20,6 +20,12 @@ pub struct ModelScorer<'a> {
     pub max_logits: usize,
 }
 
+/// Logits a [`ModelScorer`] materialises at once unless set.
+pub const MAX_LOGITS: usize = 1 << 24;
+
+/// Tokens a [`ModelScorer`] packs into one forward pass unless set.
+pub const MAX_TOKENS_PER_PASS: usize = 8192;
+
 /// Response log-probs of one sequence, and its top-k targets if asked.
 pub type ResponseScores = (Vec<f32>, Option<TopKTargets>);
 
@@ -28,8 +34,8 @@ impl<'a> ModelScorer<'a> {
     pub fn new(model: &'a Llama) -> Self {
         Self {
             model,
-            max_tokens_per_pass: 8192,
-            max_logits: 1 << 24,
+            max_tokens_per_pass: MAX_TOKENS_PER_PASS,
+            max_logits: MAX_LOGITS,
         }
     }
 

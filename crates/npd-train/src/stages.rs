@@ -155,6 +155,7 @@ pub struct TchStages<'a> {
     train_seed: u64,
     threads: Threads,
     eval_tokens: usize,
+    eval_batch: usize,
     stop_ids: Vec<TokenId>,
     alone_prefix: Option<Vec<TokenId>>,
     student_config_json: Option<String>,
@@ -227,6 +228,7 @@ impl<'a> TchStages<'a> {
             train_seed: train.seed,
             threads: Threads::new(0, 0),
             eval_tokens,
+            eval_batch: crate::eval::EVAL_BATCH,
             stop_ids,
             alone_prefix: None,
             student_config_json: None,
@@ -266,6 +268,12 @@ impl<'a> TchStages<'a> {
     /// layout.
     pub fn with_baselines(mut self, rows: BaselineRows) -> Self {
         self.baselines = rows;
+        self
+    }
+
+    /// Sequences evaluation decodes at once (`sampling.eval_batch_size`).
+    pub fn with_eval_batch(mut self, batch: usize) -> Self {
+        self.eval_batch = batch.max(1);
         self
     }
 
@@ -430,7 +438,8 @@ impl<'a> Stages for TchStages<'a> {
             self.answer,
             self.eval_tokens,
             self.stop_ids.clone(),
-        ))
+        )
+        .with_batch(self.eval_batch))
     }
 }
 

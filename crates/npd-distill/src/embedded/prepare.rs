@@ -24,7 +24,7 @@ use crate::embedded::{self as emb};
 use npd_train::checkpoint::save_pretrained;
 use npd_train::config::ModelConfig;
 use npd_train::data::{Example, PromptRecord, write_records};
-use npd_train::eval::accuracy;
+use npd_train::eval::{EVAL_BATCH, accuracy};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
 use npd_train::tokenizer::Tokenizer;
@@ -299,7 +299,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
     let answer = answer_fn(&tok);
     let stop = [emb::EOS_ID];
     let budget = spec.response_budget();
-    let acc = |m: &Llama, on: &[Example]| accuracy(m, on, &answer, budget, &stop);
+    let acc = |m: &Llama, on: &[Example]| accuracy(m, (on, EVAL_BATCH), &answer, budget, &stop);
     // The teacher's early stop looks at a slice of the held-out set;
     // reported accuracies use all of it.
     let probe = &eval[..eval.len().min(128)];
