@@ -455,10 +455,12 @@ impl Llama {
     /// Causal attention on `[batch, heads, len, head_dim]`, keys and values
     /// with the model's KV heads. Each KV head is repeated for the query
     /// heads that share it (as transformers' `repeat_kv`), so the call
-    /// reaches libtorch's fused kernels (flash or memory-efficient, whose
-    /// memory grows linearly with the length); asked to broadcast the
-    /// heads itself (`enable_gqa`) libtorch falls back to the math kernel,
-    /// which materialises every `[len, len]` score matrix.
+    /// reaches a fused kernel (flash or memory-efficient, whose memory
+    /// grows linearly with the length) in f32 and bf16 alike: asked to
+    /// broadcast the heads itself (`enable_gqa`), libtorch's CUDA fused
+    /// kernels refuse f32 and fall back to the math kernel, which
+    /// materialises every `[len, len]` score matrix. The cost is a copy of
+    /// the keys and values per query group.
     fn causal(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (k, v) = self.repeat_kv(k, v);
         sdpa_causal(q, &k, &v)

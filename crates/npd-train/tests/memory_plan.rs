@@ -4,8 +4,8 @@
 //!
 //! The measurement needs glibc's mmap threshold fixed from the process's
 //! start (see `npd_train::memory::MMAP_THRESHOLD_ENV`), so the test runs
-//! itself again in a child process with it set; it is the only test of
-//! this binary, so nothing else allocates beside it.
+//! itself again in a child process with it set, alone (`--exact`), so
+//! nothing else allocates beside it.
 
 use npd_core::config::{LossKind, TrainConfig};
 use npd_core::traits::Learner;
@@ -96,5 +96,25 @@ fn the_training_estimate_is_within_a_quarter_of_the_measured_peak() {
             (estimate / measured - 1.0).abs() <= 0.25,
             "recompute {recompute}, chunk {chunk}: estimated {estimate} bytes, measured {measured}"
         );
+    }
+}
+
+/// Grouped-query attention reaches a fused kernel (its KV heads are
+/// repeated for it) in f32 and bf16 on CPU (libtorch 2.13 picks flash).
+#[test]
+fn training_attention_uses_a_fused_kernel() {
+    let json = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 64, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "eos_token_id": 2,
+    });
+    let config = ModelConfig::from_json(&json.to_string(), "test").unwrap();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let mut model = Llama::new(config.clone(), Device::Cpu);
+        model.set_kind(kind);
+        let kernel = model.attention_kernel(1024);
+        eprintln!("{kind:?}: {kernel}");
+        assert_ne!(kernel, "math", "{kind:?}");
     }
 }
