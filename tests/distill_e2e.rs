@@ -153,6 +153,38 @@ fn bad_configuration_fails_with_the_key() {
     }
 }
 
+/// The embedded default runs its methods on `model.device`; a device the
+/// libtorch in use cannot see is refused before anything is prepared.
+#[test]
+fn the_embedded_default_refuses_a_device_it_cannot_see() {
+    let dir = scratch("unseen-device");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("device.toml");
+    let count = npd_train::tch::Cuda::device_count();
+    std::fs::write(&cfg, format!("[model]\ndevice = \"cuda:{count}\"\n")).unwrap();
+    let run = Command::new(example())
+        .args(["--quick", "--methods", "sft", "--out"])
+        .arg(dir.join("out"))
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("model.device") && err.contains(&format!("sees {count} CUDA device")),
+        "{err}"
+    );
+    let prepared = std::fs::read_dir(dir.join("cache")).map_or(0, |d| d.count());
+    assert_eq!(
+        prepared, 0,
+        "the cache was written before the device was checked"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A start that fails once the folder is claimed (a server URL nobody
 /// listens on) trained nothing: the corrected command may use the folder.
 #[test]

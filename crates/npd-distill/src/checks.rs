@@ -9,14 +9,15 @@ use npd_pipeline::Method;
 use crate::RunConfig;
 use crate::inputs::Inputs;
 
-/// The embedded default brings its own models, prompts and device: keys
-/// that would choose other ones are an error there, not silently ignored.
+/// The embedded default brings its own models and prompts: keys that would
+/// choose other ones are an error there, not silently ignored. It honours
+/// `model.device` (it prepares its teacher and warm start on the CPU and
+/// runs the methods on that device).
 pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
     let defaults = RunConfig::default();
     let (m, d) = (&config.model, &config.data);
     let given = [
         ("model.student", m.student != defaults.model.student),
-        ("model.device", m.device != defaults.model.device),
         ("model.dtype", m.dtype != defaults.model.dtype),
         ("data.prompts", d.prompts != defaults.data.prompts),
         (
@@ -33,7 +34,7 @@ pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
     if !keys.is_empty() {
         anyhow::bail!(
             "{} given without model.teacher: the embedded default (no model.teacher) uses its \
-             own models, prompts and the CPU; name model.teacher and model.student folders to \
+             own models and prompts; name model.teacher and model.student folders to \
              use them, or remove these keys",
             keys.join(", ")
         );

@@ -375,7 +375,7 @@ mod tests {
         for (text, key) in [
             ("[data]\nprompts = \"p.jsonl\"\n", "data.prompts"),
             ("[model]\nstudent = \"s\"\n", "model.student"),
-            ("[model]\ndevice = \"cuda\"\n", "model.device"),
+            ("[model]\ndtype = \"bf16\"\n", "model.dtype"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = configure(&options(Some(path.clone())))

@@ -14,6 +14,7 @@ use npd_train::folder::{ModelFolder, check_same_tokenizer, final_answer};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
 use npd_train::stages::check_compatible;
+use npd_train::tch::Device;
 use npd_train::tokenizer::Tokenizer;
 
 use crate::RunConfig;
@@ -111,11 +112,13 @@ fn warm_start_line(setup: &Setup, record: Option<&WarmStartRecord>) -> String {
 }
 
 /// The embedded default: the teacher and warm start prepared (or loaded
-/// from `cache`) with progress bars; `stop` ends the preparation after its
-/// current training step.
-pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs> {
+/// from `cache`) on the CPU with progress bars, then moved to `device`
+/// (`model.device`) where the methods run; `stop` ends the preparation
+/// after its current training step.
+pub fn embedded(cache: &Path, setup: &Setup, device: &str, stop: &AtomicBool) -> Result<Inputs> {
+    let device = parse_device(device)?;
     let mut current: Option<(String, Progress)> = None;
-    let prepared = prepare(cache, setup, &mut |stage, done, total| {
+    let mut prepared = prepare(cache, setup, &mut |stage, done, total| {
         if stop.load(Ordering::SeqCst) {
             return Err(npd_core::Error::Interrupted {
                 what: format!("training the embedded {stage} (step {done} of {total})"),
@@ -135,6 +138,11 @@ pub fn embedded(cache: &Path, setup: &Setup, stop: &AtomicBool) -> Result<Inputs
     .with_context(|| format!("preparing the embedded default in {}", cache.display()))?;
     if let Some((_, b)) = current.take() {
         b.finish();
+    }
+    // The warm start's weights stay on the host: the stages copy them into
+    // a student built on the teacher's device.
+    if device != Device::Cpu {
+        prepared.teacher.set_device(device);
     }
     tracing::info!(
         "teacher {:.1}% held-out ({} parameters), warm-start student {:.1}% ({} parameters); cache {}",

@@ -173,7 +173,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         let cache = (o.cache.clone())
             .unwrap_or_else(default_cache)
             .join(setup.cache_name());
-        match inputs::embedded(&cache, &setup, &control.stop) {
+        match inputs::embedded(&cache, &setup, &config.model.device, &control.stop) {
             Ok(inputs) => inputs,
             Err(e) if control.stop.load(Ordering::SeqCst) => {
                 return Ok(Ended::Interrupted(format!(

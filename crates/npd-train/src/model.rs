@@ -259,6 +259,12 @@ impl Llama {
         self.vs.set_kind(kind);
     }
 
+    /// Moves the weights to `device` (a model prepared on the CPU that
+    /// runs on a GPU).
+    pub fn set_device(&mut self, device: Device) {
+        self.vs.set_device(device);
+    }
+
     /// Compute dtype of the weights.
     pub fn kind(&self) -> Kind {
         self.embed.kind()
