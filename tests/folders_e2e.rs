@@ -285,3 +285,139 @@ fn bad_folders_and_prompts_fail_before_any_work() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else if entry.file_name() != ".lock" {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A dataset as users have it: parquet files written by pyarrow with
+/// their own column names (`uid`, `question`, `solution` ending in
+/// `#### n`, and a column npd does not read), a separate evaluation file,
+/// and SFT on the dataset's own reference solutions. The run then moves
+/// to another folder (another machine, as far as paths go) and resumes
+/// there: the same files at other paths are accepted and the report says
+/// what changed; other content at those paths is refused.
+#[test]
+fn a_parquet_dataset_with_its_own_columns_runs_and_resumes_elsewhere() {
+    let dir = scratch("dataset");
+    let here = dir.join("first");
+    std::fs::create_dir_all(here.join("data")).unwrap();
+    let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
+    let (vocab, eos) = (tok.vocab_size(), tok.token_id("[unused10]").unwrap());
+    let (teacher, student) = (here.join("teacher"), here.join("student"));
+    model_folder(
+        &teacher,
+        &pangu_config(vocab, 32, 1, eos, true),
+        1,
+        usize::MAX,
+    );
+    model_folder(
+        &student,
+        &pangu_config(vocab, 32, 1, eos, true),
+        2,
+        usize::MAX,
+    );
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/npd-train/tests/fixtures/prompts");
+    for f in ["sums-train.parquet", "sums-test.parquet"] {
+        std::fs::copy(fixtures.join(f), here.join("data").join(f)).unwrap();
+    }
+    let write_config = |root: &Path| {
+        let (train, eval) = (
+            root.join("data/sums-train.parquet"),
+            root.join("data/sums-test.parquet"),
+        );
+        let path = config(
+            root,
+            &root.join("teacher"),
+            &root.join("student"),
+            &train,
+            &root.join("out"),
+        );
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "eval_fraction = 0.2",
+            &format!(
+                "eval = \"{}\"\nfields = {{ id = \"uid\", prompt = \"question\", answer = \"solution\", response = \"solution\" }}\nsft_targets = \"references\"",
+                eval.display()
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let launch = |cfg: &Path, resume: bool| {
+        let mut c = Command::new(example());
+        c.args(["--seeds", "1", "--methods", "sft,npd", "--config"])
+            .arg(cfg);
+        if resume {
+            c.arg("--resume");
+        }
+        c.output().unwrap()
+    };
+    let done = launch(&write_config(&here), false);
+    assert!(done.status.success(), "{}", text(&done));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(here.join("out/report.json")).unwrap())
+            .unwrap();
+    let setup = report["setup"].to_string();
+    assert!(
+        setup.contains("40 training, 12 held out from")
+            && setup.contains("SFT trains on the dataset's reference responses"),
+        "{setup}"
+    );
+    let sft = &report["outcomes"][0];
+    assert_eq!(sft["method"], "sft");
+    // SFT trained on the references: none was written by the teacher.
+    assert_eq!(sft["prep_reused"], true, "{sft}");
+
+    // The whole folder moves; NPD's last checkpoint is lost, as if the
+    // run had been stopped after step 2.
+    let there = dir.join("second");
+    copy_tree(&here, &there);
+    let npd = there.join("out/checkpoints/npd-seed0");
+    std::fs::remove_file(npd.join("outcome.json")).unwrap();
+    std::fs::remove_dir_all(npd.join("step-00000004")).unwrap();
+    let _ = std::fs::remove_dir_all(&here);
+    let cfg = write_config(&there);
+    let resumed = launch(&cfg, true);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let md = std::fs::read_to_string(there.join("out/report.md")).unwrap();
+    assert!(
+        md.contains("resume 1: changed ")
+            && md.contains("model.teacher")
+            && md.contains("data.eval")
+            && md.contains("(was "),
+        "{md}"
+    );
+    let metrics = std::fs::read_to_string(there.join("out/metrics.jsonl")).unwrap();
+    let npd_steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "step" && e["method"] == "NPD")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(npd_steps, vec![1, 2, 3, 4], "each step once");
+
+    // Other content at the same path is another dataset.
+    std::fs::copy(
+        fixtures.join("sums-test.parquet"),
+        there.join("data/sums-train.parquet"),
+    )
+    .unwrap();
+    let refused = launch(&cfg, true);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("data.prompts")
+            && text(&refused).contains("does not hold the files"),
+        "{}",
+        text(&refused)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,12 @@ pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
             d.eval_fraction != defaults.data.eval_fraction,
         ),
         ("data.seed", d.seed != defaults.data.seed),
+        ("data.eval", d.eval != defaults.data.eval),
+        ("data.fields", d.fields != defaults.data.fields),
+        (
+            "data.sft_targets",
+            d.sft_targets != defaults.data.sft_targets,
+        ),
     ];
     let keys: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
     if !keys.is_empty() {
@@ -56,6 +62,16 @@ pub fn require_folder_keys(config: &RunConfig) -> Result<()> {
         anyhow::bail!(
             "model.teacher is set but data.prompts is empty: real models need a prompts \
              JSONL file (see docs/pipeline.md)"
+        );
+    }
+    let d = &config.data;
+    if !d.eval.as_os_str().is_empty() && d.eval_fraction != RunConfig::default().data.eval_fraction
+    {
+        anyhow::bail!(
+            "data.eval_fraction = {} and data.eval = {:?}: with an evaluation file nothing of \
+             data.prompts is held out; remove one of them",
+            d.eval_fraction,
+            d.eval.display().to_string()
         );
     }
     Ok(())

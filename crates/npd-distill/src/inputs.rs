@@ -1,18 +1,20 @@
 //! What the methods run on: the embedded default (prepared and cached), or
 //! the teacher and student folders and prompts file of a configuration.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use npd_core::{PromptId, TokenId};
 use npd_train::ModelConfig;
-use npd_train::data::{Example, read_records, seeded_shuffle, tokenize};
+use npd_train::data::{Example, Rejected, read_prompts, seeded_shuffle, tokenize};
 use npd_train::device::{kind_of, parse_device};
 use npd_train::eval::accuracy;
 use npd_train::folder::{ModelFolder, check_same_tokenizer, final_answer};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
+use npd_train::models_config::SftTargets;
 use npd_train::stages::check_compatible;
 use npd_train::tch::Device;
 use npd_train::tokenizer::Tokenizer;
@@ -44,6 +46,9 @@ pub struct Inputs {
     pub train: Vec<Example>,
     /// Held-out prompts with answers.
     pub eval: Vec<Example>,
+    /// SFT's targets from the dataset (`data.sft_targets = "references"`),
+    /// one per training prompt, in order; `None`: the teacher writes them.
+    pub sft_responses: Option<Vec<Vec<TokenId>>>,
     /// Records refused before the run, with the reason.
     pub rejected: Vec<(PromptId, String)>,
     /// Final-answer extraction.
@@ -197,6 +202,7 @@ pub fn embedded(cache: &Path, setup: &Setup, device: &str, stop: &AtomicBool) ->
         warm_start: prepared.warm_start,
         train: prepared.train,
         eval: prepared.eval,
+        sft_responses: None,
         rejected: Vec::new(),
         answer: Box::new(move |ids: &[TokenId]| answer_fn(&tokenizer)(ids)),
         stop_ids: vec![emb::EOS_ID],
@@ -229,42 +235,119 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
     check_compatible(teacher.model.config(), student.model.config())?;
     check_same_tokenizer(&teacher, &student)?;
 
-    let records = read_records(&config.data.prompts)?;
-    let (examples, rejected) = tokenize(
-        &records,
-        &student.tokenizer,
-        student.chat.as_deref(),
-        student.bos(),
-        config.data.max_prompt_tokens,
-    )
-    .with_context(|| config.data.prompts.display().to_string())?;
+    let d = &config.data;
+    let fields = d.fields.as_ref();
+    let read = |path: &Path| -> Result<(Vec<Example>, Rejected, usize)> {
+        let records = read_prompts(path, fields)?;
+        let (examples, rejected) = tokenize(
+            &records,
+            &student.tokenizer,
+            student.chat.as_deref(),
+            student.bos(),
+            d.max_prompt_tokens,
+        )
+        .with_context(|| path.display().to_string())?;
+        Ok((examples, rejected, records.len()))
+    };
+    let (examples, mut rejected, in_file) = read(&d.prompts)?;
     let usable = examples.len();
-    let (train, eval) = split(examples, config.data.eval_fraction, config.data.seed);
+    let (train, eval, eval_line) = if d.eval.as_os_str().is_empty() {
+        let (train, eval) = split(examples, d.eval_fraction, d.seed);
+        let line = format!(
+            "{} held out (data.eval_fraction = {})",
+            eval.len(),
+            d.eval_fraction
+        );
+        (train, eval, line)
+    } else {
+        let (eval, eval_rejected, eval_in_file) = read(&d.eval)?;
+        if !eval_rejected.is_empty() {
+            bail!(
+                "{}: {} held-out record(s) exceed data.max_prompt_tokens = {} (first: id {}); \
+                 raise it or remove them, so that the evaluation is the whole file",
+                d.eval.display(),
+                eval_rejected.len(),
+                d.max_prompt_tokens,
+                eval_rejected[0].0.0
+            );
+        }
+        // A training prompt that is also a held-out one would grade the
+        // student on what it trained on.
+        let held: HashSet<&[TokenId]> = eval.iter().map(|e| e.prompt.as_slice()).collect();
+        let (train, overlap): (Vec<Example>, Vec<Example>) = examples
+            .into_iter()
+            .partition(|e| !held.contains(e.prompt.as_slice()));
+        rejected.extend(overlap.iter().map(|e| {
+            (
+                e.id,
+                format!("the same prompt is in data.eval ({})", d.eval.display()),
+            )
+        }));
+        let line = format!(
+            "{} held out from {} ({eval_in_file} records), {} training prompt(s) also in it dropped",
+            eval.len(),
+            d.eval.display(),
+            overlap.len()
+        );
+        (train, eval, line)
+    };
     if eval.is_empty() {
         bail!(
-            "{}: {usable} usable prompt record(s) ({} in the file, {} rejected); at least 2 are \
+            "{}: {usable} usable prompt record(s) ({in_file} in the file, {} rejected); at least 2 are \
              needed: one to train on and one held out for evaluation (data.eval_fraction)",
-            config.data.prompts.display(),
-            records.len(),
+            d.prompts.display(),
             rejected.len()
         );
     }
     if train.is_empty() {
         bail!(
-            "{}: no training prompts left ({} records, {} rejected, {} held out)",
-            config.data.prompts.display(),
-            records.len(),
+            "{}: no training prompts left ({in_file} records, {} rejected, {} held out)",
+            d.prompts.display(),
             rejected.len(),
             eval.len()
         );
     }
     if !eval.iter().any(|e| e.answer.is_some()) {
         bail!(
-            "{}: none of the {} held-out records has an `answer`; evaluation compares final answers",
-            config.data.prompts.display(),
-            eval.len()
+            "{}: none of the {} held-out records has an `answer`{}; evaluation compares final answers",
+            if d.eval.as_os_str().is_empty() {
+                &d.prompts
+            } else {
+                &d.eval
+            }
+            .display(),
+            eval.len(),
+            fields.map_or(String::new(), |f| format!(" (column `{}`)", f.answer))
         );
     }
+    let sft_responses = match d.sft_targets {
+        SftTargets::Teacher => None,
+        SftTargets::References => {
+            let end = *student.stop_ids().first().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "data.sft_targets = \"references\": the student has no end-of-turn token \
+                     to end each reference with"
+                )
+            })?;
+            let responses = train
+                .iter()
+                .map(|e| {
+                    let mut r = e.response.clone().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: record id {} has no `response`{}; data.sft_targets = \
+                             \"references\" trains SFT on every training record's response",
+                            d.prompts.display(),
+                            e.id.0,
+                            fields.map_or(String::new(), |f| format!(" (column `{}`)", f.response))
+                        )
+                    })?;
+                    r.push(end);
+                    Ok(r)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(responses)
+        }
+    };
     // Answers are compared as math answers: a reference's `#### 1,000` or
     // `\frac12` and a response's `1000` or `0.5` agree.
     use npd_core::answer::{normalise, reference};
@@ -312,11 +395,14 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
     Ok(Inputs {
         setup: vec![
             format!(
-                "prompts: {} ({} training, {} held-out, {} rejected)",
+                "prompts: {} ({} training, {eval_line}, {} rejected); SFT trains on {}",
                 config.data.prompts.display(),
                 train.len(),
-                eval.len(),
-                rejected.len()
+                rejected.len(),
+                match d.sft_targets {
+                    SftTargets::Teacher => "the teacher's greedy responses",
+                    SftTargets::References => "the dataset's reference responses",
+                }
             ),
             format!("teacher: {}", describe(&teacher)),
             format!("student: {}", describe(&student)),
@@ -336,6 +422,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         warm_start,
         train,
         eval,
+        sft_responses,
         rejected,
         answer,
         stop_ids,

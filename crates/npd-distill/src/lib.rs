@@ -25,6 +25,7 @@ pub mod checks;
 pub mod config;
 mod configure;
 pub mod embedded;
+pub mod fingerprint;
 pub mod inputs;
 pub mod memory_check;
 pub mod progress;
@@ -166,8 +167,22 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     let out = config.output.dir.clone();
     let methods = configure::run_order(&o.methods);
     // A wrong --out or --resume is refused before any training.
-    let run_dir =
-        run_dir::RunDir::check(&out, &config.to_toml(), &methods, seeds, o.quick, o.resume)?;
+    let input_files = [
+        ("model.teacher", config.model.teacher.as_path()),
+        ("model.student", config.model.student.as_path()),
+        ("data.prompts", config.data.prompts.as_path()),
+        ("data.eval", config.data.eval.as_path()),
+    ];
+    let input_files: Vec<(&str, &std::path::Path)> = (input_files.into_iter())
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .collect();
+    let run_dir = run_dir::RunDir::check(
+        &out,
+        &config.to_toml(),
+        (&methods, seeds, o.quick),
+        &input_files,
+        o.resume,
+    )?;
     let started = Instant::now();
     let inputs = if embedded {
         let cache = (o.cache.clone())
@@ -278,6 +293,23 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     }
 }
 
+/// The report's lines on the resumes of a run: how many, and what each
+/// changed of where the run happens.
+fn resume_lines(resumes: &[Vec<String>]) -> Vec<String> {
+    resumes
+        .iter()
+        .enumerate()
+        .map(|(i, changed)| {
+            let what = if changed.is_empty() {
+                "nothing changed".to_string()
+            } else {
+                format!("changed {}", changed.join(", "))
+            };
+            format!("resume {}: {what}", i + 1)
+        })
+        .collect()
+}
+
 /// What every method run shares, prepared by [`distill`].
 struct Prepared<'a> {
     control: &'a Control,
@@ -312,10 +344,13 @@ fn run_methods<S: Stages>(
     } = run;
     let out = config.output.dir.clone();
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
-    let comparison = Comparison::new(stages, settings, prompts)
+    let mut comparison = Comparison::new(stages, settings, prompts)
         .with_checkpoints(&checkpoints)
         .with_rejected(&inputs.rejected)
         .with_start_score(inputs.warm_start_accuracy);
+    if let Some(responses) = &inputs.sft_responses {
+        comparison = comparison.with_sft_responses(responses.clone())?;
+    }
     let mut metrics = run_dir.metrics(&checkpoints)?;
     let metrics_path = out.join("metrics.jsonl");
     let mut outcomes = Vec::new();
@@ -382,6 +417,7 @@ fn run_methods<S: Stages>(
         setup: [
             inputs.setup.clone(),
             setup,
+            resume_lines(run_dir.resumes()),
             vec![
                 budget_line(config),
                 format!(

@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use npd_pipeline::{Checkpoints, Method};
 use serde_json::{Value, json};
 
+use crate::fingerprint;
+
 /// File recording what a run was started with.
 const RUN_FILE: &str = "run.json";
 /// File locked while a run uses the folder.
@@ -35,21 +37,60 @@ pub fn refuse_dangling_link(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Keys naming the files a run reads: they may move between a start and a
+/// resume (another machine, a renamed folder), and the files they name
+/// must have the content fingerprint the run started with.
+pub const INPUT_KEYS: [&str; 4] = [
+    "model.teacher",
+    "model.student",
+    "data.prompts",
+    "data.eval",
+];
+
+/// Keys that say where a run's work happens or how it is divided, not
+/// what it computes: devices, servers, threads, timeouts, memory-only
+/// settings and checkpoint spacing. A resume may change them (a run moved
+/// to another machine or GPU); the report lists what changed.
+pub const LOCATION_KEYS: [&str; 21] = [
+    "model.device",
+    "rollout.threads",
+    "train.threads",
+    "train.micro_batch_rows",
+    "train.recompute",
+    "train.loss_chunk_tokens",
+    "sampling.eval_batch_size",
+    "output.checkpoint_every",
+    "engine.student_url",
+    "engine.teacher_url",
+    "engine.python",
+    "engine.student_cpus",
+    "engine.teacher_cpus",
+    "engine.kv_cache_gib",
+    "engine.startup_timeout_s",
+    "engine.concurrency",
+    "engine.timeout_s",
+    "engine.retries",
+    "engine.probe_tolerance",
+    "engine.publish_dir",
+    "output.dir",
+];
+
 /// An output folder.
 pub struct RunDir {
     /// The folder.
     pub dir: PathBuf,
-    /// What identifies the run: configuration and flags.
+    /// What identifies the run: configuration, flags and the fingerprints
+    /// of its input files.
     identity: Value,
+    /// What each resume changed, oldest first (one line per key).
+    resumes: Vec<Vec<String>>,
     /// The run continues one in the folder (`--resume`).
     resume: bool,
     /// The lock held on the folder while the run uses it.
     lock: Option<std::fs::File>,
 }
 
-/// The configuration keys that identify a run, as dotted keys and values:
-/// everything but `output.dir` (the folder is the run; a moved folder is
-/// the same run).
+/// The configuration as dotted keys and values.
 fn identity_keys(config_toml: &str) -> std::collections::BTreeMap<String, String> {
     fn flatten(
         prefix: &str,
@@ -76,7 +117,6 @@ fn identity_keys(config_toml: &str) -> std::collections::BTreeMap<String, String
     if let Ok(t) = config_toml.parse::<toml::Table>() {
         flatten("", &toml::Value::Table(t), &mut out);
     }
-    out.remove("output.dir");
     out
 }
 
@@ -97,28 +137,40 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 
 impl RunDir {
     /// Checks, without writing anything, that `dir` can take a run
-    /// identified by `config_toml` and the flags that shape it: a fresh run
-    /// refuses a folder holding an unfinished run; a resumed one requires
-    /// one started the same way. Run before the teacher is prepared, so a
-    /// mistake in `--out` or `--resume` costs nothing.
+    /// identified by `config_toml`, the flags that shape it and the files
+    /// it reads (`inputs`: [`INPUT_KEYS`] with their paths, empty ones
+    /// left out): a fresh run refuses a folder holding an unfinished run; a
+    /// resumed one requires one that computes the same thing: the same
+    /// values of every key but [`LOCATION_KEYS`] and [`INPUT_KEYS`], and
+    /// input files with the fingerprints it started with, wherever they
+    /// are now. Run before the teacher is prepared, so a mistake in
+    /// `--out` or `--resume` costs nothing.
     pub fn check(
         dir: &Path,
         config_toml: &str,
-        methods: &[Method],
-        seeds: u64,
-        quick: bool,
+        (methods, seeds, quick): (&[Method], u64, bool),
+        inputs: &[(&str, &Path)],
         resume: bool,
     ) -> Result<Self> {
+        let fingerprints = inputs
+            .iter()
+            .map(|(key, path)| {
+                let fp = fingerprint::of(path).with_context(|| format!("{key}: fingerprint"))?;
+                Ok(((*key).to_string(), Value::from(fp)))
+            })
+            .collect::<Result<serde_json::Map<String, Value>>>()?;
         let identity = json!({
             "config": config_toml,
             "methods": methods.iter().map(|m| m.slug()).collect::<Vec<_>>(),
             "seeds": seeds,
             "quick": quick,
+            "inputs": fingerprints,
         });
         refuse_dangling_link(dir)?;
-        let run = Self {
+        let mut run = Self {
             dir: dir.to_path_buf(),
             identity,
+            resumes: Vec::new(),
             resume,
             lock: None,
         };
@@ -135,31 +187,9 @@ impl RunDir {
                     dir.display()
                 );
             };
-            let keys =
-                |v: &Value| identity_keys(v.get("config").and_then(Value::as_str).unwrap_or(""));
-            let (was, now) = (keys(&previous), keys(&run.identity));
-            let differing: Vec<String> = was
-                .keys()
-                .chain(now.keys())
-                .filter(|k| was.get(*k) != now.get(*k))
-                .map(|k| {
-                    let show = |m: &std::collections::BTreeMap<String, String>| {
-                        m.get(k).cloned().unwrap_or_else(|| "unset".into())
-                    };
-                    format!("{k} = {} (was {})", show(&now), show(&was))
-                })
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            if !differing.is_empty() {
-                bail!(
-                    "--resume: the run in {} was started with other configuration values: {}; \
-                     rerun with the configuration it started with (see {})",
-                    dir.display(),
-                    differing.join(", "),
-                    dir.join(RUN_FILE).display()
-                );
-            }
+            let changed = run.compare(&previous)?;
+            run.resumes = serde_json::from_value(previous["resumes"].clone()).unwrap_or_default();
+            run.resumes.push(changed);
             for key in ["methods", "seeds", "quick"] {
                 if previous.get(key) != run.identity.get(key) {
                     bail!(
@@ -186,6 +216,71 @@ impl RunDir {
             );
         }
         Ok(run)
+    }
+
+    /// The keys whose values differ from the `previous` run's, as
+    /// `key = now (was before)` lines: an error naming them where one
+    /// would change what the run computes or an input file's content, else
+    /// the changed [`LOCATION_KEYS`] and input paths.
+    fn compare(&self, previous: &Value) -> Result<Vec<String>> {
+        let keys = |v: &Value| identity_keys(v.get("config").and_then(Value::as_str).unwrap_or(""));
+        let (was, now) = (keys(previous), keys(&self.identity));
+        let show = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+            m.get(k).cloned().unwrap_or_else(|| "unset".into())
+        };
+        let differing: std::collections::BTreeSet<&String> = was
+            .keys()
+            .chain(now.keys())
+            .filter(|k| was.get(*k) != now.get(*k))
+            .collect();
+        let fingerprint = |v: &Value, k: &str| v["inputs"][k].as_str().map(str::to_string);
+        let mut refused = Vec::new();
+        let mut changed = Vec::new();
+        for key in differing {
+            let line = format!("{key} = {} (was {})", show(&now, key), show(&was, key));
+            let movable = LOCATION_KEYS.contains(&key.as_str())
+                || (INPUT_KEYS.contains(&key.as_str())
+                    && fingerprint(previous, key).is_some()
+                    && fingerprint(&self.identity, key).is_some());
+            if movable {
+                changed.push(line);
+            } else {
+                refused.push(line);
+            }
+        }
+        if !refused.is_empty() {
+            bail!(
+                "--resume: the run in {} was started with other configuration values: {}; \
+                 rerun with the configuration it started with (see {}; only where things \
+                 run may change: {})",
+                self.dir.display(),
+                refused.join(", "),
+                self.dir.join(RUN_FILE).display(),
+                LOCATION_KEYS.join(", ")
+            );
+        }
+        for key in INPUT_KEYS {
+            let (before, after) = (fingerprint(previous, key), fingerprint(&self.identity, key));
+            if let (Some(before), Some(after)) = (before, after)
+                && before != after
+            {
+                bail!(
+                    "--resume: {key} = {} does not hold the files the run in {} started with \
+                     (content fingerprint {} now, {} then); point {key} at a copy of them",
+                    show(&now, key),
+                    self.dir.display(),
+                    &after[..12],
+                    &before[..12]
+                );
+            }
+        }
+        Ok(changed)
+    }
+
+    /// What each resume of this run changed (see [`LOCATION_KEYS`]), oldest
+    /// first, one `key = now (was before)` line per key.
+    pub fn resumes(&self) -> &[Vec<String>] {
+        &self.resumes
     }
 
     /// Claims the checked folder: creates it, and for a fresh run replaces
@@ -224,6 +319,7 @@ impl RunDir {
     pub fn record(&self, finished: bool) -> Result<()> {
         let mut v = self.identity.clone();
         v["finished"] = finished.into();
+        v["resumes"] = json!(self.resumes);
         write(
             &self.dir.join(RUN_FILE),
             &serde_json::to_string_pretty(&v).expect("JSON values serialise"),
@@ -333,7 +429,7 @@ mod tests {
     const CONFIG: &str = "[train]\nlr = 0.001\nsteps = 10\n\n[output]\ndir = \"a\"\n";
 
     fn check(dir: &Path, config: &str, resume: bool) -> Result<RunDir> {
-        RunDir::check(dir, config, &[Method::Sft], 1, false, resume)
+        RunDir::check(dir, config, (&[Method::Sft], 1, false), &[], resume)
     }
 
     #[test]
@@ -373,6 +469,84 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_resume_elsewhere_may_move_files_and_devices_but_not_change_them() {
+        let dir = scratch("moved");
+        let (a, b) = (scratch("moved-a"), scratch("moved-b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("prompts.jsonl"), "{\"prompt\": \"1+1=\"}\n").unwrap();
+        }
+        let config = |at: &Path, device: &str| {
+            format!(
+                "[model]\ndevice = \"{device}\"\n[data]\nprompts = \"{}\"\n{CONFIG}",
+                at.join("prompts.jsonl").display()
+            )
+        };
+        let at = |d: &Path| d.join("prompts.jsonl");
+        let check_at = |d: &Path, device: &str| {
+            RunDir::check(
+                &dir,
+                &config(d, device),
+                (&[Method::Sft], 1, false),
+                &[("data.prompts", at(d).as_path())],
+                true,
+            )
+        };
+        let first = RunDir::check(
+            &dir,
+            &config(&a, "cpu"),
+            (&[Method::Sft], 1, false),
+            &[("data.prompts", at(&a).as_path())],
+            false,
+        );
+        drop(first.unwrap().claim().unwrap());
+        // A copy of the prompts elsewhere, on another device: allowed, and
+        // both changes are recorded.
+        let moved = check_at(&b, "cuda:1").unwrap().claim().unwrap();
+        let changed = moved.resumes().last().unwrap().join("; ");
+        assert!(
+            changed.contains("model.device = \"cuda:1\" (was \"cpu\")")
+                && changed.contains("data.prompts"),
+            "{changed}"
+        );
+        drop(moved);
+        // A second resume keeps the first one's record.
+        let again = check_at(&b, "cuda:1").unwrap();
+        assert_eq!(again.resumes().len(), 2);
+        assert!(again.resumes()[1].is_empty());
+        // Other content at the new path is refused.
+        std::fs::write(at(&b), "{\"prompt\": \"2+2=\"}\n").unwrap();
+        let err = check_at(&b, "cuda:1").err().unwrap().to_string();
+        assert!(
+            err.contains("data.prompts") && err.contains("does not hold the files"),
+            "{err}"
+        );
+        // A key that changes the result is refused, and the refusal names
+        // what may change.
+        std::fs::write(at(&b), "{\"prompt\": \"1+1=\"}\n").unwrap();
+        let other = config(&b, "cpu").replace("lr = 0.001", "lr = 0.01");
+        let err = RunDir::check(
+            &dir,
+            &other,
+            (&[Method::Sft], 1, false),
+            &[("data.prompts", at(&b).as_path())],
+            true,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("train.lr = 0.01 (was 0.001)")
+                && !err.contains("model.device =")
+                && err.contains("only where things run may change"),
+            "{err}"
+        );
+        for d in [&dir, &a, &b] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]

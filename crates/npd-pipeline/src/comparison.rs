@@ -100,7 +100,8 @@ pub struct Comparison<'a, S> {
     rejected: &'a [(PromptId, String)],
     start_score: Option<f64>,
     /// SFT's teacher-written responses: greedy, hence the same for every
-    /// seed; the first SFT run writes them and later ones reuse them.
+    /// seed; the first SFT run writes them and later ones reuse them (or
+    /// given, [`Comparison::with_sft_responses`]).
     sft_responses: OnceLock<Vec<Vec<TokenId>>>,
 }
 
@@ -128,6 +129,25 @@ impl<'a, S: Stages> Comparison<'a, S> {
     pub fn with_rejected(mut self, rejected: &'a [(PromptId, String)]) -> Self {
         self.rejected = rejected;
         self
+    }
+
+    /// SFT's targets given rather than written by the teacher (a
+    /// dataset's reference responses), one per prompt in order; on-policy's
+    /// teacher-written share (`train.teacher_fraction`) uses them too.
+    pub fn with_sft_responses(self, responses: Vec<Vec<TokenId>>) -> Result<Self> {
+        if responses.len() != self.prompts.len() {
+            return Err(npd_core::Error::invalid(
+                "SFT responses",
+                format!(
+                    "{} responses for {} prompts: expected one per prompt",
+                    responses.len(),
+                    self.prompts.len()
+                ),
+            )
+            .into());
+        }
+        let _ = self.sft_responses.set(responses);
+        Ok(self)
     }
 
     /// The starting weights' held-out score, already measured.

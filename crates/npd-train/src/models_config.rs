@@ -1,5 +1,5 @@
 //! The `[model]` and `[data]` sections: the model folders, their device and
-//! dtype, and the prompts file.
+//! dtype, and the prompt files.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use npd_core::ConfigError;
 use npd_core::config::{Check, Section};
+
+use crate::data::Fields;
 
 /// The `[model]` section: teacher and student folders, and where they run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,24 +67,53 @@ impl Section for ModelsConfig {
     }
 }
 
-/// The `[data]` section: the prompts file.
+/// The `[data]` section: the prompts file, its columns, the held-out
+/// prompts and what SFT trains on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// JSONL file of prompts. Empty: the embedded demo task.
+    /// Prompts file, JSONL or parquet (`.parquet`). Empty: the embedded
+    /// demo task.
     pub prompts: PathBuf,
+    /// Held-out prompts file (JSONL or parquet, the same columns), for
+    /// example a benchmark's test split. Empty: `eval_fraction` of
+    /// `prompts` is held out instead.
+    pub eval: PathBuf,
+    /// The columns the files keep each field in; unset: npd's own names
+    /// (`id`, `prompt`, `messages`, `answer`, `response`), other keys
+    /// rejected. Set (even to `{}`): other columns are ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Fields>,
+    /// What SFT trains on: the teacher's greedy responses, or the
+    /// dataset's own `response` field (every training record needs one).
+    pub sft_targets: SftTargets,
     /// Prompts longer than this many tokens are rejected (and counted).
     pub max_prompt_tokens: usize,
-    /// Fraction of prompts held out for evaluation.
+    /// Fraction of prompts held out for evaluation (without `eval`).
     pub eval_fraction: f64,
     /// Seed of the train/eval split and of data shuffling.
     pub seed: u64,
+}
+
+/// SFT's training targets (`data.sft_targets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SftTargets {
+    /// The teacher's greedy responses, written once per run.
+    #[default]
+    Teacher,
+    /// The dataset's reference responses (`response`), each followed by
+    /// the student's end-of-turn token.
+    References,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
             prompts: PathBuf::new(),
+            eval: PathBuf::new(),
+            fields: None,
+            sft_targets: SftTargets::Teacher,
             max_prompt_tokens: 1024,
             eval_fraction: 0.05,
             seed: 0,
@@ -100,6 +131,23 @@ impl Section for DataConfig {
             1,
             npd_core::config::MAX_TOKENS,
         )?;
-        c.fraction("eval_fraction", self.eval_fraction, true, false)
+        c.fraction("eval_fraction", self.eval_fraction, true, false)?;
+        if let Some(f) = &self.fields {
+            for (field, column) in [
+                ("id", &f.id),
+                ("prompt", &f.prompt),
+                ("messages", &f.messages),
+                ("answer", &f.answer),
+                ("response", &f.response),
+            ] {
+                c.that(
+                    !column.trim().is_empty(),
+                    &format!("fields.{field}"),
+                    "a column name",
+                    column,
+                )?;
+            }
+        }
+        Ok(())
     }
 }

@@ -277,6 +277,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                     id: PromptId(offset + i as u64),
                     prompt: prompt_ids(&tok, &spec, p)?,
                     answer: Some(format!("{:02}", p.answer())),
+                    response: None,
                 })
             })
             .collect()
@@ -326,6 +327,7 @@ pub fn prepare(dir: &Path, setup: &Setup, progress: &mut Progress<'_>) -> Result
                         answer: Some(format!("{:02}", p.answer())),
                         response: Some(p.response()),
                         line: None,
+                        in_rows: false,
                     })
                     .collect()
             };
