@@ -44,6 +44,10 @@ fn quick_run_writes_the_report() {
         let model = out.join(format!("checkpoints/{run}/step-00000020/model"));
         assert!(model.join("config.json").is_file(), "{}", model.display());
         assert!(model.join("model.safetensors").is_file());
+        assert!(
+            model.join("tokenizer.json").is_file(),
+            "the tokenizer travels along"
+        );
     }
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     for run in ["SFT seed 0: ", "on-policy seed 0: ", "NPD seed 0: "] {

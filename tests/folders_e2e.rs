@@ -187,6 +187,8 @@ fn openpangu_layout_folders_run_end_to_end() {
     let last = out.join("checkpoints/npd-seed0/step-00000004/model");
     let cfg_json = std::fs::read_to_string(last.join("config.json")).unwrap();
     assert!(cfg_json.contains("PanguEmbedded") && cfg_json.contains("\"bias\""));
+    // ... and the student folder's tokenizer, so they load on their own.
+    assert!(last.join("tokenizer.model").is_file());
     let back = Llama::load(&last, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(back.config().eos_token_ids, vec![eos]);
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,7 @@ use npd_train::ModelConfig;
 use npd_train::data::{Example, Rejected, read_prompts, seeded_shuffle, tokenize};
 use npd_train::device::{kind_of, parse_device};
 use npd_train::eval::accuracy;
-use npd_train::folder::{ModelFolder, check_same_tokenizer, final_answer};
+use npd_train::folder::{ModelFolder, check_same_tokenizer, companion_files, final_answer};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
 use npd_train::models_config::SftTargets;
@@ -40,6 +40,9 @@ pub struct Inputs {
     pub student: ModelConfig,
     /// The student folder's own config.json, for its checkpoints.
     pub student_config_json: Option<String>,
+    /// Files the student's checkpoints carry beside config.json and the
+    /// weights (tokenizer, `auto_map` modules).
+    pub student_files: Vec<(String, Vec<u8>)>,
     /// The student's starting weights.
     pub warm_start: Weights,
     /// Training prompts.
@@ -64,6 +67,24 @@ pub struct Inputs {
     pub tokenizer: Tokenizer,
     /// Lines describing the setup in the report.
     pub setup: Vec<String>,
+}
+
+/// The student folder's companion files for its checkpoints; a module
+/// `auto_map` names that the folder lacks is warned about (checkpoints
+/// would not load with `trust_remote_code` either).
+fn student_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let files = companion_files(dir)?;
+    for module in npd_train::folder::auto_map_modules(dir) {
+        let file = format!("{module}.py");
+        if !files.iter().any(|(n, _)| *n == file) {
+            tracing::warn!(
+                "{}: config.json's auto_map names {file}, which the folder lacks; the \
+                 student's checkpoints will not load with trust_remote_code either",
+                dir.display()
+            );
+        }
+    }
+    Ok(files)
 }
 
 /// A loss in nats: three decimals, or three significant digits below 0.01.
@@ -199,6 +220,7 @@ pub fn embedded(cache: &Path, setup: &Setup, device: &str, stop: &AtomicBool) ->
         warm_start_accuracy: Some(prepared.warm_start_accuracy),
         student: prepared.student,
         student_config_json: None,
+        student_files: companion_files(&prepared.dir.join("teacher"))?,
         warm_start: prepared.warm_start,
         train: prepared.train,
         eval: prepared.eval,
@@ -416,6 +438,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         tokenizer: student.tokenizer.clone(),
         student: student.model.config().clone(),
         student_config_json: Some(student.config_json.clone()),
+        student_files: student_files(&m.student)?,
         teacher: teacher.model,
         teacher_accuracy,
         warm_start_accuracy: None,

@@ -235,6 +235,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             .then(|| inputs.alone_prefix.clone()),
     )
     .with_student_config_json(inputs.student_config_json.clone())
+    .with_student_files(inputs.student_files.clone())
     .with_rl(&config.train, &config.rl, &inputs.train);
     let prompts: Vec<npd_core::Prompt> = inputs
         .train

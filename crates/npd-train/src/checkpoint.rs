@@ -160,6 +160,9 @@ impl Persist for Trainer {
             self.config_json(),
             DEFAULT_SHARD_BYTES,
         )?;
+        for (name, bytes) in self.companion_files() {
+            write_atomic(&model_dir.join(name), bytes)?;
+        }
         write_safetensors(&dir.join(OPTIMIZER_FILE), &self.optimizer_state())?;
         let state = serde_json::json!({
             "optimizer_steps": self.optimizer().steps(),

@@ -251,3 +251,121 @@ mod tests {
         assert_eq!(final_answer("  "), None);
     }
 }
+
+/// Extensions of weight files, which a checkpoint writes itself.
+const WEIGHT_EXTENSIONS: [&str; 9] = [
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "ckpt",
+    "gguf",
+    "h5",
+    "msgpack",
+    "onnx",
+];
+
+/// The files of model folder `dir` a checkpoint of its model carries
+/// beside its own `config.json` and weights: tokenizer files, chat
+/// templates, `generation_config.json`, the `*.py` modules `auto_map` names
+/// (openPangu's `modeling_*.py`), licences; as (file name, bytes). Weight
+/// files, weight indexes, `config.json`, hidden files and sub-folders are
+/// left out.
+pub fn companion_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let weights = Path::new(&name)
+            .extension()
+            .is_some_and(|e| WEIGHT_EXTENSIONS.iter().any(|w| e.eq_ignore_ascii_case(w)));
+        if name.starts_with('.')
+            || !path.is_file()
+            || weights
+            || name == "config.json"
+            || name.ends_with(".index.json")
+        {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path, source })?;
+        out.push((name, bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The module names `auto_map` of `dir/config.json` refers to
+/// (`"modeling_x.Class"` or `"repo--modeling_x.Class"` give `modeling_x`).
+pub fn auto_map_modules(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+        return Vec::new();
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let mut modules: Vec<String> = config["auto_map"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|v| match v {
+            serde_json::Value::Array(a) => a.clone(),
+            v => vec![v.clone()],
+        })
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .filter_map(|v| {
+            let local = v.rsplit("--").next().unwrap_or(&v).to_string();
+            local.rsplit_once('.').map(|(module, _)| module.to_string())
+        })
+        .collect();
+    modules.sort();
+    modules.dedup();
+    modules
+}
+
+#[cfg(test)]
+mod companion_tests {
+    use super::*;
+
+    #[test]
+    fn companions_are_the_small_files_beside_the_weights() {
+        let dir = std::env::temp_dir().join(format!("npd-companions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in [
+            "model-00001-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "config.json",
+            ".DS_Store",
+            "sub/notes.txt",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "modeling_x.py",
+        ] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"auto_map": {"AutoConfig": "configuration_x.XConfig",
+                "AutoModelForCausalLM": "org/repo--modeling_x.XForCausalLM",
+                "AutoTokenizer": ["tokenization_x.XTokenizer", null]}}"#,
+        )
+        .unwrap();
+        let files = companion_files(&dir).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["modeling_x.py", "tokenizer.model", "tokenizer_config.json"]
+        );
+        assert_eq!(files[1].1, b"tokenizer.model");
+        assert_eq!(
+            auto_map_modules(&dir),
+            ["configuration_x", "modeling_x", "tokenization_x"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -159,6 +159,7 @@ pub struct TchStages<'a> {
     stop_ids: Vec<TokenId>,
     alone_prefix: Option<Vec<TokenId>>,
     student_config_json: Option<String>,
+    student_files: std::sync::Arc<Vec<(String, Vec<u8>)>>,
     baselines: BaselineRows,
     /// The RL stage's optimizer and policy loss.
     rl: TrainOptions,
@@ -232,6 +233,7 @@ impl<'a> TchStages<'a> {
             stop_ids,
             alone_prefix: None,
             student_config_json: None,
+            student_files: Default::default(),
             baselines: BaselineRows::default(),
             rl: rl_options(train, &RlConfig::default()),
             train_answers: HashMap::new(),
@@ -254,6 +256,14 @@ impl<'a> TchStages<'a> {
     /// (the student's Δ-IFD terms); set it when the filter is on.
     pub fn with_alone_prefix(mut self, prefix: Option<Vec<TokenId>>) -> Self {
         self.alone_prefix = prefix;
+        self
+    }
+
+    /// Files written into every checkpoint's model folder beside
+    /// `config.json` and the weights (the student folder's tokenizer and
+    /// `auto_map` modules; see [`crate::folder::companion_files`]).
+    pub fn with_student_files(mut self, files: Vec<(String, Vec<u8>)>) -> Self {
+        self.student_files = std::sync::Arc::new(files);
         self
     }
 
@@ -331,7 +341,8 @@ impl<'a> Stages for TchStages<'a> {
             options.ce_weight = 0.0;
         }
         Ok(Trainer::new(self.student()?, options)
-            .with_config_json(self.student_config_json.clone()))
+            .with_config_json(self.student_config_json.clone())
+            .with_companion_files(self.student_files.clone()))
     }
 
     /// The generator runs in the student's training precision, so its
@@ -378,7 +389,9 @@ impl<'a> Stages for TchStages<'a> {
             }
             None => self.student()?,
         };
-        Ok(Trainer::new(model, self.rl.clone()).with_config_json(self.student_config_json.clone()))
+        Ok(Trainer::new(model, self.rl.clone())
+            .with_config_json(self.student_config_json.clone())
+            .with_companion_files(self.student_files.clone()))
     }
 
     fn reference(&self, learner: &Trainer) -> npd_pipeline::Result<Reference> {

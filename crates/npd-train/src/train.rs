@@ -138,6 +138,7 @@ pub struct Trainer {
     skipped: u64,
     /// `config.json` written with the model in checkpoints.
     config_json: Option<String>,
+    companions: std::sync::Arc<Vec<(String, Vec<u8>)>>,
 }
 
 impl Trainer {
@@ -167,6 +168,7 @@ impl Trainer {
             nonfinite_run: 0,
             skipped: 0,
             config_json: None,
+            companions: Default::default(),
         }
     }
 
@@ -177,6 +179,19 @@ impl Trainer {
     pub fn with_config_json(mut self, json: Option<String>) -> Self {
         self.config_json = json;
         self
+    }
+
+    /// Files every checkpoint's model folder carries beside `config.json`
+    /// and the weights (tokenizer files, `auto_map` modules; see
+    /// [`crate::folder::companion_files`]), as (file name, bytes).
+    pub fn with_companion_files(mut self, files: std::sync::Arc<Vec<(String, Vec<u8>)>>) -> Self {
+        self.companions = files;
+        self
+    }
+
+    /// See [`Trainer::with_companion_files`].
+    pub fn companion_files(&self) -> &[(String, Vec<u8>)] {
+        &self.companions
     }
 
     /// See [`Trainer::with_config_json`].
