@@ -162,6 +162,13 @@ fn openpangu_layout_folders_run_end_to_end() {
     prompts(&data, false);
     let out = dir.join("out");
     let cfg = config(&dir, &teacher, &student, &data, &out);
+    // The teacher sees its prompts with openPangu's fast-answer suffix;
+    // raw prompt texts become user turns.
+    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "eval_fraction = 0.2",
+        "eval_fraction = 0.2\nprompt_format = \"chat\"\nteacher_suffix = \" /no_think\"",
+    );
+    std::fs::write(&cfg, toml).unwrap();
 
     let done = run(&cfg);
     assert!(done.status.success(), "{}", text(&done));
@@ -179,6 +186,12 @@ fn openpangu_layout_folders_run_end_to_end() {
         setup.contains("PanguEmbedded") && setup.contains("1 rejected"),
         "{setup}"
     );
+    assert!(
+        setup.contains(r#"the student sees them as written, the teacher suffix \" /no_think\""#),
+        "{setup}"
+    );
+    // SFT's teacher-written responses are kept for a resume.
+    assert!(out.join("checkpoints/sft-responses.json").is_file());
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let steps = metrics.lines().filter(|l| l.contains(r#""event":"step""#));
     assert_eq!(steps.count(), 3 * 4);
@@ -350,6 +363,11 @@ fn a_parquet_dataset_with_its_own_columns_runs_and_resumes_elsewhere() {
                 "eval = \"{}\"\nfields = {{ id = \"uid\", prompt = \"question\", answer = \"solution\", response = \"solution\" }}\nsft_targets = \"references\"",
                 eval.display()
             ),
+        );
+        // Both kept checkpoints resumable: the move below loses the latest.
+        let text = text.replace(
+            "checkpoint_every = 2",
+            "checkpoint_every = 2\noptimizer_in_every_checkpoint = true",
         );
         std::fs::write(&path, text).unwrap();
         path

@@ -96,6 +96,21 @@ fn killed_and_interrupted_runs_resume_without_losing_or_repeating_work() {
     assert!(!in_flight.is_empty(), "the checkpoint holds work in flight");
     assert!(ckpt.join("model/model.safetensors").is_file());
     assert!(ckpt.join("optimizer.safetensors").is_file());
+    // An older kept checkpoint holds the weights, not the optimizer state.
+    let older: Vec<_> = std::fs::read_dir(ckpt.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != &ckpt && p.join("run.json").is_file())
+        .collect();
+    for o in &older {
+        assert!(
+            o.join("model/model.safetensors").is_file(),
+            "{}",
+            o.display()
+        );
+        assert!(!o.join("optimizer.safetensors").exists(), "{}", o.display());
+    }
 
     // Starting afresh on the folder is refused with advice.
     let refused = command(&out, &cache, false).output().unwrap();

@@ -19,8 +19,24 @@ use serde_json::Value;
 
 const STEPS: u64 = 24;
 
+/// The run's configuration: snapshots published beside the output (an
+/// `engine.publish_dir` of the user's), in float32.
+fn config(out: &Path) -> std::path::PathBuf {
+    let path = out.with_extension("toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\npublish_dir = \"{}\"\npublish_dtype = \"float32\"\n",
+            out.join("served").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn command(out: &Path, cache: &Path, resume: bool) -> Command {
     let mut c = Command::new(example());
+    c.arg("--config").arg(config(out));
     c.args(["--quick", "--engine", "vllm", "--methods", "npd"])
         .args(["--checkpoint-every", "4", "--refresh-every", "2"])
         .args(["--steps", &STEPS.to_string(), "--out"])
@@ -160,6 +176,21 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
         "the ledger and the metrics agree:\n{report}"
     );
     assert!(report.contains("student server started by npd"), "{report}");
+    assert!(
+        report.contains(&format!(
+            "snapshots published to {} (engine.publish_dir)",
+            out.join("served").canonicalize().unwrap().display()
+        )),
+        "{report}"
+    );
+    // The refreshes' cost is its own section: NPD refreshed every 2 steps.
+    assert!(report.contains("## Weight refresh"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("| NPD | 12 |") && l.contains("overlapped")),
+        "{report}"
+    );
     // Every step of the budget is in the metrics once the run finished
     // (steps redone after the checkpoint appear again, with the same
     // numbers).
@@ -176,6 +207,14 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
         npd["stages"]["generator busy"].as_f64() > Some(0.0),
         "the student server's busy time is recorded: {npd}"
     );
+    assert!(
+        npd["stages"]["generator reload"].as_f64() > Some(0.0)
+            && npd["stages"]["generator reload"].as_f64()
+                < npd["stages"]["generator busy"].as_f64(),
+        "reloads are part of the server's busy time: {npd}"
+    );
+    assert_eq!(npd["refreshes"], STEPS / 2, "{npd}");
     let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(out.with_extension("toml"));
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -2,6 +2,8 @@
 //! (`--methods npd+rl`) samples its groups on the student server, which
 //! reloads the trained weights every `rl.refresh_every` steps; every
 //! reload is verified by probe, and the report carries the RL section.
+//! Snapshots go to the default publish root: bfloat16 folders in memory
+//! (`/dev/shm`), removed when the run ends.
 
 mod common;
 
@@ -40,12 +42,36 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
         .collect();
     assert_eq!(rl.len(), 6, "{rl:?}");
     assert!(rl.iter().all(|e| e["rl"]["staleness"].as_u64() < Some(2)));
-    // The RL stage's snapshots were published for the server.
-    let published = std::fs::read_dir(out.join("served/NPD+RL-seed0"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert!(published > 0, "no RL snapshot was published");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // Snapshots went to memory when the machine has it, and are gone.
+    let root = report
+        .lines()
+        .find_map(|l| l.strip_prefix("- snapshots published to "))
+        .and_then(|rest| rest.split(" (").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no publish root in the report:\n{report}"));
+    if std::path::Path::new("/dev/shm").is_dir() {
+        assert!(root.starts_with("/dev/shm"), "{report}");
+    }
+    assert!(
+        !root.starts_with("/dev/shm") || !root.exists(),
+        "{} left behind",
+        root.display()
+    );
+    // The RL stage refreshed its server: publish and reload are stages.
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rl_outcome = json["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["rl"].is_object())
+        .unwrap_or_else(|| panic!("no RL outcome: {json}"));
+    assert!(rl_outcome["refreshes"].as_u64() >= Some(3), "{rl_outcome}");
+    assert!(
+        rl_outcome["stages"]["reload"].as_f64() > Some(0.0),
+        "{rl_outcome}"
+    );
     assert!(report.contains("## RL after distillation"), "{report}");
     assert!(
         report.contains("weight refreshes verified by probe") && report.contains(" 0 failed"),

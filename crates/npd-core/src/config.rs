@@ -246,6 +246,20 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// What distillation does with a student response that hit
+/// `sampling.max_new_tokens` before a stop id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncated {
+    /// Train on it like any other response: the teacher's per-token
+    /// targets are as valid on a prefix as on a whole response.
+    #[default]
+    Train,
+    /// Leave it out (NPD closes its prompt as filtered, reason
+    /// `truncated`; on-policy trains its step on the other samples).
+    Drop,
+}
+
 /// How responses are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -264,6 +278,9 @@ pub struct SamplingConfig {
     /// Sequences the in-process evaluation and the teacher's accuracy check
     /// decode at once (their KV cache grows with it).
     pub eval_batch_size: usize,
+    /// Student responses that hit `max_new_tokens`: `train` or `drop` (NPD
+    /// and on-policy; counted in the report either way).
+    pub truncated: Truncated,
 }
 
 impl Default for SamplingConfig {
@@ -275,6 +292,7 @@ impl Default for SamplingConfig {
             max_new_tokens: 512,
             seed: 0,
             eval_batch_size: 256,
+            truncated: Truncated::Train,
         }
     }
 }

@@ -24,11 +24,14 @@ pub enum DropReason {
     IfdAboveCeiling,
     /// Not among the top fraction kept by the classic IFD rule.
     OutsideTopFraction,
+    /// The response hit the length limit and `sampling.truncated` says to
+    /// drop such responses.
+    Truncated,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::EmptyResponse,
         DropReason::LengthMismatch,
         DropReason::NonFiniteScore,
@@ -38,6 +41,7 @@ impl DropReason {
         DropReason::AboveThreshold,
         DropReason::IfdAboveCeiling,
         DropReason::OutsideTopFraction,
+        DropReason::Truncated,
     ];
 
     /// Stable kebab-case name used in metrics and reports.
@@ -52,6 +56,7 @@ impl DropReason {
             DropReason::AboveThreshold => "above-threshold",
             DropReason::IfdAboveCeiling => "ifd-above-ceiling",
             DropReason::OutsideTopFraction => "outside-top-fraction",
+            DropReason::Truncated => "truncated",
         }
     }
 

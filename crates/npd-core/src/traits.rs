@@ -188,6 +188,13 @@ pub trait Persist {
     /// mismatch (another architecture, a missing file) is an error naming
     /// the file and the tensor or field.
     fn restore_state(&mut self, dir: &Path) -> Result<()>;
+
+    /// Files of a checkpoint folder that only a resume from it reads (for
+    /// a trainer: the optimizer state), not a use of its weights; a
+    /// checkpointer may drop them from checkpoints older than the latest.
+    fn resume_only_files(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Asks a running loop to stop. The loop polls it after every optimizer

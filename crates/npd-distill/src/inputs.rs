@@ -1,17 +1,19 @@
 //! What the methods run on: the embedded default (prepared and cached), or
 //! the teacher and student folders and prompts file of a configuration.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use npd_core::{PromptId, TokenId};
 use npd_train::ModelConfig;
-use npd_train::data::{Example, Rejected, read_prompts, seeded_shuffle, tokenize};
+use npd_train::data::{Example, Rejected, read_prompts, seeded_shuffle, tokenize_styled};
 use npd_train::device::{kind_of, parse_device};
 use npd_train::eval::accuracy;
-use npd_train::folder::{ModelFolder, check_same_tokenizer, companion_files, final_answer};
+use npd_train::folder::{
+    ModelFolder, check_same_tokenizer, companion_files, final_answer, graded_text,
+};
 use npd_train::generator::Weights;
 use npd_train::model::Llama;
 use npd_train::models_config::SftTargets;
@@ -49,6 +51,10 @@ pub struct Inputs {
     pub train: Vec<Example>,
     /// Held-out prompts with answers.
     pub eval: Vec<Example>,
+    /// The teacher's own prompt tokens of each training prompt (in `train`'s
+    /// order), when a teacher-only system turn or suffix makes them differ
+    /// from the student's; `None`: the teacher sees the student's prompts.
+    pub teacher_train: Option<Vec<Vec<TokenId>>>,
     /// SFT's targets from the dataset (`data.sft_targets = "references"`),
     /// one per training prompt, in order; `None`: the teacher writes them.
     pub sft_responses: Option<Vec<Vec<TokenId>>>,
@@ -225,6 +231,7 @@ pub fn embedded(cache: &Path, setup: &Setup, device: &str, stop: &AtomicBool) ->
         train: prepared.train,
         eval: prepared.eval,
         sft_responses: None,
+        teacher_train: None,
         rejected: Vec::new(),
         answer: Box::new(move |ids: &[TokenId]| answer_fn(&tokenizer)(ids)),
         stop_ids: vec![emb::EOS_ID],
@@ -259,30 +266,51 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
 
     let d = &config.data;
     let fields = d.fields.as_ref();
-    let read = |path: &Path| -> Result<(Vec<Example>, Rejected, usize)> {
+    let teacher_styled = d.teacher_style() != d.student_style();
+    // Each file's records as the student sees them, and as the teacher does
+    // (by record id) when its prompts differ; a record too long for either
+    // is rejected for both.
+    type TeacherPrompts = HashMap<PromptId, Vec<TokenId>>;
+    let read = |path: &Path| -> Result<(Vec<Example>, Rejected, usize, TeacherPrompts)> {
         let records = read_prompts(path, fields)?;
-        let (examples, rejected) = tokenize(
-            &records,
-            &student.tokenizer,
-            student.chat.as_deref(),
-            student.bos(),
-            d.max_prompt_tokens,
-        )
-        .with_context(|| path.display().to_string())?;
-        Ok((examples, rejected, records.len()))
+        let styled = |style| {
+            tokenize_styled(
+                &records,
+                &student.tokenizer,
+                student.chat.as_deref(),
+                student.bos(),
+                d.max_prompt_tokens,
+                style,
+            )
+            .with_context(|| path.display().to_string())
+        };
+        let (mut examples, mut rejected) = styled(d.student_style())?;
+        let mut teacher = TeacherPrompts::new();
+        if teacher_styled {
+            let (theirs, too_long) = styled(d.teacher_style())?;
+            let refused: HashSet<PromptId> = too_long.iter().map(|(id, _)| *id).collect();
+            examples.retain(|e| !refused.contains(&e.id));
+            for (id, why) in too_long {
+                if !rejected.iter().any(|(r, _)| *r == id) {
+                    rejected.push((id, format!("the teacher's {why}")));
+                }
+            }
+            teacher = theirs.into_iter().map(|e| (e.id, e.prompt)).collect();
+        }
+        Ok((examples, rejected, records.len(), teacher))
     };
-    let (examples, mut rejected, in_file) = read(&d.prompts)?;
+    let (examples, mut rejected, in_file, teacher_of_train) = read(&d.prompts)?;
     let usable = examples.len();
-    let (train, eval, eval_line) = if d.eval.as_os_str().is_empty() {
+    let (train, eval, eval_line, teacher_of_eval) = if d.eval.as_os_str().is_empty() {
         let (train, eval) = split(examples, d.eval_fraction, d.seed);
         let line = format!(
             "{} held out (data.eval_fraction = {})",
             eval.len(),
             d.eval_fraction
         );
-        (train, eval, line)
+        (train, eval, line, teacher_of_train.clone())
     } else {
-        let (eval, eval_rejected, eval_in_file) = read(&d.eval)?;
+        let (eval, eval_rejected, eval_in_file, teacher_of_eval) = read(&d.eval)?;
         if !eval_rejected.is_empty() {
             bail!(
                 "{}: {} held-out record(s) exceed data.max_prompt_tokens = {} (first: id {}); \
@@ -311,7 +339,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             d.eval.display(),
             overlap.len()
         );
-        (train, eval, line)
+        (train, eval, line, teacher_of_eval)
     };
     if eval.is_empty() {
         bail!(
@@ -382,14 +410,34 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         .collect();
     let tokenizer: Tokenizer = student.tokenizer.clone();
     let answer: Answer = Box::new(move |ids: &[TokenId]| {
-        final_answer(&tokenizer.decode(ids, true).ok()?).map(|a| normalise(&a))
+        final_answer(&graded_text(&tokenizer, ids).ok()?).map(|a| normalise(&a))
     });
     let stop_ids = student.stop_ids();
     let max_new = config.sampling.max_new_tokens;
+    // The teacher answers the held-out prompts as it sees them.
+    let as_teacher = |examples: &[Example], theirs: &HashMap<PromptId, Vec<TokenId>>| {
+        examples
+            .iter()
+            .map(|e| Example {
+                prompt: theirs
+                    .get(&e.id)
+                    .cloned()
+                    .unwrap_or_else(|| e.prompt.clone()),
+                ..e.clone()
+            })
+            .collect::<Vec<Example>>()
+    };
+    let teacher_eval = as_teacher(&eval, &teacher_of_eval);
+    let teacher_train = teacher_styled.then(|| {
+        as_teacher(&train, &teacher_of_train)
+            .into_iter()
+            .map(|e| e.prompt)
+            .collect::<Vec<_>>()
+    });
     let pb = Spinner::start("evaluating the teacher on the held-out prompts");
     let teacher_accuracy = accuracy(
         &teacher.model,
-        (&eval, config.sampling.eval_batch_size),
+        (&teacher_eval, config.sampling.eval_batch_size),
         &*answer,
         max_new,
         &stop_ids,
@@ -432,7 +480,9 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
                 "device {}, teacher in {:?}, student trains in {:?}",
                 m.device, m.dtype, config.train.precision
             ),
+            prompt_line(d),
         ],
+        teacher_train,
         alone_prefix: student.alone_prefix()?,
         pad_id: student.pad_id(),
         tokenizer: student.tokenizer.clone(),
@@ -450,6 +500,33 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         answer,
         stop_ids,
     })
+}
+
+/// The report's line on how each model sees the prompts.
+fn prompt_line(d: &npd_train::models_config::DataConfig) -> String {
+    let style = |s: npd_train::models_config::PromptStyle<'_>| {
+        let mut parts = Vec::new();
+        if !s.system.is_empty() {
+            parts.push(format!("system turn {:?}", s.system));
+        }
+        if !s.suffix.is_empty() {
+            parts.push(format!("suffix {:?}", s.suffix));
+        }
+        if parts.is_empty() {
+            "as written".to_string()
+        } else {
+            parts.join(", ")
+        }
+    };
+    format!(
+        "prompts as {} (data.prompt_format); the student sees them {}, the teacher {}",
+        match d.prompt_format {
+            npd_train::models_config::PromptFormat::Raw => "raw text",
+            npd_train::models_config::PromptFormat::Chat => "user turns in the chat format",
+        },
+        style(d.student_style()),
+        style(d.teacher_style()),
+    )
 }
 
 /// A seeded split: `fraction` of the examples (at least one when there are

@@ -29,6 +29,7 @@ pub mod fingerprint;
 pub mod inputs;
 pub mod memory_check;
 pub mod progress;
+pub mod publish_root;
 pub mod run_dir;
 pub mod servers;
 pub mod signals;
@@ -344,13 +345,17 @@ fn run_methods<S: Stages>(
         started,
     } = run;
     let out = config.output.dir.clone();
-    let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every);
+    let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every)
+        .with_resume_state_in_all(config.output.optimizer_in_every_checkpoint);
     let mut comparison = Comparison::new(stages, settings, prompts)
         .with_checkpoints(&checkpoints)
         .with_rejected(&inputs.rejected)
         .with_start_score(inputs.warm_start_accuracy);
     if let Some(responses) = &inputs.sft_responses {
         comparison = comparison.with_sft_responses(responses.clone())?;
+    }
+    if let Some(teacher) = &inputs.teacher_train {
+        comparison = comparison.with_teacher_prompts(teacher.clone())?;
     }
     let mut metrics = run_dir.metrics(&checkpoints)?;
     let metrics_path = out.join("metrics.jsonl");

@@ -51,7 +51,7 @@ pub const INPUT_KEYS: [&str; 4] = [
 /// what it computes: devices, servers, threads, timeouts, memory-only
 /// settings and checkpoint spacing. A resume may change them (a run moved
 /// to another machine or GPU); the report lists what changed.
-pub const LOCATION_KEYS: [&str; 21] = [
+pub const LOCATION_KEYS: [&str; 26] = [
     "model.device",
     "rollout.threads",
     "train.threads",
@@ -70,7 +70,12 @@ pub const LOCATION_KEYS: [&str; 21] = [
     "engine.concurrency",
     "engine.timeout_s",
     "engine.retries",
+    "engine.student_dtype",
+    "engine.teacher_dtype",
+    "engine.publish_dtype",
     "engine.probe_tolerance",
+    "engine.student_probe_tolerance",
+    "engine.teacher_probe_tolerance",
     "engine.publish_dir",
     "output.dir",
 ];

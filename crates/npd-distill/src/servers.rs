@@ -7,7 +7,9 @@
 //! - write the trainer's special tokens (BOS, EOS, padding) as the trainer's
 //!   tokenizer does;
 //! - reproduce the in-process model's log-probs on a probe sequence (the
-//!   warm-start student, the teacher) within `engine.probe_tolerance`,
+//!   warm-start student as published, the teacher) within the role's probe
+//!   tolerance (`engine.student_probe_tolerance`,
+//!   `engine.teacher_probe_tolerance`, by default from the server's dtype),
 //!   which also proves that it has the trainer's vocabulary;
 //! - and, for the teacher, accept `train.top_k` log-probs per position.
 
@@ -21,22 +23,27 @@ use serde_json::json;
 
 use npd_core::TokenId;
 use npd_engine::generator::verify;
-use npd_engine::{Client, LaunchSpec, Launched, ProbeLog, Vllm};
+use npd_engine::{Client, LaunchSpec, Launched, Probe, ProbeLog, Role, Vllm};
 use npd_train::generator::load_weights;
 use npd_train::model::Llama;
-use npd_train::served::{Servers, probe, save_for_serving};
+use npd_train::served::{Servers, kind_of, probe, publish_for_serving};
 use npd_train::tokenizer::Tokenizer;
 
 use crate::config::RunConfig;
 use crate::inputs::Inputs;
+use crate::publish_root::PublishRoot;
 
 /// The servers of a run; servers npd started stop when this is dropped.
 pub struct Running {
     /// What the stages talk to.
     pub servers: Servers,
-    /// Lines for the report: each server's URL or command line.
+    /// Lines for the report: each server's URL or command line, and where
+    /// snapshots are published.
     pub lines: Vec<String>,
     launched: Vec<Launched>,
+    /// Dropped after the servers (fields drop in order): a folder in
+    /// memory is removed once nothing reads it.
+    _publish_root: PublishRoot,
 }
 
 impl Running {
@@ -93,9 +100,16 @@ fn default_cpus() -> (String, String) {
 }
 
 /// Writes `model` with the trainer's tokenizer into `dir` as a folder a
-/// vLLM server can start from.
-fn write_served(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
-    save_for_serving(model, dir)?;
+/// vLLM server can start from, weights in `kind`; returns the probe of
+/// `probe_tokens` on the weights as written.
+fn write_served(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    kind: npd_train::tch::Kind,
+    probe_tokens: &[TokenId],
+) -> Result<Probe> {
+    let probe = publish_for_serving(model, dir, kind, probe_tokens)?;
     tokenizer.save(&dir.join("tokenizer.json"))?;
     let c = model.config();
     let token = |id: Option<TokenId>| id.and_then(|i| tokenizer.token(i));
@@ -109,7 +123,19 @@ fn write_served(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> 
     let path = dir.join("tokenizer_config.json");
     std::fs::write(&path, serde_json::to_string_pretty(&config)?)
         .with_context(|| path.display().to_string())?;
-    Ok(())
+    Ok(probe)
+}
+
+/// Bytes of one published snapshot of `model` in `dtype`: every weight,
+/// and the output projection once more when the model ties it.
+fn snapshot_bytes(model: &Llama, dtype: npd_engine::ServedDtype) -> u64 {
+    let c = model.config();
+    let head = if c.tie_word_embeddings {
+        c.vocab_size * c.hidden_size
+    } else {
+        0
+    };
+    ((model.num_parameters() + head) * dtype.bytes()) as u64
 }
 
 /// The fixed sequence every probe check scores: a held-out prompt followed
@@ -132,19 +158,25 @@ pub fn start(
     cancel: &Arc<AtomicBool>,
 ) -> Result<Running> {
     let e = &config.engine;
-    let publish_root = if e.publish_dir.as_os_str().is_empty() {
+    // The folders servers start from stay on disk (a server you run is
+    // pointed at a path that lasts); snapshots go to the publish root.
+    let start_root = if e.publish_dir.as_os_str().is_empty() {
         out.join("served")
     } else {
         e.publish_dir.clone()
     };
-    std::fs::create_dir_all(&publish_root).with_context(|| publish_root.display().to_string())?;
-    let publish_root = publish_root
+    std::fs::create_dir_all(&start_root).with_context(|| start_root.display().to_string())?;
+    let start_root = start_root
         .canonicalize()
-        .with_context(|| publish_root.display().to_string())?;
+        .with_context(|| start_root.display().to_string())?;
     let mut student_model = Llama::new(inputs.student.clone(), inputs.teacher.device());
     load_weights(&mut student_model, &inputs.warm_start)?;
+    let publish_root = PublishRoot::choose(
+        &e.publish_dir,
+        out,
+        snapshot_bytes(&student_model, e.publish_dtype),
+    )?;
     let probe_tokens = probe_tokens(inputs);
-    let student_probe = probe(&student_model, &probe_tokens)?;
     let teacher_probe = probe(&inputs.teacher, &probe_tokens)?;
 
     let timeout = Duration::from_secs_f64(e.timeout_s);
@@ -159,36 +191,50 @@ pub fn start(
         }
     };
     let mut specs = Vec::new();
+    let mut student_probe = None;
     for (role, url, model, cpus) in [
         (
-            "student",
+            Role::Student,
             &e.student_url,
             &student_model,
             or(&e.student_cpus, student_cpus),
         ),
         (
-            "teacher",
+            Role::Teacher,
             &e.teacher_url,
             &inputs.teacher,
             or(&e.teacher_cpus, teacher_cpus),
         ),
     ] {
-        // The student's servable copy is written in every case: a student
-        // server the user runs starts from it.
-        let dir = publish_root.join(format!("{role}-start"));
-        if url.is_empty() || role == "student" {
-            write_served(model, &inputs.tokenizer, &dir)
-                .with_context(|| format!("writing the {role} for its server"))?;
+        // The student's servable copy is written in every case (in the
+        // dtype of the snapshots that follow it): a student server the user
+        // runs starts from it. The teacher keeps its own dtype.
+        let dir = start_root.join(format!("{}-start", role.name()));
+        if role == Role::Student {
+            student_probe = Some(
+                write_served(
+                    model,
+                    &inputs.tokenizer,
+                    &dir,
+                    kind_of(e.publish_dtype),
+                    &probe_tokens,
+                )
+                .context("writing the student for its server")?,
+            );
+        } else if url.is_empty() {
+            write_served(model, &inputs.tokenizer, &dir, model.kind(), &probe_tokens)
+                .context("writing the teacher for its server")?;
         }
         specs.push(url.is_empty().then(|| LaunchSpec {
-            role: role.into(),
+            role: role.name().into(),
             python: PathBuf::new(),
             model: dir,
+            dtype: e.dtype(role),
             max_model_len: model.config().max_position_embeddings,
             max_logprobs: top_k.max(20),
             kv_cache_gib: e.kv_cache_gib,
             cpus,
-            log: out.join(format!("{role}-server.log")),
+            log: out.join(format!("{}-server.log", role.name())),
             extra_args: Vec::new(),
         }));
     }
@@ -245,7 +291,7 @@ pub fn start(
         format!(
             "student server (a student server you run starts from {}, which npd has written, \
              with VLLM_SERVER_DEV_MODE=1)",
-            publish_root.join("student-start").display()
+            start_root.join("student-start").display()
         )
     })?;
     let teacher = connect(&urls[1]).context("teacher server")?;
@@ -257,10 +303,13 @@ pub fn start(
         .max()
         .unwrap_or(0)
         + config.sampling.max_new_tokens;
+    let student_probe = student_probe.expect("the student's folder is always written");
     for (role, server, probe) in [
-        ("student", &student, &student_probe),
-        ("teacher", &teacher, &teacher_probe),
+        (Role::Student, &student, &student_probe),
+        (Role::Teacher, &teacher, &teacher_probe),
     ] {
+        let (tolerance, source) = e.probe_tolerance(role);
+        let role = role.name();
         let url = server.client().base().to_string();
         if server.max_model_len() < longest {
             bail!(
@@ -270,15 +319,14 @@ pub fn start(
             );
         }
         check_special_tokens(role, server, inputs)?;
-        let check = verify(server, probe, 0, e.probe_tolerance)
+        let check = verify(server, probe, 0, tolerance)
             .with_context(|| format!("{role} server {url}: scoring the probe sequence"))?;
         if !check.passed {
             bail!(
                 "{role} server {url} does not serve the run's {role}: its log-probs on a probe \
-                 sequence differ from the in-process model's by up to {:.3e} (tolerance \
-                 engine.probe_tolerance = {:.1e})",
+                 sequence differ from the in-process model's by up to {:.3e} (tolerance {source}; \
+                 a server computing in bfloat16 needs engine.{role}_dtype = \"bfloat16\")",
                 check.max_abs_diff,
-                e.probe_tolerance
             );
         }
     }
@@ -291,18 +339,24 @@ pub fn start(
                 teacher.client().base()
             )
         })?;
+    lines.push(publish_root.line.clone());
+    let (tolerance, tolerance_source) = e.probe_tolerance(Role::Student);
     Ok(Running {
         servers: Servers {
             student,
             teacher,
             concurrency: e.concurrency,
-            tolerance: e.probe_tolerance,
-            publish_root,
+            tolerance,
+            tolerance_source,
+            publish_dtype: e.publish_dtype,
+            publish_root: publish_root.dir().to_path_buf(),
+            remove_finished: publish_root.is_temporary(),
             probe_tokens,
             checks: ProbeLog::default(),
         },
         lines,
         launched,
+        _publish_root: publish_root,
     })
 }
 

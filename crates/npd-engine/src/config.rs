@@ -19,6 +19,68 @@ pub enum EngineKind {
     Vllm,
 }
 
+/// A dtype as vLLM's `--dtype` spells it: what a server computes in, or
+/// what published weights are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServedDtype {
+    /// 32-bit floats.
+    #[default]
+    Float32,
+    /// bfloat16.
+    Bfloat16,
+}
+
+impl ServedDtype {
+    /// The name `vllm serve --dtype` and `config.json`'s `torch_dtype`
+    /// take.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServedDtype::Float32 => "float32",
+            ServedDtype::Bfloat16 => "bfloat16",
+        }
+    }
+
+    /// Bytes per weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            ServedDtype::Float32 => 4,
+            ServedDtype::Bfloat16 => 2,
+        }
+    }
+
+    /// The probe tolerance a server computing in this dtype gets by
+    /// default, nats per token: float32 servers reproduce npd's log-probs
+    /// to about 1e-5, bfloat16 ones to about 1e-2 (rounding of every
+    /// activation), while a refresh that did not take shows differences
+    /// of order 1e-1 to 1.
+    pub fn default_probe_tolerance(self) -> f64 {
+        match self {
+            ServedDtype::Float32 => 1e-3,
+            ServedDtype::Bfloat16 => 5e-2,
+        }
+    }
+}
+
+/// A server's role in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The student server: rollouts, refreshed with published snapshots.
+    Student,
+    /// The teacher server: scores.
+    Teacher,
+}
+
+impl Role {
+    /// `student` or `teacher`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Teacher => "teacher",
+        }
+    }
+}
+
 /// Where rollouts and teacher scores come from, and how npd talks to
 /// inference servers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,12 +115,33 @@ pub struct EngineConfig {
     /// Further tries of a call that failed in transport or with a server
     /// error (5xx); then the run stops with the error.
     pub retries: u32,
-    /// After every weight refresh the student server scores a probe
-    /// sequence; its log-probs must be within this many nats per token of
-    /// the trainer's, or the run stops.
+    /// What the student server computes in (`float32` or `bfloat16`):
+    /// `--dtype` of a student server npd starts, and what the probe
+    /// tolerance of one you run is based on.
+    pub student_dtype: ServedDtype,
+    /// What the teacher server computes in (see `student_dtype`).
+    pub teacher_dtype: ServedDtype,
+    /// The dtype of the snapshots the trainer publishes for the student
+    /// server (`bfloat16`: half the bytes to write and reload; `float32`:
+    /// the trainer's own values). The probe a refreshed server must
+    /// reproduce is computed on the published values.
+    pub publish_dtype: ServedDtype,
+    /// Probe tolerance of both servers, nats per token, when the role's
+    /// own key is 0; 0: by each server's dtype (float32 1e-3, bfloat16
+    /// 5e-2).
     pub probe_tolerance: f64,
+    /// After every weight refresh (and at the start) the student server
+    /// scores a probe sequence; its log-probs must be within this many nats
+    /// per token of the trainer's, or the run stops. 0: `probe_tolerance`.
+    pub student_probe_tolerance: f64,
+    /// At the start the teacher server scores the probe sequence; its
+    /// log-probs must be within this many nats per token of the in-process
+    /// teacher's. 0: `probe_tolerance`.
+    pub teacher_probe_tolerance: f64,
     /// Folder for the snapshots the student server reloads (it must be able
-    /// to read it); empty: `served/` in the output folder.
+    /// to read it); empty: a folder in `/dev/shm` (memory, no disk writes)
+    /// when it exists and has room for three snapshots, else `served/` in
+    /// the output folder.
     pub publish_dir: PathBuf,
 }
 
@@ -76,7 +159,12 @@ impl Default for EngineConfig {
             concurrency: 16,
             timeout_s: 300.0,
             retries: 2,
-            probe_tolerance: 1e-3,
+            student_dtype: ServedDtype::Float32,
+            teacher_dtype: ServedDtype::Float32,
+            publish_dtype: ServedDtype::Bfloat16,
+            probe_tolerance: 0.0,
+            student_probe_tolerance: 0.0,
+            teacher_probe_tolerance: 0.0,
             publish_dir: PathBuf::new(),
         }
     }
@@ -91,7 +179,13 @@ impl Section for EngineConfig {
         c.between("concurrency", self.concurrency, 1, MAX_THREADS)?;
         c.seconds("timeout_s", self.timeout_s)?;
         c.between("retries", self.retries, 0, 100)?;
-        c.positive("probe_tolerance", self.probe_tolerance)?;
+        for (key, tolerance) in [
+            ("probe_tolerance", self.probe_tolerance),
+            ("student_probe_tolerance", self.student_probe_tolerance),
+            ("teacher_probe_tolerance", self.teacher_probe_tolerance),
+        ] {
+            c.non_negative(key, tolerance, " (nats per token; 0 picks the default)")?;
+        }
         for (key, cpus) in [
             ("student_cpus", &self.student_cpus),
             ("teacher_cpus", &self.teacher_cpus),
@@ -115,6 +209,45 @@ impl Section for EngineConfig {
             )?;
         }
         Ok(())
+    }
+}
+
+impl EngineConfig {
+    /// The dtype `role`'s server computes in.
+    pub fn dtype(&self, role: Role) -> ServedDtype {
+        match role {
+            Role::Student => self.student_dtype,
+            Role::Teacher => self.teacher_dtype,
+        }
+    }
+
+    /// The probe tolerance of `role`'s server and the key that sets it:
+    /// the role's own key, else `probe_tolerance`, else the default of the
+    /// server's dtype.
+    pub fn probe_tolerance(&self, role: Role) -> (f64, String) {
+        let (own, key) = match role {
+            Role::Student => (self.student_probe_tolerance, "student_probe_tolerance"),
+            Role::Teacher => (self.teacher_probe_tolerance, "teacher_probe_tolerance"),
+        };
+        if own > 0.0 {
+            (own, format!("engine.{key} = {own:.1e}"))
+        } else if self.probe_tolerance > 0.0 {
+            (
+                self.probe_tolerance,
+                format!("engine.probe_tolerance = {:.1e}", self.probe_tolerance),
+            )
+        } else {
+            let dtype = self.dtype(role);
+            (
+                dtype.default_probe_tolerance(),
+                format!(
+                    "{:.1e}, the default for engine.{}_dtype = \"{}\"; set engine.{key} to change it",
+                    dtype.default_probe_tolerance(),
+                    role.name(),
+                    dtype.name()
+                ),
+            )
+        }
     }
 }
 
@@ -169,5 +302,41 @@ mod tests {
             };
             assert_eq!(c.validate(&check.section("engine")).is_ok(), ok, "{cpus}");
         }
+        let c = EngineConfig {
+            teacher_probe_tolerance: -1.0,
+            ..EngineConfig::default()
+        };
+        let err = c
+            .validate(&check.section("engine"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.teacher_probe_tolerance"), "{err}");
+    }
+
+    #[test]
+    fn probe_tolerances_come_from_the_role_then_both_then_the_dtype() {
+        let mut c = EngineConfig {
+            teacher_dtype: ServedDtype::Bfloat16,
+            ..EngineConfig::default()
+        };
+        assert_eq!(c.probe_tolerance(Role::Student).0, 1e-3);
+        assert_eq!(c.probe_tolerance(Role::Teacher).0, 5e-2);
+        assert!(
+            c.probe_tolerance(Role::Teacher)
+                .1
+                .contains("engine.teacher_probe_tolerance")
+        );
+        c.probe_tolerance = 2e-3;
+        assert_eq!(c.probe_tolerance(Role::Teacher).0, 2e-3);
+        c.teacher_probe_tolerance = 3e-2;
+        assert_eq!(c.probe_tolerance(Role::Teacher).0, 3e-2);
+        assert_eq!(c.probe_tolerance(Role::Student).0, 2e-3);
+        let text = "publish_dtype = \"float32\"\nstudent_dtype = \"bfloat16\"\n";
+        let parsed: EngineConfig = npd_core::config::parse(text, "run.toml").unwrap();
+        assert_eq!(parsed.publish_dtype, ServedDtype::Float32);
+        assert_eq!(parsed.dtype(Role::Student), ServedDtype::Bfloat16);
+        assert!(
+            npd_core::config::parse::<EngineConfig>("publish_dtype = \"fp8\"", "run.toml").is_err()
+        );
     }
 }

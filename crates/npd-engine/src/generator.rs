@@ -44,6 +44,16 @@ pub struct ProbeCheck {
     pub max_abs_diff: f64,
     /// Whether it was within the tolerance.
     pub passed: bool,
+    /// Largest difference between this version's probe and the previous
+    /// check's, by the trainer: how far the weights moved on the probe. A
+    /// refresh that did not take is caught only when this exceeds the
+    /// tolerance (`None`: the first check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<f64>,
+    /// Seconds the server took to reload the weights (`None`: no reload,
+    /// the check at the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_s: Option<f64>,
 }
 
 /// Every probe check of a run, shared with whoever reports them.
@@ -59,6 +69,10 @@ pub struct VllmGenerator {
     tolerance: f64,
     alone_prefix: Option<Vec<TokenId>>,
     checks: ProbeLog,
+    /// The probe of the weights the server holds (after the first check).
+    last_probe: Option<Probe>,
+    /// What the tolerance is and which key sets it, for messages.
+    tolerance_source: String,
 }
 
 impl VllmGenerator {
@@ -73,7 +87,16 @@ impl VllmGenerator {
             tolerance,
             alone_prefix: None,
             checks: ProbeLog::default(),
+            last_probe: None,
+            tolerance_source: format!("tolerance {tolerance:.1e}"),
         }
+    }
+
+    /// Names where the tolerance comes from in the error of a failed check
+    /// (e.g. `engine.student_probe_tolerance = 1e-3`).
+    pub fn with_tolerance_source(mut self, source: impl Into<String>) -> Self {
+        self.tolerance_source = source.into();
+        self
     }
 
     /// Also scores each response alone after `prefix` (BOS and the
@@ -99,7 +122,22 @@ impl VllmGenerator {
     /// records the check, and fails naming the server, the version and the
     /// difference otherwise.
     pub fn check(&self, probe: &Probe, version: PolicyVersion) -> Result<ProbeCheck> {
-        let check = verify(&self.server, probe, version, self.tolerance)?;
+        self.check_reloaded(probe, version, None)
+    }
+
+    fn check_reloaded(
+        &self,
+        probe: &Probe,
+        version: PolicyVersion,
+        reload_s: Option<f64>,
+    ) -> Result<ProbeCheck> {
+        let mut check = verify(&self.server, probe, version, self.tolerance)?;
+        check.reload_s = reload_s;
+        check.moved = self
+            .last_probe
+            .as_ref()
+            .filter(|p| p.tokens == probe.tokens)
+            .map(|p| max_abs_diff(&p.logprobs, &probe.logprobs));
         self.checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -109,8 +147,8 @@ impl VllmGenerator {
                 format!("student server {}", self.server.client().base()),
                 format!(
                     "after loading version {version} its log-probs differ from the trainer's by up to {:.3e} \
-                     (tolerance {:.1e}): the server does not hold the trained weights",
-                    check.max_abs_diff, self.tolerance
+                     ({}): the server does not hold the trained weights",
+                    check.max_abs_diff, self.tolerance_source
                 ),
             ));
         }
@@ -151,19 +189,26 @@ pub fn verify(
             ),
         ));
     }
-    let max_abs_diff = got
-        .iter()
-        .zip(&probe.logprobs)
-        .map(|(a, b)| {
-            let d = f64::from(*a) - f64::from(*b);
-            if d.is_nan() { f64::INFINITY } else { d.abs() }
-        })
-        .fold(0.0, f64::max);
+    let max_abs_diff = max_abs_diff(&got, &probe.logprobs);
     Ok(ProbeCheck {
         version,
         max_abs_diff,
         passed: max_abs_diff <= tolerance,
+        moved: None,
+        reload_s: None,
     })
+}
+
+/// Largest absolute difference of two log-prob sequences of one length (a
+/// NaN counts as infinitely far).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let d = f64::from(*a) - f64::from(*b);
+            if d.is_nan() { f64::INFINITY } else { d.abs() }
+        })
+        .fold(0.0, f64::max)
 }
 
 impl Generator for VllmGenerator {
@@ -176,8 +221,11 @@ impl Generator for VllmGenerator {
     /// Reloads the server from `weights.dir` (paused meanwhile) and checks
     /// the probe; a failed check ends the run with an error.
     fn load(&mut self, weights: Published, version: PolicyVersion) -> Result<()> {
+        let started = std::time::Instant::now();
         self.server.reload(&weights.dir)?;
-        self.check(&weights.probe, version)?;
+        let reload_s = started.elapsed().as_secs_f64();
+        self.check_reloaded(&weights.probe, version, Some(reload_s))?;
+        self.last_probe = Some(weights.probe);
         self.version = version;
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct LaunchSpec {
     pub python: PathBuf,
     /// The model folder (Hugging Face layout, with its tokenizer).
     pub model: PathBuf,
+    /// `--dtype`: what the server computes in.
+    pub dtype: crate::ServedDtype,
     /// `--max-model-len`.
     pub max_model_len: usize,
     /// `--max-logprobs` (the largest top-k a request may ask for).
@@ -115,7 +117,7 @@ impl Launched {
             "--port".into(),
             port.to_string(),
             "--dtype".into(),
-            "float32".into(),
+            spec.dtype.name().into(),
             "--max-model-len".into(),
             spec.max_model_len.to_string(),
             "--max-logprobs".into(),

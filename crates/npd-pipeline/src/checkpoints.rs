@@ -52,6 +52,10 @@ pub struct Checkpoints {
     pub every: u64,
     /// Checkpoints kept per run (older ones are deleted); at least 1.
     pub keep: usize,
+    /// Keep the learner's resume-only files (see
+    /// [`Persist::resume_only_files`]: the optimizer state) in every kept
+    /// checkpoint; otherwise only the latest has them.
+    pub resume_state_in_all: bool,
 }
 
 /// Name of the checkpoint folder of `step`.
@@ -69,13 +73,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Checkpoints {
-    /// Checkpoints under `root` every `every` steps, keeping two.
+    /// Checkpoints under `root` every `every` steps, keeping two, the
+    /// older one without the learner's resume-only files.
     pub fn new(root: impl Into<PathBuf>, every: u64) -> Self {
         Self {
             root: root.into(),
             every,
             keep: 2,
+            resume_state_in_all: false,
         }
+    }
+
+    /// Whether every kept checkpoint has the learner's resume-only files.
+    pub fn with_resume_state_in_all(mut self, all: bool) -> Self {
+        self.resume_state_in_all = all;
+        self
     }
 
     /// The folder of one method and seed.
@@ -121,7 +133,10 @@ impl Checkpoints {
 
     /// Writes the checkpoint of `saved.step`: the learner's state and the
     /// run state, into a folder that appears whole. Older checkpoints
-    /// beyond [`Checkpoints::keep`] and partial folders are deleted.
+    /// beyond [`Checkpoints::keep`] and partial folders are deleted, and,
+    /// unless [`Checkpoints::resume_state_in_all`], the learner's
+    /// resume-only files of every checkpoint but the new one (once the new
+    /// one is in place, so a resume always finds one complete checkpoint).
     pub fn save<L: Persist + ?Sized>(&self, learner: &L, saved: &SavedRun) -> Result<PathBuf> {
         let run_dir = self.run_dir(saved.method, saved.seed);
         let dir = run_dir.join(checkpoint_name(saved.step));
@@ -131,6 +146,22 @@ impl Checkpoints {
         write_atomic(&tmp.join(RUN_FILE), text.as_bytes())?;
         replace_dir(&tmp, &dir)?;
         self.prune(saved.method, saved.seed)?;
+        if !self.resume_state_in_all {
+            for (_, older) in self.list(saved.method, saved.seed)? {
+                if older == dir {
+                    continue;
+                }
+                for file in learner.resume_only_files() {
+                    let path = older.join(file);
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(&path)(e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         Ok(dir)
     }
 
@@ -202,6 +233,71 @@ impl Checkpoints {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A learner whose state is a weights file and an optimizer file.
+    struct Files;
+
+    impl Persist for Files {
+        fn save_state(&self, dir: &Path) -> npd_core::Result<()> {
+            std::fs::write(dir.join("weights"), "w").unwrap();
+            std::fs::write(dir.join("optimizer"), "o").unwrap();
+            Ok(())
+        }
+
+        fn restore_state(&mut self, _: &Path) -> npd_core::Result<()> {
+            Ok(())
+        }
+
+        fn resume_only_files(&self) -> &'static [&'static str] {
+            &["optimizer"]
+        }
+    }
+
+    fn saved(step: u64) -> SavedRun {
+        SavedRun {
+            method: Method::NearPolicy,
+            seed: 0,
+            step,
+            wall_s: 0.0,
+            stages: BTreeMap::new(),
+            curve: Vec::new(),
+            tokens: 0,
+            slots: 0,
+            skipped: 0,
+            resumed_at: Vec::new(),
+            refreshes: 0,
+            truncated: 0,
+            npd: None,
+            grpo: None,
+            rl: None,
+        }
+    }
+
+    #[test]
+    fn only_the_latest_checkpoint_keeps_resume_only_files_unless_asked() {
+        for all in [false, true] {
+            let root =
+                std::env::temp_dir().join(format!("npd-ckpt-slim-{all}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let c = Checkpoints::new(&root, 1).with_resume_state_in_all(all);
+            for step in 1..=3 {
+                c.save(&Files, &saved(step)).unwrap();
+            }
+            let kept = c.list(Method::NearPolicy, 0).unwrap();
+            assert_eq!(kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
+            let (_, older) = &kept[0];
+            let (_, latest) = &kept[1];
+            assert!(older.join("weights").is_file() && latest.join("weights").is_file());
+            assert!(latest.join("optimizer").is_file());
+            assert_eq!(older.join("optimizer").is_file(), all);
+            let _ = std::fs::remove_dir_all(&root);
+        }
+    }
+}
+
 /// The loop's state that a checkpoint carries besides the learner's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedRun {
@@ -226,6 +322,12 @@ pub struct SavedRun {
     pub skipped: u64,
     /// Steps at which the run was resumed before.
     pub resumed_at: Vec<u64>,
+    /// Weights published to the generator so far.
+    #[serde(default)]
+    pub refreshes: u64,
+    /// Student responses that hit the length limit so far.
+    #[serde(default)]
+    pub truncated: u64,
     /// NPD's own state.
     pub npd: Option<SavedNpd>,
     /// RL: where the prompt order stands.

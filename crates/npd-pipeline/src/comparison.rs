@@ -21,6 +21,40 @@ use crate::on_policy::OnPolicy;
 use crate::outcome::RunEnd;
 use crate::settings::Settings;
 use crate::sft::{Sft, write_responses};
+use crate::teacher_prompts::{PromptMap, TeacherPrompts, prompt_map};
+
+/// File under [`Checkpoints::root`] holding SFT's teacher-written responses,
+/// so that a resumed run reuses them instead of writing them again.
+pub const SFT_RESPONSES_FILE: &str = "sft-responses.json";
+
+/// SFT's teacher-written responses as saved beside the checkpoints.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedResponses {
+    /// [`prompts_digest`] of the prompts they answer.
+    prompts: String,
+    /// One response per prompt, in order.
+    responses: Vec<Vec<TokenId>>,
+}
+
+/// A digest of prompts' ids and tokens (FNV-1a, hex): what saved responses
+/// are checked against.
+fn prompts_digest(prompts: &[Prompt]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for p in prompts {
+        eat(p.id.0);
+        eat(p.tokens.len() as u64);
+        for &t in &p.tokens {
+            eat(u64::from(t));
+        }
+    }
+    format!("{h:016x}")
+}
 
 /// Builds the components of one method run: the backend seam of a
 /// comparison (the libtorch backend implements it in `npd-train`).
@@ -103,6 +137,9 @@ pub struct Comparison<'a, S> {
     /// seed; the first SFT run writes them and later ones reuse them (or
     /// given, [`Comparison::with_sft_responses`]).
     sft_responses: OnceLock<Vec<Vec<TokenId>>>,
+    /// The teacher's wording of each prompt, where it differs.
+    teacher_prompts: Option<Vec<Prompt>>,
+    teacher_map: PromptMap,
 }
 
 impl<'a, S: Stages> Comparison<'a, S> {
@@ -116,7 +153,32 @@ impl<'a, S: Stages> Comparison<'a, S> {
             rejected: &[],
             start_score: None,
             sft_responses: OnceLock::new(),
+            teacher_prompts: None,
+            teacher_map: PromptMap::default(),
         }
+    }
+
+    /// The teacher's own wording of each prompt (one per prompt, in order;
+    /// e.g. with a teacher-only suffix): the teacher scores student
+    /// responses after it, and writes SFT's responses to it.
+    pub fn with_teacher_prompts(mut self, teacher: Vec<Vec<TokenId>>) -> Result<Self> {
+        self.teacher_map = prompt_map(self.prompts, &teacher)?;
+        self.teacher_prompts = Some(
+            self.prompts
+                .iter()
+                .zip(teacher)
+                .map(|(p, tokens)| Prompt { id: p.id, tokens })
+                .collect(),
+        );
+        Ok(self)
+    }
+
+    /// The teacher as a scorer, seeing the teacher's prompts.
+    fn teacher(&self) -> Result<TeacherPrompts<S::Teacher>> {
+        Ok(TeacherPrompts::new(
+            self.stages.teacher()?,
+            self.teacher_map.clone(),
+        ))
     }
 
     /// Checkpoints and resuming.
@@ -182,14 +244,61 @@ impl<'a, S: Stages> Comparison<'a, S> {
     /// the seconds writing them took.
     fn teacher_written(&self) -> Result<(&[Vec<TokenId>], bool, f64)> {
         let prep = Instant::now();
-        let reused = self.sft_responses.get().is_some();
+        let mut reused = self.sft_responses.get().is_some();
+        if !reused && let Some(saved) = self.saved_sft_responses()? {
+            let _ = self.sft_responses.set(saved);
+            reused = true;
+        }
         if !reused {
             let mut writer = self.stages.writer()?;
-            let written = write_responses(&mut writer, self.prompts, &self.settings.sampling)?;
+            let prompts = self.teacher_prompts.as_deref().unwrap_or(self.prompts);
+            let written = write_responses(&mut writer, prompts, &self.settings.sampling)?;
+            if let Some(c) = self.checkpoints {
+                std::fs::create_dir_all(&c.root).map_err(|source| npd_core::Error::Io {
+                    path: c.root.clone(),
+                    source,
+                })?;
+                let saved = SavedResponses {
+                    prompts: prompts_digest(self.prompts),
+                    responses: written.clone(),
+                };
+                let text = serde_json::to_string(&saved).expect("responses serialise");
+                npd_core::fs::write_atomic(&c.root.join(SFT_RESPONSES_FILE), text.as_bytes())?;
+            }
             let _ = self.sft_responses.set(written);
         }
         let responses = self.sft_responses.get().expect("written above");
         Ok((responses, reused, prep.elapsed().as_secs_f64()))
+    }
+
+    /// SFT's responses a previous process of this run wrote, when the
+    /// checkpoints hold them for these prompts.
+    fn saved_sft_responses(&self) -> Result<Option<Vec<Vec<TokenId>>>> {
+        let Some(c) = self.checkpoints else {
+            return Ok(None);
+        };
+        let path = c.root.join(SFT_RESPONSES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(npd_core::Error::Io { path, source }.into()),
+        };
+        let saved: SavedResponses =
+            serde_json::from_str(&text).map_err(|e| crate::Error::State {
+                path: path.clone(),
+                message: format!("SFT's saved responses are malformed: {e}"),
+            })?;
+        if saved.prompts != prompts_digest(self.prompts)
+            || saved.responses.len() != self.prompts.len()
+        {
+            return Err(crate::Error::State {
+                path,
+                message: "SFT's saved responses belong to other prompts; remove the file to \
+                          write them again"
+                    .into(),
+            });
+        }
+        Ok(Some(saved.responses))
     }
 
     /// Runs one method with one seed from the starting weights (or from its
@@ -243,7 +352,7 @@ impl<'a, S: Stages> Comparison<'a, S> {
             }
             Method::OnPolicy => {
                 let mut generator = st.generator(method)?;
-                let mut teacher = st.teacher()?;
+                let mut teacher = self.teacher()?;
                 let on_policy =
                     OnPolicy::new(&mut learner, &mut generator, &mut teacher, &mut evaluator);
                 if settings.teacher_written_per_step() > 0 {
@@ -257,7 +366,7 @@ impl<'a, S: Stages> Comparison<'a, S> {
             }
             Method::NearPolicy => {
                 let generator = st.generator(method)?;
-                let mut teacher = st.teacher()?;
+                let mut teacher = self.teacher()?;
                 NearPolicy::new(&mut learner, generator, &mut teacher, &mut evaluator)
                     .run(&mut cx, seed)?
             }

@@ -16,14 +16,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use npd_core::config::Truncated;
 use npd_core::events::{Event, LedgerEvent, RefreshEvent};
 use npd_core::traits::{
     Evaluator, FilterInput, Generator, Learner, Persist, SampleFilter, ScoreOptions, ScoreRequest,
     Scorer, StepStats,
 };
 use npd_core::{
-    DropReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs, Rollout,
-    SampleId, TrainSample, Verdict,
+    DropReason, FinishReason, Method, PackedRow, PolicyVersion, Prompt, PromptId, ResponseLogProbs,
+    Rollout, SampleId, TrainSample, Verdict,
 };
 use npd_filter::{DeltaIfdFilter, FilterReport};
 use npd_pack::{PackOptions, pack_pool};
@@ -98,6 +99,7 @@ where
                 let rollouts = npd.fill_pool(&mut run.clock, step)?;
                 let n = rollouts.len();
                 let kept = npd.score_and_filter(&mut run.clock, teacher, rollouts)?;
+                run.truncated += std::mem::take(&mut npd.truncated);
                 dry = if kept.is_empty() { dry + n } else { 0 };
                 if dry >= STARVED_STEPS * s.samples_per_step.max(1) {
                     let counts = npd.ledger.counts();
@@ -116,9 +118,12 @@ where
             step += 1;
             let trained = npd.settle(&batch, learner.version(), &stats)?;
             if step % s.refresh_every == 0 {
-                let weights = run.clock.time("publish", || learner.publish())?;
+                let weights = run.clock.time(PUBLISH, || learner.publish())?;
+                // Inline generation reloads now; the engine's thread reloads
+                // before its next batch (timed there, see GENERATOR_RELOAD).
                 run.clock
-                    .time("publish", || npd.publish(weights, learner.version()))?;
+                    .time(RELOAD, || npd.publish(weights, learner.version()))?;
+                run.refreshes += 1;
                 cx.emit(Event::Refresh(RefreshEvent {
                     method: Method::NearPolicy,
                     seed,
@@ -144,6 +149,10 @@ where
                 // a role of the per-role report.
                 run.clock.add(GENERATOR_BUSY, busy - npd.busy_seen);
                 npd.busy_seen = busy;
+            }
+            if let Some(loading) = npd.source.loading_s() {
+                run.clock.add(GENERATOR_RELOAD, loading - npd.loading_seen);
+                npd.loading_seen = loading;
             }
             // Returning drops the engine, which stops its thread.
             let next =
@@ -179,6 +188,19 @@ where
 /// time (generation and weight loads on the engine's thread or server).
 pub const GENERATOR_BUSY: &str = "generator busy";
 
+/// The stage under which a disaggregated run records the part of its
+/// generator's busy time spent loading refreshed weights (on the
+/// generator's thread or server, overlapping the loop).
+pub const GENERATOR_RELOAD: &str = "generator reload";
+
+/// The stage of writing the learner's weights for the generator (every
+/// method that refreshes a generator).
+pub const PUBLISH: &str = "publish";
+
+/// The stage of the generator loading published weights while the loop
+/// waits (on-policy, RL, colocated NPD).
+pub const RELOAD: &str = "reload";
+
 /// NPD's state between steps.
 struct Npd<'c, G: Generator> {
     settings: &'c Settings,
@@ -201,6 +223,10 @@ struct Npd<'c, G: Generator> {
     failed_ids: Vec<u64>,
     /// The generator's busy time already added to the run clock.
     busy_seen: f64,
+    /// The generator's weight-loading time already added to the run clock.
+    loading_seen: f64,
+    /// Responses that hit the length limit since the run took the count.
+    truncated: u64,
 }
 
 impl<'c, G> Npd<'c, G>
@@ -236,6 +262,8 @@ where
             filtered_ids: Vec::new(),
             failed_ids: Vec::new(),
             busy_seen: 0.0,
+            loading_seen: 0.0,
+            truncated: 0,
         };
         for (id, reason) in cx.rejected {
             npd.ledger.reject(*id, reason.clone());
@@ -338,6 +366,23 @@ where
         rollouts: Vec<Rollout>,
     ) -> Result<Vec<TrainSample>> {
         let s = self.settings;
+        let cut = |r: &Rollout| r.finish == FinishReason::Length;
+        self.truncated += rollouts.iter().filter(|r| cut(r)).count() as u64;
+        let rollouts = if s.truncated == Truncated::Drop {
+            let (dropped, whole): (Vec<Rollout>, Vec<Rollout>) =
+                rollouts.into_iter().partition(cut);
+            for r in dropped {
+                let state = PromptState::Filtered(DropReason::Truncated);
+                self.ledger.close(r.prompt_id, state)?;
+                self.filtered_ids.push(r.prompt_id.0);
+            }
+            whole
+        } else {
+            rollouts
+        };
+        if rollouts.is_empty() {
+            return Ok(Vec::new());
+        }
         let seqs: Vec<Vec<u32>> = rollouts
             .iter()
             .map(|r| [r.prompt.as_slice(), &r.response].concat())

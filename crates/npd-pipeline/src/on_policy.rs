@@ -2,13 +2,15 @@
 //! student, the teacher scores the samples, and the student trains on them
 //! (packed rows, or one padded batch: `pack.baselines`).
 
+use npd_core::config::Truncated;
 use npd_core::traits::{
     Evaluator, Generator, Learner, Persist, ScoreOptions, ScoreRequest, Scorer,
 };
-use npd_core::{Method, TokenId, TrainSample};
+use npd_core::{FinishReason, Method, Rollout, TokenId, TrainSample};
 
 use crate::context::Loop;
 use crate::error::Result;
+use crate::near_policy::{PUBLISH, RELOAD};
 use crate::outcome::RunEnd;
 use crate::run::{Next, Run, sample, visit};
 
@@ -99,8 +101,10 @@ where
         let mut synced = false;
         for step in run.first_step..s.steps {
             if !synced || generator.version() != learner.version() {
-                let weights = run.clock.time("publish", || learner.publish())?;
-                generator.load(weights, learner.version())?;
+                let weights = run.clock.time(PUBLISH, || learner.publish())?;
+                run.clock
+                    .time(RELOAD, || generator.load(weights, learner.version()))?;
+                run.refreshes += 1;
                 synced = true;
             }
             let per = s.samples_per_step as u64;
@@ -130,8 +134,13 @@ where
                     )
                 })
                 .collect();
+            let cut = |r: &&Rollout| r.finish == FinishReason::Length;
+            run.truncated += rollouts.iter().filter(cut).count() as u64;
+            let drop_cut = s.truncated == Truncated::Drop;
             answered.extend(
-                (rollouts.iter()).map(|r| (r.prompt_id.0, r.prompt.as_slice(), &r.response[..])),
+                (rollouts.iter())
+                    .filter(|r| !(drop_cut && cut(r)))
+                    .map(|r| (r.prompt_id.0, r.prompt.as_slice(), &r.response[..])),
             );
             answered.retain(|(_, _, response)| !response.is_empty());
             let seqs: Vec<Vec<u32>> = (answered.iter())

@@ -64,6 +64,16 @@ pub struct Outcome {
     /// Steps at which the run was resumed from a checkpoint.
     #[serde(default)]
     pub resumed_at: Vec<u64>,
+    /// Weights published to the generator during the timed run (stages
+    /// `publish` and `reload`, and a disaggregated NPD's
+    /// `generator reload`); 0 for SFT.
+    #[serde(default)]
+    pub refreshes: u64,
+    /// NPD and on-policy: student responses that hit
+    /// `sampling.max_new_tokens` (trained on or dropped, as
+    /// `sampling.truncated` says).
+    #[serde(default)]
+    pub truncated: u64,
     /// RL: rewards, groups and sampled evaluations along the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rl: Option<RlTrace>,

@@ -16,6 +16,10 @@ pub struct OutputConfig {
     /// Write a checkpoint every this many optimizer steps (and at the end);
     /// 0 writes one only at the end of each method and when stopped.
     pub checkpoint_every: u64,
+    /// Keep the optimizer state (AdamW moments and f32 master weights:
+    /// three times the student in f32) in both kept checkpoints; `false`:
+    /// only the latest has it, the older one keeps the weights.
+    pub optimizer_in_every_checkpoint: bool,
 }
 
 impl Default for OutputConfig {
@@ -23,6 +27,7 @@ impl Default for OutputConfig {
         Self {
             dir: PathBuf::from("runs/npd"),
             checkpoint_every: 100,
+            optimizer_in_every_checkpoint: false,
         }
     }
 }

@@ -173,6 +173,25 @@ impl Report {
         })
     }
 
+    /// How many student responses hit the length limit, per method (mean
+    /// over seeds); `None` when none did.
+    pub fn truncated_line(&self) -> Option<String> {
+        let parts: Vec<String> = Method::ALL
+            .into_iter()
+            .filter_map(|m| {
+                let runs: Vec<&Outcome> = self.outcomes.iter().filter(|o| o.method == m).collect();
+                let total: u64 = runs.iter().map(|o| o.truncated).sum();
+                (total > 0).then(|| format!("{} {:.1}", m.name(), total as f64 / runs.len() as f64))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| {
+            format!(
+                "Student responses that hit `sampling.max_new_tokens`, mean per run (trained on or dropped as `sampling.truncated` says; NPD's dropped ones are filtered as `truncated` in its ledger): {}.",
+                parts.join(", ")
+            )
+        })
+    }
+
     /// The table of results.
     pub fn table(&self) -> String {
         let mut t = String::new();
@@ -231,6 +250,12 @@ impl Report {
         md.push_str(
             "\nWall-clock excludes evaluation. ![accuracy against wall-clock](accuracy.svg)\n\n",
         );
+        if let Some(line) = self.truncated_line() {
+            let _ = writeln!(md, "{line}\n");
+        }
+        if let Some(refresh) = crate::report_refresh::section(self) {
+            md.push_str(&refresh);
+        }
         if let Some(rl) = crate::report_rl::section(self) {
             md.push_str(&rl);
         }

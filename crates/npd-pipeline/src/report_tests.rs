@@ -1,6 +1,7 @@
 //! Tests of the report: tables, targets, time to accuracy, roles.
 use super::*;
 use crate::outcome::CurvePoint;
+use crate::report_refresh::RefreshCost;
 use std::collections::BTreeMap;
 
 fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
@@ -21,6 +22,8 @@ fn outcome(method: Method, seed: u64, accuracy: f64, wall_s: f64) -> Outcome {
         staleness: BTreeMap::new(),
         ledger: None,
         resumed_at: Vec::new(),
+        refreshes: 0,
+        truncated: 0,
         rl: None,
     }
 }
@@ -217,6 +220,49 @@ fn a_disaggregated_run_is_named_as_such_in_the_targets() {
             && targets.contains("measured above at 1.50x")
             && targets.contains("about 40.0s"),
         "{targets}"
+    );
+}
+
+#[test]
+fn the_refresh_section_shows_per_refresh_costs_and_the_ratio_without_them() {
+    let mut on = outcome(Method::OnPolicy, 0, 0.5, 100.0);
+    on.refreshes = 50;
+    on.stages.insert("publish".into(), 20.0);
+    on.stages.insert("reload".into(), 30.0);
+    let mut npd = outcome(Method::NearPolicy, 0, 0.5, 25.0);
+    npd.refreshes = 5;
+    npd.stages.insert("publish".into(), 2.0);
+    npd.stages
+        .insert(crate::near_policy::GENERATOR_RELOAD.into(), 3.0);
+    let sft = outcome(Method::Sft, 0, 0.5, 10.0);
+    on.truncated = 4;
+    let report = Report {
+        setup: Vec::new(),
+        teacher_accuracy: 0.9,
+        warm_start_accuracy: 0.1,
+        outcomes: vec![sft, on, npd],
+        checks: Vec::new(),
+    };
+    let c = RefreshCost::of(&report, Method::OnPolicy).unwrap();
+    assert_eq!((c.refreshes, c.paid_s(), c.without_s()), (50.0, 50.0, 50.0));
+    let n = RefreshCost::of(&report, Method::NearPolicy).unwrap();
+    // The generator's own reload overlaps the loop: only publishing is paid.
+    assert_eq!((n.paid_s(), n.without_s()), (2.0, 23.0));
+    assert!(RefreshCost::of(&report, Method::Sft).is_none());
+    let md = report.markdown();
+    assert!(md.contains("## Weight refresh"), "{md}");
+    assert!(
+        md.contains("| on-policy | 50 | 0.400s | 0.600s | 50.0s (50%) | 100.0s | 50.0s |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| NPD | 5 | 0.400s | 0.600s on the generator, overlapped | 2.0s (8%)"),
+        "{md}"
+    );
+    assert!(md.contains("4.00x as measured, 2.17x without"), "{md}");
+    assert!(
+        md.contains("hit `sampling.max_new_tokens`") && md.contains(": on-policy 4.0."),
+        "{md}"
     );
 }
 

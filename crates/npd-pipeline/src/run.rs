@@ -46,6 +46,12 @@ pub(crate) struct Run {
     skipped: u64,
     /// Steps completed when this process took the run over.
     pub first_step: u64,
+    /// Weights published to the generator during the timed run (the load
+    /// before the first step excluded), over every process of the run.
+    pub refreshes: u64,
+    /// Student responses that hit the length limit, over every process of
+    /// the run.
+    pub truncated: u64,
     resumed_at: Vec<u64>,
     /// RL: where the prompt order stands (saved with checkpoints).
     pub grpo: Option<GrpoCursor>,
@@ -90,6 +96,8 @@ impl Run {
                 slots: saved.slots,
                 skipped: saved.skipped,
                 first_step: saved.step,
+                refreshes: saved.refreshes,
+                truncated: saved.truncated,
                 resumed_at,
             };
             return Ok((run, saved.npd));
@@ -103,6 +111,8 @@ impl Run {
             slots: 0,
             skipped: 0,
             first_step: 0,
+            refreshes: 0,
+            truncated: 0,
             resumed_at: Vec::new(),
             grpo: None,
             rl: method.rl_start().map(|start| RlTrace {
@@ -234,6 +244,8 @@ impl Run {
             slots: self.slots,
             skipped: self.skipped,
             resumed_at: self.resumed_at.clone(),
+            refreshes: self.refreshes,
+            truncated: self.truncated,
             npd: npd(),
             grpo: self.grpo.clone(),
             rl: self.rl.clone(),
@@ -303,6 +315,8 @@ impl Run {
             staleness: BTreeMap::new(),
             ledger: None,
             resumed_at: self.resumed_at,
+            refreshes: self.refreshes,
+            truncated: self.truncated,
             rl: self.rl,
         }
     }

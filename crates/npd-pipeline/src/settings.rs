@@ -1,7 +1,7 @@
 //! What every method of a run shares: the step budget, sampling, the
 //! teacher's targets, and NPD's own knobs.
 
-use npd_core::config::{RlConfig, SamplingConfig, TrainConfig};
+use npd_core::config::{RlConfig, SamplingConfig, TrainConfig, Truncated};
 use npd_core::{SamplingParams, TokenId};
 use npd_filter::FilterConfig;
 use npd_pack::PackConfig;
@@ -19,6 +19,9 @@ pub struct Settings {
     pub eval_every: u64,
     /// Student sampling (temperature, top-k/p, max new tokens, stop ids).
     pub sampling: SamplingParams,
+    /// NPD and on-policy: what to do with a student response that hit
+    /// `max_new_tokens`.
+    pub truncated: Truncated,
     /// Teacher top-k entries per position.
     pub topk: usize,
     /// Tokens before a response in the response-alone pass (BOS and the
@@ -83,6 +86,7 @@ impl Settings {
                 stop_ids: Vec::new(),
                 seed: sampling.seed,
             },
+            truncated: sampling.truncated,
             topk: train.top_k,
             alone_prefix: Vec::new(),
             refresh_every: rollout.refresh_every,

@@ -142,6 +142,15 @@ where
         }
     }
 
+    /// The part of [`Source::busy_s`] the engine's thread spent loading
+    /// published weights.
+    pub fn loading_s(&self) -> Option<f64> {
+        match self {
+            Source::Engine(e) => Some(e.loading().as_secs_f64()),
+            Source::Inline { .. } => None,
+        }
+    }
+
     /// Stops the engine; returns the failures it still held.
     pub fn finish(self) -> Vec<Delivery> {
         match self {

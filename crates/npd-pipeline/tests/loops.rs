@@ -508,6 +508,68 @@ fn on_policy_samples_from_the_current_student_and_sft_from_the_writer() {
 }
 
 #[test]
+fn truncated_responses_are_counted_and_trained_or_dropped_as_configured() {
+    use npd_core::config::Truncated;
+    for policy in [Truncated::Train, Truncated::Drop] {
+        let mut s = settings(false);
+        // Responses of 3 or 4 tokens hit the limit.
+        s.sampling.max_new_tokens = 2;
+        s.truncated = policy;
+        let data = prompts(40);
+        let mut learner = HashLearner::default();
+        let out = NearPolicy::new(
+            &mut learner,
+            EchoGenerator::default(),
+            &mut FixedTeacher::default(),
+            &mut StepsEval,
+        )
+        .run(&mut Loop::new(&s, &data), 3)
+        .unwrap()
+        .finished()
+        .unwrap();
+        assert!(out.truncated > 0, "{policy:?}");
+        let ledger = out.ledger.clone().unwrap();
+        assert!(ledger.adds_up(), "{ledger:?}");
+        let dropped = ledger.filtered.get("truncated").copied().unwrap_or(0);
+        match policy {
+            Truncated::Train => assert_eq!(dropped, 0),
+            // Every truncated response of the run was dropped, none trained.
+            Truncated::Drop => assert_eq!(dropped as u64, out.truncated, "{ledger:?}"),
+        }
+        assert!(
+            learner
+                .log
+                .iter()
+                .all(|ids| ids.len() == s.samples_per_step)
+        );
+        assert_eq!(out.refreshes, STEPS / s.refresh_every);
+
+        let mut learner = HashLearner::default();
+        let mut generator = EchoGenerator::default();
+        let out = OnPolicy::new(
+            &mut learner,
+            &mut generator,
+            &mut FixedTeacher::default(),
+            &mut StepsEval,
+        )
+        .run(&mut Loop::new(&s, &data), 3)
+        .unwrap()
+        .finished()
+        .unwrap();
+        assert!(out.truncated > 0, "{policy:?}");
+        let trained: usize = learner.log.iter().map(Vec::len).sum();
+        let all = STEPS as usize * s.samples_per_step;
+        match policy {
+            Truncated::Train => assert_eq!(trained, all),
+            Truncated::Drop => assert_eq!(trained as u64, all as u64 - out.truncated),
+        }
+        // On-policy refreshes before every step; both halves are timed.
+        assert_eq!(out.refreshes, STEPS);
+        assert!(out.stages.contains_key("publish") && out.stages.contains_key("reload"));
+    }
+}
+
+#[test]
 fn npd_that_cannot_generate_says_why() {
     let s = settings(true);
     let data = prompts(40);
@@ -710,4 +772,48 @@ fn rl_after_npd_starts_from_its_final_weights_and_a_stopped_run_resumes_exactly(
     assert_eq!(records(resumed.rl.as_ref().unwrap()), records(trace));
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&root2);
+}
+
+#[test]
+fn sft_responses_are_written_once_and_reused_by_a_resumed_run() {
+    let s = settings(false);
+    let data = prompts(20);
+    let root = scratch("sft-saved");
+    let checkpoints = Checkpoints::new(&root, 0);
+    let stop = AtomicBool::new(false);
+    let first = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints);
+    let out = first
+        .run(Method::Sft, 0, &mut |_: &Event| {}, &stop)
+        .unwrap()
+        .finished()
+        .unwrap();
+    assert!(!out.prep_reused);
+    let file = root.join(npd_pipeline::comparison::SFT_RESPONSES_FILE);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let written =
+        npd_pipeline::write_responses(&mut EchoGenerator::default(), &data, &s.sampling).unwrap();
+    assert_eq!(saved["responses"], serde_json::json!(written));
+
+    // Another process of the same run (a resume) reads them back.
+    let again = Comparison::new(&Doubles, &s, &data).with_checkpoints(&checkpoints);
+    let out = again
+        .run(Method::Sft, 1, &mut |_: &Event| {}, &stop)
+        .unwrap()
+        .finished()
+        .unwrap();
+    assert!(out.prep_reused && out.prep_s == 0.0);
+
+    // Responses saved for other prompts are refused, naming the file.
+    let other = prompts(19);
+    let wrong = Comparison::new(&Doubles, &s, &other).with_checkpoints(&checkpoints);
+    let err = wrong
+        .run(Method::Sft, 2, &mut |_: &Event| {}, &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sft-responses.json") && err.contains("other prompts"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }

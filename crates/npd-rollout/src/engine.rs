@@ -67,6 +67,8 @@ struct State<W> {
     stats: EngineStats,
     /// Time the generator spent generating and loading weights.
     busy: Duration,
+    /// The part of `busy` spent loading weights.
+    loading: Duration,
     /// Why the generator thread stopped early, when it did.
     fatal: Option<String>,
 }
@@ -118,6 +120,7 @@ impl<W: Send + 'static> RolloutEngine<W> {
                 shutdown: false,
                 stats: EngineStats::default(),
                 busy: Duration::ZERO,
+                loading: Duration::ZERO,
                 fatal: None,
             }),
             wake: Condvar::new(),
@@ -171,6 +174,12 @@ impl<W: Send + 'static> RolloutEngine<W> {
     /// busy time; the rest of the run it waited for prompts or admission).
     pub fn busy(&self) -> Duration {
         self.shared.lock().busy
+    }
+
+    /// The part of [`RolloutEngine::busy`] spent loading published
+    /// weights.
+    pub fn loading(&self) -> Duration {
+        self.shared.lock().loading
     }
 
     /// Why the generator thread stopped before it was asked to, when it
@@ -306,6 +315,7 @@ fn run<G: Generator>(
             let loaded = generator.load(w, v);
             let mut s = shared.lock();
             s.busy += started.elapsed();
+            s.loading += started.elapsed();
             match loaded {
                 Ok(()) => {
                     s.loaded = v;

@@ -171,6 +171,10 @@ impl Persist for Trainer {
         write_json(&dir.join(TRAINER_FILE), &state)
     }
 
+    fn resume_only_files(&self) -> &'static [&'static str] {
+        &[OPTIMIZER_FILE]
+    }
+
     /// Every tensor is checked by name and shape: a checkpoint of another
     /// architecture is refused with the tensor named.
     fn restore_state(&mut self, dir: &Path) -> Result<()> {
@@ -194,8 +198,17 @@ impl Persist for Trainer {
             })
         };
         let (steps, skipped) = (counter("optimizer_steps")?, counter("skipped_steps")?);
+        let optimizer = dir.join(OPTIMIZER_FILE);
+        if !optimizer.is_file() {
+            return Err(Error::invalid(
+                optimizer.display().to_string(),
+                "missing: this checkpoint keeps the weights only (the optimizer state is kept in \
+                 the latest checkpoint; output.optimizer_in_every_checkpoint = true keeps it in \
+                 each); resume from the latest, or use its model/ folder as weights",
+            ));
+        }
         let mut weights = TensorStore::open(&dir.join(MODEL_DIR))?;
-        let mut moments = TensorStore::open_file(&dir.join(OPTIMIZER_FILE))?;
+        let mut moments = TensorStore::open_file(&optimizer)?;
         self.restore(&mut weights, &mut moments, steps, skipped)
     }
 }

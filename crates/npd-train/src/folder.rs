@@ -182,6 +182,27 @@ pub fn check_same_tokenizer(teacher: &ModelFolder, student: &ModelFolder) -> Res
     Ok(())
 }
 
+/// Token strings that close a thinking block: openPangu's `[unused17]`
+/// and the `</think>` of Qwen- and DeepSeek-R1-style models.
+pub const THINK_END_TOKENS: [&str; 2] = ["[unused17]", "</think>"];
+
+/// The text a response is graded on: what follows its last
+/// thinking-block close token (see [`THINK_END_TOKENS`]; the whole response
+/// when it has none), decoded without special tokens. The close token is
+/// found among the ids, so a tokenizer that treats it as special (and drops
+/// it when decoding) still grades the answer, not the thinking.
+pub fn graded_text(tokenizer: &Tokenizer, ids: &[TokenId]) -> Result<String> {
+    let ends: Vec<TokenId> = THINK_END_TOKENS
+        .iter()
+        .filter_map(|t| tokenizer.token_id(t))
+        .collect();
+    let start = ids
+        .iter()
+        .rposition(|i| ends.contains(i))
+        .map_or(0, |p| p + 1);
+    tokenizer.decode(&ids[start..], true)
+}
+
 /// The final answer of a response, for exact-match evaluation of datasets
 /// with an `answer` per prompt: the content of the last `\boxed{...}` if
 /// there is one, else the last number (digits with an optional sign and

@@ -87,12 +87,81 @@ pub struct DataConfig {
     /// What SFT trains on: the teacher's greedy responses, or the
     /// dataset's own `response` field (every training record needs one).
     pub sft_targets: SftTargets,
+    /// How a record's `prompt` text reaches the model: `raw` (as is; the
+    /// text must already be in the model's format) or `chat` (as the user
+    /// turn of a conversation in the student's chat format).
+    pub prompt_format: PromptFormat,
+    /// System turn of every chat prompt the student sees (records whose
+    /// `messages` have none); empty: none.
+    pub student_system: String,
+    /// System turn of every chat prompt the teacher sees; empty: none.
+    pub teacher_system: String,
+    /// Text appended to the last user turn of every chat prompt the student
+    /// sees; empty: none.
+    pub student_suffix: String,
+    /// Text appended to the last user turn of every chat prompt the teacher
+    /// sees (openPangu-Embedded-7B: `" /no_think"` for fast answers); the
+    /// teacher scores student responses after its own prompt.
+    pub teacher_suffix: String,
     /// Prompts longer than this many tokens are rejected (and counted).
     pub max_prompt_tokens: usize,
     /// Fraction of prompts held out for evaluation (without `eval`).
     pub eval_fraction: f64,
     /// Seed of the train/eval split and of data shuffling.
     pub seed: u64,
+}
+
+/// How `prompt` texts become model input (`data.prompt_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// The text as is.
+    #[default]
+    Raw,
+    /// The text as a user turn, rendered with the chat format.
+    Chat,
+}
+
+/// How one model sees a prompt: the format of `prompt` texts and a system
+/// turn and a suffix of the last user turn (for chat prompts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptStyle<'a> {
+    /// `prompt` texts as is or as a user turn.
+    pub format: PromptFormat,
+    /// System turn added where a conversation has none (empty: none).
+    pub system: &'a str,
+    /// Appended to the last user turn (empty: nothing).
+    pub suffix: &'a str,
+}
+
+impl Default for PromptStyle<'_> {
+    fn default() -> Self {
+        Self {
+            format: PromptFormat::Raw,
+            system: "",
+            suffix: "",
+        }
+    }
+}
+
+impl DataConfig {
+    /// How the student sees prompts.
+    pub fn student_style(&self) -> PromptStyle<'_> {
+        PromptStyle {
+            format: self.prompt_format,
+            system: &self.student_system,
+            suffix: &self.student_suffix,
+        }
+    }
+
+    /// How the teacher sees prompts.
+    pub fn teacher_style(&self) -> PromptStyle<'_> {
+        PromptStyle {
+            format: self.prompt_format,
+            system: &self.teacher_system,
+            suffix: &self.teacher_suffix,
+        }
+    }
 }
 
 /// SFT's training targets (`data.sft_targets`).
@@ -114,6 +183,11 @@ impl Default for DataConfig {
             eval: PathBuf::new(),
             fields: None,
             sft_targets: SftTargets::Teacher,
+            prompt_format: PromptFormat::Raw,
+            student_system: String::new(),
+            teacher_system: String::new(),
+            student_suffix: String::new(),
+            teacher_suffix: String::new(),
             max_prompt_tokens: 1024,
             eval_fraction: 0.05,
             seed: 0,

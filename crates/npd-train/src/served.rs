@@ -3,13 +3,14 @@
 //! takes student rollouts and teacher scores from vLLM servers.
 //!
 //! Every published snapshot is written as a Hugging Face folder the student
-//! server reloads, with **untied** embeddings (`lm_head.weight` written out,
-//! `tie_word_embeddings: false`) whatever the student's own layout: after
-//! vLLM reloads a model with tied embeddings its log-probs do not match the
-//! checkpoint, while the untied copy computes exactly the same function and
-//! reloads exactly. Each snapshot carries
-//! a probe (a fixed sequence's log-probs under the trainer's model) that the
-//! server must reproduce after loading it.
+//! server reloads, in the configured dtype (bfloat16 by default: half the
+//! bytes of float32), with **untied** embeddings (`lm_head.weight` written
+//! out, `tie_word_embeddings: false`) whatever the student's own layout:
+//! after vLLM reloads a model with tied embeddings its log-probs do not
+//! match the checkpoint, while the untied copy computes exactly the same
+//! function and reloads exactly. Each snapshot carries a probe (a fixed
+//! sequence's log-probs under the weights as written, computed as the
+//! trainer computes) that the server must reproduce after loading it.
 
 use std::path::{Path, PathBuf};
 
@@ -17,9 +18,10 @@ use serde_json::Value;
 
 use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
 use npd_core::{Error, Method, PackedRow, PolicyVersion, Result, TokenId};
-use npd_engine::{Probe, ProbeLog, Published, Vllm, VllmGenerator, VllmScorer};
+use npd_engine::{Probe, ProbeLog, Published, ServedDtype, Vllm, VllmGenerator, VllmScorer};
 use npd_pipeline::Stages;
 use npd_rollout::Schedule;
+use tch::Kind;
 
 use crate::checkpoint::save_pretrained;
 use crate::eval::HeldOut;
@@ -29,32 +31,89 @@ use crate::score::ModelScorer;
 use crate::stages::{TchStages, TeacherWriter};
 use crate::train::Trainer;
 
-/// `config.json` of the served copy of `model`: the Llama layout with
-/// attention biases and untied embeddings.
-pub fn served_config(model: &Llama) -> Value {
+/// `config.json` of the served copy of `model` in `dtype`: the Llama
+/// layout with attention biases and untied embeddings.
+pub fn served_config(model: &Llama, dtype: Kind) -> Value {
     let mut v = model.config().to_llama_json();
     v["tie_word_embeddings"] = false.into();
-    v["torch_dtype"] = "float32".into();
+    v["torch_dtype"] = dtype_name(dtype).into();
     v
 }
 
-/// Writes `model` for an inference server into `dir` (atomically): the
-/// Llama layout with untied embeddings, in float32.
-pub fn save_for_serving(model: &Llama, dir: &Path) -> Result<()> {
-    let config = served_config(model).to_string();
-    if model.config().tie_word_embeddings {
-        let mut untied_config = model.config().clone();
-        untied_config.tie_word_embeddings = false;
-        let mut untied = Llama::new(untied_config, model.device());
-        let mut weights = model.named_parameters();
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+/// The libtorch kind of a served dtype.
+pub fn kind_of(dtype: ServedDtype) -> Kind {
+    match dtype {
+        ServedDtype::Float32 => Kind::Float,
+        ServedDtype::Bfloat16 => Kind::BFloat16,
+    }
+}
+
+/// The copy of `model` a server is given, with untied embeddings and
+/// weights in `dtype`; `None` when `model` already is one.
+fn served_copy(model: &Llama, dtype: Kind) -> Result<Option<Llama>> {
+    let tied = model.config().tie_word_embeddings;
+    if !tied && model.kind() == dtype {
+        return Ok(None);
+    }
+    let mut config = model.config().clone();
+    config.tie_word_embeddings = false;
+    let mut copy = Llama::new(config, model.device());
+    copy.set_kind(dtype);
+    let mut weights = model.named_parameters();
+    if tied {
         weights.push((
             "lm_head.weight".into(),
             model.output_weight().shallow_clone(),
         ));
-        load_weights(&mut untied, &weights)?;
-        save_pretrained(&untied, dir, Some(&config), usize::MAX)
-    } else {
-        save_pretrained(model, dir, Some(&config), usize::MAX)
+    }
+    load_weights(&mut copy, &weights)?;
+    Ok(Some(copy))
+}
+
+/// Writes `model` for an inference server into `dir` (atomically): the
+/// Llama layout with untied embeddings (both `embed_tokens` and `lm_head`
+/// written), weights in `dtype`.
+pub fn save_for_serving(model: &Llama, dir: &Path, dtype: Kind) -> Result<()> {
+    let config = served_config(model, dtype).to_string();
+    let copy = served_copy(model, dtype)?;
+    save_pretrained(
+        copy.as_ref().unwrap_or(model),
+        dir,
+        Some(&config),
+        usize::MAX,
+    )
+}
+
+/// [`save_for_serving`], then the probe of `tokens` on the weights as
+/// written (rounded to `dtype`), computed in `model`'s own kind: what a
+/// server that loaded the folder must reproduce.
+pub fn publish_for_serving(
+    model: &Llama,
+    dir: &Path,
+    dtype: Kind,
+    tokens: &[TokenId],
+) -> Result<Probe> {
+    let config = served_config(model, dtype).to_string();
+    match served_copy(model, dtype)? {
+        None => {
+            save_pretrained(model, dir, Some(&config), usize::MAX)?;
+            probe(model, tokens)
+        }
+        Some(mut copy) => {
+            save_pretrained(&copy, dir, Some(&config), usize::MAX)?;
+            if copy.kind() != model.kind() {
+                copy.set_kind(model.kind());
+            }
+            probe(&copy, tokens)
+        }
     }
 }
 
@@ -94,22 +153,41 @@ pub struct PublishingTrainer {
     trainer: Trainer,
     root: PathBuf,
     probe_tokens: Vec<TokenId>,
+    dtype: Kind,
+    remove_on_drop: bool,
 }
 
 impl PublishingTrainer {
-    /// Publishes `trainer`'s snapshots under `root`, probed on
-    /// `probe_tokens`.
-    pub fn new(trainer: Trainer, root: PathBuf, probe_tokens: Vec<TokenId>) -> Self {
+    /// Publishes `trainer`'s snapshots under `root` with weights in
+    /// `dtype`, probed on `probe_tokens`.
+    pub fn new(trainer: Trainer, root: PathBuf, probe_tokens: Vec<TokenId>, dtype: Kind) -> Self {
         Self {
             trainer,
             root,
             probe_tokens,
+            dtype,
+            remove_on_drop: false,
         }
+    }
+
+    /// Removes the snapshot folder when the trainer is dropped (the
+    /// method ended and its snapshots are no longer read).
+    pub fn removing_on_drop(mut self, remove: bool) -> Self {
+        self.remove_on_drop = remove;
+        self
     }
 
     /// The trainer.
     pub fn trainer(&self) -> &Trainer {
         &self.trainer
+    }
+}
+
+impl Drop for PublishingTrainer {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 
@@ -127,7 +205,8 @@ impl Learner for PublishingTrainer {
     fn publish(&self) -> Result<Published> {
         let version = self.trainer.version();
         let dir = self.root.join(snapshot_name(version));
-        save_for_serving(self.trainer.model(), &dir)?;
+        let probe =
+            publish_for_serving(self.trainer.model(), &dir, self.dtype, &self.probe_tokens)?;
         // Keep this snapshot and the one before (the server may still be
         // loading it); older ones are no longer read. Only folders named as
         // snapshots are removed: anything else in the folder is not npd's.
@@ -146,10 +225,7 @@ impl Learner for PublishingTrainer {
                 let _ = std::fs::remove_dir_all(p);
             }
         }
-        Ok(Published {
-            dir,
-            probe: probe(self.trainer.model(), &self.probe_tokens)?,
-        })
+        Ok(Published { dir, probe })
     }
 }
 
@@ -160,6 +236,10 @@ impl Persist for PublishingTrainer {
 
     fn restore_state(&mut self, dir: &Path) -> Result<()> {
         self.trainer.restore_state(dir)
+    }
+
+    fn resume_only_files(&self) -> &'static [&'static str] {
+        self.trainer.resume_only_files()
     }
 }
 
@@ -191,9 +271,16 @@ pub struct Servers {
     /// Largest difference, in nats per token, between a refreshed server's
     /// probe log-probs and the trainer's.
     pub tolerance: f64,
+    /// Where the tolerance comes from (for the message of a failed check).
+    pub tolerance_source: String,
+    /// The dtype of published snapshots.
+    pub publish_dtype: ServedDtype,
     /// Where published snapshots are written (the student server must be
     /// able to read this folder).
     pub publish_root: PathBuf,
+    /// Remove a method's snapshots when it ends (a publish root in
+    /// memory); otherwise its last two stay.
+    pub remove_finished: bool,
     /// The probe sequence.
     pub probe_tokens: Vec<TokenId>,
     /// Every probe check of the run.
@@ -229,7 +316,13 @@ impl<'a> ServedStages<'a> {
             .servers
             .publish_root
             .join(format!("{}-seed{seed}", method.name()));
-        PublishingTrainer::new(trainer, root, self.servers.probe_tokens.clone())
+        PublishingTrainer::new(
+            trainer,
+            root,
+            self.servers.probe_tokens.clone(),
+            kind_of(self.servers.publish_dtype),
+        )
+        .removing_on_drop(self.servers.remove_finished)
     }
 }
 
@@ -268,6 +361,7 @@ impl<'a> Stages for ServedStages<'a> {
     fn generator(&self, method: Method) -> npd_pipeline::Result<VllmGenerator> {
         let s = &self.servers;
         let g = VllmGenerator::new(s.student.clone(), s.concurrency, 0, s.tolerance)
+            .with_tolerance_source(s.tolerance_source.clone())
             .with_probe_log(s.checks.clone());
         Ok(match method {
             Method::NearPolicy => g.with_alone_prefix(self.local.alone_prefix().map(<[_]>::to_vec)),

@@ -106,6 +106,33 @@ fn pangu_chat_markers_map_to_their_ids() {
 }
 
 #[test]
+fn answers_are_graded_after_the_thinking_block_even_when_its_marker_is_special() {
+    use npd_train::folder::{final_answer, graded_text};
+    let tok = Tokenizer::from_dir(&dir("spm-bpe-identity")).unwrap();
+    let ids = tok.encode("[unused16]try 41[unused17] yes").unwrap();
+    let close = tok.token_id("[unused17]").unwrap();
+    assert!(ids.contains(&close));
+    // Decoding drops the special markers, so the text alone cannot tell the
+    // thinking from the answer: its last number is the thinking's.
+    let plain = tok.decode(&ids, true).unwrap();
+    assert!(!plain.contains("[unused17]"), "{plain}");
+    assert_eq!(final_answer(&plain).as_deref(), Some("41"));
+    let graded = graded_text(&tok, &ids).unwrap();
+    assert_eq!(final_answer(&graded).as_deref(), Some("yes"));
+    // A fast answer (an empty thinking block) and a response without one.
+    let fast = tok.encode("[unused16][unused17]42").unwrap();
+    assert_eq!(
+        final_answer(&graded_text(&tok, &fast).unwrap()).as_deref(),
+        Some("42")
+    );
+    let none = tok.encode("so 7").unwrap();
+    assert_eq!(
+        final_answer(&graded_text(&tok, &none).unwrap()).as_deref(),
+        Some("7")
+    );
+}
+
+#[test]
 fn malformed_model_files_are_errors() {
     let out = std::env::temp_dir().join(format!("npd-badtok-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();

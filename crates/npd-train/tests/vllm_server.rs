@@ -10,7 +10,7 @@ use common::python;
 use std::time::Duration;
 
 use serde_json::json;
-use tch::Device;
+use tch::{Device, Kind};
 
 use npd_core::traits::{Generator, ScoreOptions, ScoreRequest, Scorer};
 use npd_core::{Prompt, PromptId, SamplingParams, TokenId};
@@ -18,7 +18,7 @@ use npd_engine::{Client, LaunchSpec, Launched, Published, Vllm, VllmGenerator, V
 use npd_train::config::ModelConfig;
 use npd_train::model::Llama;
 use npd_train::score::ModelScorer;
-use npd_train::served::{probe, save_for_serving};
+use npd_train::served::{probe, publish_for_serving, save_for_serving};
 
 const VOCAB: usize = 32;
 const EOS: TokenId = 2;
@@ -86,13 +86,14 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     std::fs::create_dir_all(&root).unwrap();
     let start = model(0);
     let start_dir = root.join("start");
-    save_for_serving(&start, &start_dir).unwrap();
+    save_for_serving(&start, &start_dir, Kind::Float).unwrap();
     write_tokenizer(&start_dir);
     let mut server = Launched::start(
         &LaunchSpec {
             role: "test".into(),
             python: python(),
             model: start_dir,
+            dtype: npd_engine::ServedDtype::Float32,
             max_model_len: 128,
             max_logprobs: 20,
             kv_cache_gib: 1,
@@ -207,22 +208,64 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     }
     assert!(worst < 1e-4, "sampled log-probs differ by {worst}");
 
-    // A verified refresh to other weights, then one whose probe does not
-    // match what the server loaded.
+    // A verified refresh to other weights published in bfloat16 (the
+    // float32 server computes on the rounded values, as the probe does),
+    // then one whose probe does not match what the server loaded.
     let probe_tokens: Vec<TokenId> = (0..30).map(|i| 3 + (i * 11 % 29) as TokenId).collect();
+    let log = npd_engine::ProbeLog::default();
+    let mut generator = generator.with_probe_log(log.clone());
+    generator
+        .load(
+            Published {
+                dir: root.join("start"),
+                probe: probe(&start, &probe_tokens).unwrap(),
+            },
+            0,
+        )
+        .unwrap();
     let next = model(1);
     let next_dir = root.join("v1");
-    save_for_serving(&next, &next_dir).unwrap();
+    let published = publish_for_serving(&next, &next_dir, Kind::BFloat16, &probe_tokens).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(next_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["tie_word_embeddings"], false);
+    let weights = |dir: &std::path::Path| {
+        std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .len() as f64
+    };
+    let ratio = weights(&next_dir) / weights(&root.join("start"));
+    assert!(
+        (0.45..0.6).contains(&ratio),
+        "bfloat16 snapshot is {ratio:.2} of the float32 one"
+    );
+    let unrounded = probe(&next, &probe_tokens).unwrap();
     generator
         .load(
             Published {
                 dir: next_dir.clone(),
-                probe: probe(&next, &probe_tokens).unwrap(),
+                probe: published.clone(),
             },
             1,
         )
         .unwrap();
     assert_eq!(generator.version(), 1);
+    {
+        let checks = log.lock().unwrap();
+        let last = checks.last().unwrap();
+        assert!(last.passed && last.max_abs_diff < 1e-4, "{last:?}");
+        assert!(last.reload_s.is_some_and(|s| s > 0.0), "{last:?}");
+        // Other weights moved the probe by far more than the tolerance.
+        assert!(last.moved.is_some_and(|m| m > 0.1), "{last:?}");
+        eprintln!(
+            "bfloat16 refresh: server vs probe on the rounded weights {:.2e}; \
+             probe on the rounded vs the trainer's own weights {:.2e}",
+            last.max_abs_diff,
+            max_diff(&published.logprobs, &unrounded.logprobs)
+        );
+    }
     let err = generator
         .load(
             Published {

@@ -500,8 +500,12 @@ where
         for step in run.first_step + 1..=settings.steps {
             let done = step - 1;
             if !loaded || done.is_multiple_of(s.refresh_every.max(1)) {
-                let weights = run.clock.time("publish", || learner.publish())?;
-                generator.load(weights, done)?;
+                let weights = run
+                    .clock
+                    .time(crate::near_policy::PUBLISH, || learner.publish())?;
+                run.clock
+                    .time(crate::near_policy::RELOAD, || generator.load(weights, done))?;
+                run.refreshes += 1;
                 loaded = true;
             }
             let sampled = run.clock.time("generate", || {

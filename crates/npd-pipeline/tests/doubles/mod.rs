@@ -112,7 +112,8 @@ impl Persist for HashLearner {
 }
 
 /// Writes 1 to 4 tokens per prompt, depending on the prompt, the seed and
-/// the weights it holds; ends with EOS (2).
+/// the weights it holds; ends with EOS (2), unless `max_new_tokens` cuts
+/// the response first (finish `Length`).
 #[derive(Debug, Default)]
 pub struct EchoGenerator {
     pub version: PolicyVersion,
@@ -156,6 +157,12 @@ impl Generator for EchoGenerator {
                 let mut response: Vec<u32> =
                     (0..n - 1).map(|i| 3 + ((h >> i) % 5) as u32).collect();
                 response.push(2);
+                let (n, finish) = if n > params.max_new_tokens {
+                    response.truncate(params.max_new_tokens);
+                    (params.max_new_tokens, FinishReason::Length)
+                } else {
+                    (n, FinishReason::Stop)
+                };
                 Rollout {
                     prompt_id: p.id,
                     prompt: p.tokens.clone(),
@@ -163,7 +170,7 @@ impl Generator for EchoGenerator {
                     response_alone_logprobs: vec![-1.0 - (h % 7) as f32 / 10.0; n],
                     response,
                     policy_version: self.version,
-                    finish: FinishReason::Stop,
+                    finish,
                 }
             })
             .collect())
