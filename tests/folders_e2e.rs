@@ -208,6 +208,59 @@ fn openpangu_layout_folders_run_end_to_end() {
 }
 
 #[test]
+fn a_plan_measures_each_method_and_writes_nothing() {
+    let dir = scratch("plan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = Tokenizer::from_sentencepiece_file(&spm_model()).unwrap();
+    let (vocab, eos) = (tok.vocab_size(), tok.token_id("[unused10]").unwrap());
+    let (teacher, student) = (dir.join("teacher"), dir.join("student"));
+    model_folder(
+        &teacher,
+        &pangu_config(vocab, 32, 1, eos, false),
+        1,
+        usize::MAX,
+    );
+    model_folder(
+        &student,
+        &pangu_config(vocab, 32, 1, eos, true),
+        2,
+        usize::MAX,
+    );
+    let data = dir.join("prompts.jsonl");
+    prompts(&data, false);
+    let out = dir.join("out");
+    let cfg = config(&dir, &teacher, &student, &data, &out);
+    let planned = Command::new(example())
+        .args([
+            "--seeds",
+            "2",
+            "--methods",
+            "sft,npd,npd+rl",
+            "--plan",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&planned.stdout).to_string();
+    assert!(planned.status.success(), "{}", text(&planned));
+    assert!(!out.exists(), "a plan writes no output folder");
+    for want in [
+        "# Plan",
+        "32 training prompts",
+        "| SFT | 4 | 32 |",
+        "| NPD | 4 | 32 |",
+        "| NPD+RL (RL stage) |",
+        "ETA of the whole run: about",
+        "memory plan on cpu",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from:\n{shown}");
+    }
+    eprintln!("{shown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_folders_and_prompts_fail_before_any_work() {
     let dir = scratch("bad");
     std::fs::create_dir_all(&dir).unwrap();

@@ -124,6 +124,14 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+
+    /// Print what the run would do and cost, then exit without writing to
+    /// the output folder: prompts and rollouts per method, sequence
+    /// lengths, the memory plan per role, and an ETA extrapolated from two
+    /// measured steps of every method on a sample of the prompts (after
+    /// loading the models and checking the teacher, as a run does).
+    #[arg(long)]
+    plan: bool,
 }
 
 /// `--methods` values.
@@ -213,6 +221,7 @@ impl Args {
             cache: self.cache.clone(),
             resume: self.resume,
             checkpoint_every: self.checkpoint_every,
+            plan: self.plan,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Options {
     pub resume: bool,
     /// Steps between checkpoints (overrides `output.checkpoint_every`).
     pub checkpoint_every: Option<u64>,
+    /// Print what the run would do and cost (see [`crate::plan`]) instead
+    /// of running it.
+    pub plan: bool,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             cache: None,
             resume: false,
             checkpoint_every: None,
+            plan: false,
         }
     }
 }

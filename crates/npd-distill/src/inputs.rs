@@ -10,7 +10,7 @@ use npd_core::{PromptId, TokenId};
 use npd_train::ModelConfig;
 use npd_train::data::{Example, Rejected, read_prompts, seeded_shuffle, tokenize_styled};
 use npd_train::device::{kind_of, parse_device};
-use npd_train::eval::accuracy;
+use npd_train::eval::accuracy_with_progress;
 use npd_train::folder::{
     ModelFolder, check_same_tokenizer, companion_files, final_answer, graded_text,
 };
@@ -434,15 +434,17 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             .map(|e| e.prompt)
             .collect::<Vec<_>>()
     });
-    let pb = Spinner::start("evaluating the teacher on the held-out prompts");
-    let teacher_accuracy = accuracy(
+    let graded = teacher_eval.iter().filter(|e| e.answer.is_some()).count() as u64;
+    let mut pb = Progress::new("teacher check", graded, "prompts");
+    let teacher_accuracy = accuracy_with_progress(
         &teacher.model,
         (&teacher_eval, config.sampling.eval_batch_size),
         &*answer,
         max_new,
         &stop_ids,
+        &mut |done, _| pb.set(done as u64),
     )?;
-    pb.done();
+    pb.finish();
     let warm_start: Weights = npd_train::tch::no_grad(|| {
         student
             .model

@@ -28,6 +28,7 @@ pub mod embedded;
 pub mod fingerprint;
 pub mod inputs;
 pub mod memory_check;
+pub mod plan;
 pub mod progress;
 pub mod publish_root;
 pub mod run_dir;
@@ -177,13 +178,18 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     let input_files: Vec<(&str, &std::path::Path)> = (input_files.into_iter())
         .filter(|(_, p)| !p.as_os_str().is_empty())
         .collect();
-    let run_dir = run_dir::RunDir::check(
-        &out,
-        &config.to_toml(),
-        (&methods, seeds, o.quick),
-        &input_files,
-        o.resume,
-    )?;
+    // A plan writes nothing there.
+    let run_dir = (!o.plan)
+        .then(|| {
+            run_dir::RunDir::check(
+                &out,
+                &config.to_toml(),
+                (&methods, seeds, o.quick),
+                &input_files,
+                o.resume,
+            )
+        })
+        .transpose()?;
     let started = Instant::now();
     let inputs = if embedded {
         let cache = (o.cache.clone())
@@ -253,6 +259,18 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             out.display()
         )));
     }
+    let Some(run_dir) = run_dir else {
+        return plan_run(
+            &config,
+            &inputs,
+            stages,
+            (&settings, &prompts),
+            &methods,
+            seeds,
+            started,
+            control,
+        );
+    };
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
     let run = Prepared {
@@ -293,6 +311,46 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             run_methods(&served, run, run_dir, running.lines.clone(), &line)
         }
     }
+}
+
+/// `--plan`: the plan of the run, measured with its own stages (on its
+/// servers, which write their logs to a scratch folder); nothing is written
+/// to the output folder.
+#[allow(clippy::too_many_arguments)]
+fn plan_run(
+    config: &RunConfig,
+    inputs: &inputs::Inputs,
+    stages: TchStages<'_>,
+    (settings, prompts): (&Settings, &[npd_core::Prompt]),
+    methods: &[Method],
+    seeds: u64,
+    started: Instant,
+    control: &Control,
+) -> Result<Ended> {
+    let memory = memory_check::plan(config, inputs.teacher.config(), &inputs.student).table();
+    let planned = plan::Planned {
+        config,
+        inputs,
+        settings,
+        prompts,
+        methods,
+        seeds,
+        inputs_s: started.elapsed().as_secs_f64(),
+        memory,
+    };
+    let text = match config.engine.kind {
+        EngineKind::InProcess => plan::plan(&stages, &planned, &control.stop)?,
+        EngineKind::Vllm => {
+            let scratch = std::env::temp_dir().join(format!("npd-plan-{}", std::process::id()));
+            let running = servers::start(config, inputs, &scratch, &control.abandon_waits)?;
+            let served = ServedStages::new(stages, running.servers.clone());
+            let text = plan::plan(&served, &planned, &control.stop);
+            drop(running);
+            let _ = std::fs::remove_dir_all(&scratch);
+            text?
+        }
+    };
+    Ok(Ended::Checked(text))
 }
 
 /// The report's lines on the resumes of a run: how many, and what each
@@ -347,7 +405,21 @@ fn run_methods<S: Stages>(
     let out = config.output.dir.clone();
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every)
         .with_resume_state_in_all(config.output.optimizer_in_every_checkpoint);
+    // The teacher writing SFT's responses (once per run) shows progress.
+    let sft_data: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
+    let prep_progress = |done: usize, total: usize| {
+        let mut slot = sft_data.borrow_mut();
+        let bar = slot
+            .get_or_insert_with(|| Progress::new("SFT data (teacher)", total as u64, "prompts"));
+        bar.set(done as u64);
+        if done >= total
+            && let Some(bar) = slot.take()
+        {
+            bar.finish();
+        }
+    };
     let mut comparison = Comparison::new(stages, settings, prompts)
+        .with_prep_progress(&prep_progress)
         .with_checkpoints(&checkpoints)
         .with_rejected(&inputs.rejected)
         .with_start_score(inputs.warm_start_accuracy);

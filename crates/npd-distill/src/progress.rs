@@ -55,12 +55,13 @@ impl Progress {
             Some(b) => b.set_position(done),
             None if self.last_line.elapsed() >= LINE_EVERY => {
                 self.last_line = Instant::now();
+                let elapsed = self.started.elapsed().as_secs_f64();
                 tracing::info!(
-                    "{}: {done}/{} {}, {:.0}s",
+                    "{}: {done}/{} {}, {elapsed:.0}s{}",
                     self.what,
                     self.total,
                     self.unit,
-                    self.started.elapsed().as_secs_f64()
+                    eta_text(elapsed, done, self.total)
                 );
             }
             None => {}
@@ -88,6 +89,15 @@ impl Progress {
     }
 }
 
+/// `, eta Ns` from the pace so far (nothing before the first unit).
+fn eta_text(elapsed: f64, done: u64, total: u64) -> String {
+    if done == 0 || done >= total {
+        return String::new();
+    }
+    let left = elapsed / done as f64 * (total - done) as f64;
+    format!(", eta {left:.0}s")
+}
+
 /// A spinner for work without a count (loading a model folder).
 pub struct Spinner(Option<ProgressBar>);
 
@@ -110,5 +120,17 @@ impl Spinner {
         if let Some(pb) = self.0 {
             pb.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_follows_the_pace_so_far() {
+        assert_eq!(eta_text(10.0, 2, 10), ", eta 40s");
+        assert_eq!(eta_text(10.0, 0, 10), "");
+        assert_eq!(eta_text(10.0, 10, 10), "");
     }
 }

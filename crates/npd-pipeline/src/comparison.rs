@@ -20,7 +20,7 @@ use crate::near_policy::NearPolicy;
 use crate::on_policy::OnPolicy;
 use crate::outcome::RunEnd;
 use crate::settings::Settings;
-use crate::sft::{Sft, write_responses};
+use crate::sft::{Sft, write_responses_with_progress};
 use crate::teacher_prompts::{PromptMap, TeacherPrompts, prompt_map};
 
 /// File under [`Checkpoints::root`] holding SFT's teacher-written responses,
@@ -140,6 +140,8 @@ pub struct Comparison<'a, S> {
     /// The teacher's wording of each prompt, where it differs.
     teacher_prompts: Option<Vec<Prompt>>,
     teacher_map: PromptMap,
+    /// Told `(done, total)` as the teacher writes SFT's responses.
+    prep_progress: Option<&'a dyn Fn(usize, usize)>,
 }
 
 impl<'a, S: Stages> Comparison<'a, S> {
@@ -155,7 +157,15 @@ impl<'a, S: Stages> Comparison<'a, S> {
             sft_responses: OnceLock::new(),
             teacher_prompts: None,
             teacher_map: PromptMap::default(),
+            prep_progress: None,
         }
+    }
+
+    /// Tells `progress(done, total)` how far the teacher is in writing
+    /// SFT's responses (a progress bar's work).
+    pub fn with_prep_progress(mut self, progress: &'a dyn Fn(usize, usize)) -> Self {
+        self.prep_progress = Some(progress);
+        self
     }
 
     /// The teacher's own wording of each prompt (one per prompt, in order;
@@ -252,7 +262,12 @@ impl<'a, S: Stages> Comparison<'a, S> {
         if !reused {
             let mut writer = self.stages.writer()?;
             let prompts = self.teacher_prompts.as_deref().unwrap_or(self.prompts);
-            let written = write_responses(&mut writer, prompts, &self.settings.sampling)?;
+            let written = write_responses_with_progress(
+                &mut writer,
+                prompts,
+                &self.settings.sampling,
+                self.prep_progress.unwrap_or(&|_, _| {}),
+            )?;
             if let Some(c) = self.checkpoints {
                 std::fs::create_dir_all(&c.root).map_err(|source| npd_core::Error::Io {
                     path: c.root.clone(),

@@ -149,4 +149,4 @@ pub use output::OutputConfig;
 pub use report::{Report, Roles};
 pub use report_refresh::RefreshCost;
 pub use settings::Settings;
-pub use sft::{Sft, write_responses};
+pub use sft::{Sft, write_responses, write_responses_with_progress};

@@ -20,6 +20,17 @@ pub fn write_responses<G: Generator + ?Sized>(
     prompts: &[Prompt],
     params: &SamplingParams,
 ) -> Result<Vec<Vec<TokenId>>> {
+    write_responses_with_progress(teacher, prompts, params, &|_, _| {})
+}
+
+/// [`write_responses`], calling `progress(done, total)` after each chunk
+/// of prompts.
+pub fn write_responses_with_progress<G: Generator + ?Sized>(
+    teacher: &mut G,
+    prompts: &[Prompt],
+    params: &SamplingParams,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<Vec<TokenId>>> {
     let greedy = SamplingParams {
         temperature: 0.0,
         ..params.clone()
@@ -28,6 +39,7 @@ pub fn write_responses<G: Generator + ?Sized>(
     for chunk in prompts.chunks(WRITE_CHUNK) {
         let written = teacher.generate(chunk, &greedy)?;
         out.extend(written.into_iter().map(|r| r.response));
+        progress(out.len(), prompts.len());
     }
     Ok(out)
 }

@@ -30,6 +30,26 @@ pub fn accuracy(
     max_new_tokens: usize,
     stop_ids: &[TokenId],
 ) -> Result<f64> {
+    accuracy_with_progress(
+        model,
+        (examples, batch),
+        answer,
+        max_new_tokens,
+        stop_ids,
+        &mut |_, _| {},
+    )
+}
+
+/// [`accuracy`], calling `progress(done, total)` after each batch with
+/// the graded prompts so far.
+pub fn accuracy_with_progress(
+    model: &Llama,
+    (examples, batch): (&[Example], usize),
+    answer: &AnswerFn<'_>,
+    max_new_tokens: usize,
+    stop_ids: &[TokenId],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
     let scored: Vec<&Example> = examples.iter().filter(|e| e.answer.is_some()).collect();
     if scored.is_empty() {
         return Ok(0.0);
@@ -43,6 +63,7 @@ pub fn accuracy(
         seed: 0,
     };
     let mut correct = 0;
+    let mut done = 0;
     for chunk in scored.chunks(batch.max(1)) {
         let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|e| e.prompt.clone()).collect();
         let out = tch::no_grad(|| generate(model, &prompts, &params, Decoding::Cached))?;
@@ -51,6 +72,8 @@ pub fn accuracy(
                 correct += 1;
             }
         }
+        done += chunk.len();
+        progress(done, scored.len());
     }
     Ok(correct as f64 / scored.len() as f64)
 }

@@ -229,6 +229,7 @@ impl StudyFile {
             cache,
             resume: false,
             checkpoint_every: None,
+            plan: false,
         }
     }
 
