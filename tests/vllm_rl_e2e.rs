@@ -25,7 +25,7 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
     )
     .unwrap();
     let run = Command::new(example())
-        .args(["--quick", "--engine", "vllm", "--methods", "npd+rl"])
+        .args(["--quick", "--engine", "vllm", "--methods", "sft,npd+rl"])
         .args(["--steps", "4", "--refresh-every", "2", "--config"])
         .arg(&config)
         .arg("--out")
@@ -43,6 +43,25 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
     assert_eq!(rl.len(), 6, "{rl:?}");
     assert!(rl.iter().all(|e| e["rl"]["staleness"].as_u64() < Some(2)));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // The teacher's check and SFT's responses came from the teacher server.
+    let check = report
+        .lines()
+        .find(|l| l.contains("teacher held-out accuracy measured on its server: "))
+        .unwrap_or_else(|| panic!("no server check in the report:\n{report}"));
+    let percent = |after: &str| -> f64 {
+        let rest = check.split(after).nth(1).unwrap();
+        rest[..rest.find('%').unwrap()].parse().unwrap()
+    };
+    // Greedy decoding of the same float32 weights: the server's grade is
+    // the in-process one, up to near-ties.
+    let (server, local) = (percent("on its server: "), percent("(in-process: "));
+    assert!((server - local).abs() <= 5.0, "{check}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let sft = &json["outcomes"][0];
+    assert_eq!(sft["method"], "sft", "{json}");
+    assert!(sft["prep_s"].as_f64() > Some(0.0), "{sft}");
+    assert!(out.join("checkpoints/sft-responses.json").is_file());
     // Snapshots went to memory when the machine has it, and are gone.
     let root = report
         .lines()
@@ -59,8 +78,6 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
         root.display()
     );
     // The RL stage refreshed its server: publish and reload are stages.
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rl_outcome = json["outcomes"]
         .as_array()
         .unwrap()

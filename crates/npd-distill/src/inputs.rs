@@ -51,6 +51,9 @@ pub struct Inputs {
     pub train: Vec<Example>,
     /// Held-out prompts with answers.
     pub eval: Vec<Example>,
+    /// The held-out prompts as the teacher sees them (`eval` unless a
+    /// teacher-only system turn or suffix changes them).
+    pub teacher_eval: Vec<Example>,
     /// The teacher's own prompt tokens of each training prompt (in `train`'s
     /// order), when a teacher-only system turn or suffix makes them differ
     /// from the student's; `None`: the teacher sees the student's prompts.
@@ -229,6 +232,7 @@ pub fn embedded(cache: &Path, setup: &Setup, device: &str, stop: &AtomicBool) ->
         student_files: companion_files(&prepared.dir.join("teacher"))?,
         warm_start: prepared.warm_start,
         train: prepared.train,
+        teacher_eval: prepared.eval.clone(),
         eval: prepared.eval,
         sft_responses: None,
         teacher_train: None,
@@ -434,17 +438,24 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             .map(|e| e.prompt)
             .collect::<Vec<_>>()
     });
-    let graded = teacher_eval.iter().filter(|e| e.answer.is_some()).count() as u64;
-    let mut pb = Progress::new("teacher check", graded, "prompts");
-    let teacher_accuracy = accuracy_with_progress(
-        &teacher.model,
-        (&teacher_eval, config.sampling.eval_batch_size),
-        &*answer,
-        max_new,
-        &stop_ids,
-        &mut |done, _| pb.set(done as u64),
-    )?;
-    pb.finish();
+    // With servers the check runs on the teacher server once it is up
+    // (engine.teacher_check); skipped, the report says so.
+    let teacher_accuracy = if config.engine.teacher_check_on_server() == Some(false) {
+        let graded = teacher_eval.iter().filter(|e| e.answer.is_some()).count() as u64;
+        let mut pb = Progress::new("teacher check", graded, "prompts");
+        let accuracy = accuracy_with_progress(
+            &teacher.model,
+            (&teacher_eval, config.sampling.eval_batch_size),
+            &*answer,
+            max_new,
+            &stop_ids,
+            &mut |done, _| pb.set(done as u64),
+        )?;
+        pb.finish();
+        accuracy
+    } else {
+        f64::NAN
+    };
     let warm_start: Weights = npd_train::tch::no_grad(|| {
         student
             .model
@@ -497,6 +508,7 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         warm_start,
         train,
         eval,
+        teacher_eval,
         sft_responses,
         rejected,
         answer,

@@ -273,7 +273,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
     };
     // The folder is claimed only once the inputs passed their checks.
     let run_dir = run_dir.claim()?;
-    let run = Prepared {
+    let mut run = Prepared {
         control,
         config: &config,
         inputs: &inputs,
@@ -282,6 +282,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         prompts: &prompts,
         seeds,
         started,
+        teacher_accuracy: inputs.teacher_accuracy,
     };
     match config.engine.kind {
         EngineKind::InProcess => {
@@ -303,12 +304,31 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
                 }
                 Err(e) => return Err(e),
             };
+            let mut lines = running.lines.clone();
+            if config.engine.teacher_check_on_server() == Some(true) {
+                let accuracy = servers::teacher_accuracy(
+                    &running.servers,
+                    &inputs.teacher_eval,
+                    &inputs.answer,
+                    (config.sampling.max_new_tokens, &inputs.stop_ids),
+                )?;
+                lines.push(format!(
+                    "teacher held-out accuracy measured on its server: {:.1}%{}",
+                    100.0 * accuracy,
+                    if inputs.teacher_accuracy.is_finite() {
+                        format!(" (in-process: {:.1}%)", 100.0 * inputs.teacher_accuracy)
+                    } else {
+                        String::new()
+                    }
+                ));
+                run.teacher_accuracy = accuracy;
+            }
             let served = ServedStages::new(stages, running.servers.clone());
             let checks = running.servers.checks.clone();
             let line = move |c: &Comparison<'_, ServedStages<'_>>, total_s: f64| {
                 served_line(c, &checks, total_s)
             };
-            run_methods(&served, run, run_dir, running.lines.clone(), &line)
+            run_methods(&served, run, run_dir, lines, &line)
         }
     }
 }
@@ -380,6 +400,8 @@ struct Prepared<'a> {
     prompts: &'a [npd_core::Prompt],
     seeds: u64,
     started: Instant,
+    /// The teacher's held-out accuracy (NaN: not measured).
+    teacher_accuracy: f64,
 }
 
 /// Runs every method and seed over `stages` and writes the report;
@@ -401,6 +423,7 @@ fn run_methods<S: Stages>(
         prompts,
         seeds,
         started,
+        teacher_accuracy: run_teacher_accuracy,
     } = run;
     let out = config.output.dir.clone();
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every)
@@ -517,7 +540,7 @@ fn run_methods<S: Stages>(
             checks::rl_checks(&metrics_path, &outcomes)?,
         ]
         .concat(),
-        teacher_accuracy: inputs.teacher_accuracy,
+        teacher_accuracy: run_teacher_accuracy,
         warm_start_accuracy: outcomes
             .first()
             .and_then(|o| o.curve.first())

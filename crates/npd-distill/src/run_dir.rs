@@ -51,7 +51,7 @@ pub const INPUT_KEYS: [&str; 4] = [
 /// what it computes: devices, servers, threads, timeouts, memory-only
 /// settings and checkpoint spacing. A resume may change them (a run moved
 /// to another machine or GPU); the report lists what changed.
-pub const LOCATION_KEYS: [&str; 26] = [
+pub const LOCATION_KEYS: [&str; 27] = [
     "model.device",
     "rollout.threads",
     "train.threads",
@@ -76,6 +76,7 @@ pub const LOCATION_KEYS: [&str; 26] = [
     "engine.probe_tolerance",
     "engine.student_probe_tolerance",
     "engine.teacher_probe_tolerance",
+    "engine.teacher_check",
     "engine.publish_dir",
     "output.dir",
 ];

@@ -387,3 +387,61 @@ fn check_special_tokens(role: &str, server: &Vllm, inputs: &Inputs) -> Result<()
     }
     Ok(())
 }
+
+/// The teacher's held-out accuracy measured on its server: greedy
+/// responses to `examples` (the prompts as the teacher sees them), graded
+/// by `answer` against each example's answer, with a progress bar.
+pub fn teacher_accuracy(
+    servers: &Servers,
+    examples: &[npd_train::data::Example],
+    answer: &crate::inputs::Answer,
+    sampling: (usize, &[TokenId]),
+) -> Result<f64> {
+    use npd_core::traits::Generator;
+    let graded: Vec<&npd_train::data::Example> =
+        examples.iter().filter(|e| e.answer.is_some()).collect();
+    if graded.is_empty() {
+        return Ok(0.0);
+    }
+    let (max_new_tokens, stop_ids) = sampling;
+    let params = npd_core::SamplingParams {
+        temperature: 0.0,
+        top_k: None,
+        top_p: 1.0,
+        max_new_tokens,
+        stop_ids: stop_ids.to_vec(),
+        seed: 0,
+    };
+    let mut generator = npd_engine::VllmGenerator::new(
+        servers.teacher.clone(),
+        servers.concurrency,
+        0,
+        servers.tolerance,
+    );
+    let mut progress =
+        crate::progress::Progress::new("teacher check (server)", graded.len() as u64, "prompts");
+    let mut correct = 0usize;
+    let mut done = 0usize;
+    for chunk in graded.chunks(4 * servers.concurrency.max(1)) {
+        let prompts: Vec<npd_core::Prompt> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| npd_core::Prompt {
+                id: npd_core::PromptId((done + i) as u64),
+                tokens: e.prompt.clone(),
+            })
+            .collect();
+        let written = generator
+            .generate(&prompts, &params)
+            .with_context(|| format!("teacher server {}", servers.teacher.client().base()))?;
+        for (r, e) in written.iter().zip(chunk) {
+            if answer(&r.response).as_ref() == e.answer.as_ref() {
+                correct += 1;
+            }
+        }
+        done += chunk.len();
+        progress.set(done as u64);
+    }
+    progress.finish();
+    Ok(correct as f64 / graded.len() as f64)
+}

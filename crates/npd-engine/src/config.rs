@@ -62,6 +62,21 @@ impl ServedDtype {
     }
 }
 
+/// Where the teacher's held-out accuracy is measured before the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherCheck {
+    /// On the teacher server with `kind = "vllm"`, in-process otherwise.
+    #[default]
+    Auto,
+    /// With the in-process teacher (its KV cache on the trainer's device).
+    InProcess,
+    /// On the teacher server (`kind = "vllm"` only).
+    Server,
+    /// Not measured (the report says so).
+    Skip,
+}
+
 /// A server's role in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -138,6 +153,10 @@ pub struct EngineConfig {
     /// log-probs must be within this many nats per token of the in-process
     /// teacher's. 0: `probe_tolerance`.
     pub teacher_probe_tolerance: f64,
+    /// Where the teacher's held-out accuracy is measured before the run:
+    /// `auto` (on the teacher server with `kind = "vllm"`, in-process
+    /// otherwise), `in-process`, `server` or `skip`.
+    pub teacher_check: TeacherCheck,
     /// Folder for the snapshots the student server reloads (it must be able
     /// to read it); empty: a folder in `/dev/shm` (memory, no disk writes)
     /// when it exists and has room for three snapshots, else `served/` in
@@ -165,6 +184,7 @@ impl Default for EngineConfig {
             probe_tolerance: 0.0,
             student_probe_tolerance: 0.0,
             teacher_probe_tolerance: 0.0,
+            teacher_check: TeacherCheck::Auto,
             publish_dir: PathBuf::new(),
         }
     }
@@ -186,6 +206,13 @@ impl Section for EngineConfig {
         ] {
             c.non_negative(key, tolerance, " (nats per token; 0 picks the default)")?;
         }
+        c.that(
+            !(self.teacher_check == TeacherCheck::Server && self.kind == EngineKind::InProcess),
+            "teacher_check",
+            "\"auto\", \"in-process\" or \"skip\" with kind = \"in-process\" (\"server\" needs \
+             kind = \"vllm\")",
+            "\"server\"",
+        )?;
         for (key, cpus) in [
             ("student_cpus", &self.student_cpus),
             ("teacher_cpus", &self.teacher_cpus),
@@ -213,6 +240,17 @@ impl Section for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Where the teacher check runs: `Some(true)` on the teacher server,
+    /// `Some(false)` in-process, `None` nowhere.
+    pub fn teacher_check_on_server(&self) -> Option<bool> {
+        match self.teacher_check {
+            TeacherCheck::Auto => Some(self.kind == EngineKind::Vllm),
+            TeacherCheck::InProcess => Some(false),
+            TeacherCheck::Server => Some(true),
+            TeacherCheck::Skip => None,
+        }
+    }
+
     /// The dtype `role`'s server computes in.
     pub fn dtype(&self, role: Role) -> ServedDtype {
         match role {

@@ -29,7 +29,7 @@ pub mod scorer;
 pub mod vllm;
 
 pub use client::Client;
-pub use config::{EngineConfig, EngineKind, Role, ServedDtype};
+pub use config::{EngineConfig, EngineKind, Role, ServedDtype, TeacherCheck};
 pub use generator::{Probe, ProbeCheck, ProbeLog, Published, VllmGenerator};
 pub use launch::{LaunchSpec, Launched};
 pub use scorer::VllmScorer;

@@ -239,10 +239,14 @@ impl Report {
         for line in &self.setup {
             let _ = writeln!(md, "- {line}");
         }
+        let teacher = if self.teacher_accuracy.is_finite() {
+            format!("{:.1}%", 100.0 * self.teacher_accuracy)
+        } else {
+            "not measured (engine.teacher_check = \"skip\")".to_string()
+        };
         let _ = writeln!(
             md,
-            "- teacher held-out accuracy {:.1}%; warm-start student {:.1}%\n",
-            100.0 * self.teacher_accuracy,
+            "- teacher held-out accuracy {teacher}; warm-start student {:.1}%\n",
             100.0 * self.warm_start_accuracy
         );
         md.push_str("## Results\n\n");

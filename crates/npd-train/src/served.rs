@@ -1,6 +1,7 @@
 //! The libtorch trainer beside inference servers: [`ServedStages`] keeps
-//! training (and SFT's writer and the held-out evaluation) in-process and
-//! takes student rollouts and teacher scores from vLLM servers.
+//! training and the held-out evaluation in-process and takes student
+//! rollouts, teacher scores and SFT's teacher-written responses from vLLM
+//! servers.
 //!
 //! Every published snapshot is written as a Hugging Face folder the student
 //! server reloads, in the configured dtype (bfloat16 by default: half the
@@ -28,7 +29,7 @@ use crate::eval::HeldOut;
 use crate::generator::load_weights;
 use crate::model::Llama;
 use crate::score::ModelScorer;
-use crate::stages::{TchStages, TeacherWriter};
+use crate::stages::TchStages;
 use crate::train::Trainer;
 
 /// `config.json` of the served copy of `model` in `dtype`: the Llama
@@ -331,7 +332,7 @@ impl<'a> Stages for ServedStages<'a> {
     type Learner = PublishingTrainer;
     type Generator = VllmGenerator;
     type Teacher = VllmScorer;
-    type Writer = TeacherWriter<'a>;
+    type Writer = VllmGenerator;
     type Evaluator = HeldOut<'a>;
     type Reference = crate::stages::Reference;
 
@@ -376,8 +377,16 @@ impl<'a> Stages for ServedStages<'a> {
         ))
     }
 
-    fn writer(&self) -> npd_pipeline::Result<TeacherWriter<'a>> {
-        self.local.writer()
+    /// SFT's responses come from the teacher server (greedy), not from
+    /// the in-process teacher.
+    fn writer(&self) -> npd_pipeline::Result<VllmGenerator> {
+        let s = &self.servers;
+        Ok(VllmGenerator::new(
+            s.teacher.clone(),
+            s.concurrency,
+            0,
+            s.tolerance,
+        ))
     }
 
     fn evaluator(&self) -> npd_pipeline::Result<HeldOut<'a>> {

@@ -295,3 +295,86 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_trained_checkpoint_is_served_by_vllm_as_npd_computes_it() {
+    use npd_core::config::{LossKind, TrainConfig};
+    use npd_core::traits::{Learner, Persist};
+    use npd_core::{SampleId, TrainSample};
+    use npd_pack::{PackOptions, pack_pool};
+    use npd_train::train::{TrainOptions, Trainer};
+
+    let root = std::env::temp_dir().join(format!("npd-vllm-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    // The student folder: a tied model and its tokenizer, which the
+    // checkpoint carries along.
+    let student = root.join("student");
+    save_for_serving(&model(3), &student, Kind::Float).unwrap();
+    write_tokenizer(&student);
+    // `model` ties the output projection to the embeddings, as
+    // openPangu-Embedded-1B does.
+    let tied = model(3);
+    assert!(tied.config().tie_word_embeddings);
+    let options = TrainOptions::from_config(&TrainConfig {
+        loss: LossKind::Ce,
+        lr: 1e-2,
+        min_lr: 1e-2,
+        warmup_steps: 0,
+        ..TrainConfig::default()
+    });
+    let files = npd_train::folder::companion_files(&student).unwrap();
+    let mut trainer = Trainer::new(tied, options).with_companion_files(std::sync::Arc::new(files));
+    let sample = TrainSample {
+        id: SampleId(0),
+        tokens: (0..40).map(|i| 3 + (i * 7) % 29).collect(),
+        prompt_len: 3,
+        weights: None,
+        topk: None,
+        policy: None,
+    };
+    let rows = pack_pool(vec![sample], &PackOptions::new(64)).unwrap();
+    trainer.step(&rows).unwrap();
+    let checkpoint = root.join("checkpoint");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    trainer.save_state(&checkpoint).unwrap();
+    let exported = checkpoint.join("model");
+    assert!(exported.join("tokenizer.json").is_file());
+
+    // vLLM starts from the exported folder itself (tied embeddings load
+    // correctly at start; only reloads need the untied copy).
+    let mut server = Launched::start(
+        &LaunchSpec {
+            role: "export".into(),
+            python: python(),
+            model: exported,
+            dtype: npd_engine::ServedDtype::Float32,
+            max_model_len: 128,
+            max_logprobs: 20,
+            kv_cache_gib: 1,
+            cpus: String::new(),
+            log: root.join("server.log"),
+            extra_args: Vec::new(),
+        },
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let vllm = Vllm::connect(Client::new(server.url(), Duration::from_secs(60), 1)).unwrap();
+    let mut worst = 0.0f32;
+    for i in 0..8u32 {
+        let seq: Vec<TokenId> =
+            [vec![1], (0..20).map(|j| 3 + (i * 5 + j * 3) % 29).collect()].concat();
+        let served = vllm.prompt_logprobs(&seq, 0).unwrap().actual;
+        let local = npd_train::tch::no_grad(|| {
+            ModelScorer::new(trainer.model()).response_scores(&[(seq.as_slice(), 1)], None)
+        })
+        .unwrap();
+        worst = worst.max(max_diff(&served, &local[0].0));
+    }
+    server.kill();
+    assert!(
+        worst < 1e-4,
+        "the served checkpoint's log-probs differ from npd's by {worst}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
