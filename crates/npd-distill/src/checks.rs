@@ -35,6 +35,30 @@ pub fn refuse_ignored_keys(config: &RunConfig) -> Result<()> {
             "data.sft_targets",
             d.sft_targets != defaults.data.sft_targets,
         ),
+        (
+            "model.teacher_device",
+            m.teacher_device != defaults.model.teacher_device,
+        ),
+        (
+            "data.prompt_format",
+            d.prompt_format != defaults.data.prompt_format,
+        ),
+        (
+            "data.student_system",
+            d.student_system != defaults.data.student_system,
+        ),
+        (
+            "data.teacher_system",
+            d.teacher_system != defaults.data.teacher_system,
+        ),
+        (
+            "data.student_suffix",
+            d.student_suffix != defaults.data.student_suffix,
+        ),
+        (
+            "data.teacher_suffix",
+            d.teacher_suffix != defaults.data.teacher_suffix,
+        ),
     ];
     let keys: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
     if !keys.is_empty() {
@@ -99,7 +123,8 @@ pub fn refuse_server_keys(config: &RunConfig) -> Result<()> {
     let given: Vec<String> =
         npd_core::config::changed_keys(&config.engine, &npd_engine::EngineConfig::default())
             .into_iter()
-            .filter(|k| k != "kind")
+            // The teacher check applies to the in-process engine too.
+            .filter(|k| k != "kind" && k != "teacher_check")
             .map(|k| format!("engine.{k}"))
             .collect();
     if !given.is_empty() {

@@ -258,9 +258,10 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
         bail!("data.prompts: empty; real models need a prompts JSONL file (see docs/pipeline.md)");
     }
     let device = parse_device(&m.device)?;
+    let teacher_device = parse_device(m.teacher_device())?;
     let kind = kind_of(m.dtype);
     let pb = Spinner::start(&format!("loading teacher {}", m.teacher.display()));
-    let teacher = ModelFolder::load(&m.teacher, device, kind)?;
+    let teacher = ModelFolder::load(&m.teacher, teacher_device, kind)?;
     pb.done();
     let pb = Spinner::start(&format!("loading student {}", m.student.display()));
     let student = ModelFolder::load(&m.student, device, kind)?;
@@ -490,8 +491,11 @@ pub fn folders(config: &RunConfig) -> Result<Inputs> {
             format!("teacher: {}", describe(&teacher)),
             format!("student: {}", describe(&student)),
             format!(
-                "device {}, teacher in {:?}, student trains in {:?}",
-                m.device, m.dtype, config.train.precision
+                "student on {}, teacher on {} in {:?}, student trains in {:?}",
+                m.device,
+                m.teacher_device(),
+                m.dtype,
+                config.train.precision
             ),
             prompt_line(d),
         ],

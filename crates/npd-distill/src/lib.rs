@@ -159,10 +159,15 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         let (teacher, student) = memory_check::architectures(&config, &setup)?;
         let plan = memory_check::plan(&config, &teacher, &student);
         plan.check()?;
+        let teacher_plan = memory_check::teacher_plan(&config, &teacher);
+        if let Some(p) = &teacher_plan {
+            p.check()?;
+        }
         return Ok(Ended::Checked(format!(
-            "configuration valid\n{}{}",
+            "configuration valid\n{}{}{}",
             npd_train::device::Libtorch::probe(),
-            plan.table()
+            plan.table(),
+            teacher_plan.map(|p| p.table()).unwrap_or_default()
         )));
     }
     let embedded = config.model.teacher.as_os_str().is_empty();
@@ -241,6 +246,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         (config.filter.enabled && config.filter.form.needs_alone())
             .then(|| inputs.alone_prefix.clone()),
     )
+    .with_student_device(npd_train::device::parse_device(&config.model.device)?)
     .with_student_config_json(inputs.student_config_json.clone())
     .with_student_files(inputs.student_files.clone())
     .with_rl(&config.train, &config.rl, &inputs.train);
@@ -347,7 +353,10 @@ fn plan_run(
     started: Instant,
     control: &Control,
 ) -> Result<Ended> {
-    let memory = memory_check::plan(config, inputs.teacher.config(), &inputs.student).table();
+    let memory = memory_check::plan(config, inputs.teacher.config(), &inputs.student).table()
+        + &memory_check::teacher_plan(config, inputs.teacher.config())
+            .map(|p| p.table())
+            .unwrap_or_default();
     let planned = plan::Planned {
         config,
         inputs,

@@ -164,19 +164,25 @@ pub fn plan(config: &RunConfig, teacher: &ModelConfig, student: &ModelConfig) ->
     let evaluation = decoding(student, precision, eval_batch, positions);
     // On servers, the teacher scores and the student generates there; the
     // teacher's accuracy check and evaluation still run here.
-    roles.push(role("teacher weights", weights(teacher_scoring), true));
+    let mut teacher_roles = vec![role("teacher weights", weights(teacher_scoring), true)];
     if !served {
-        roles.push(role(
+        teacher_roles.push(role(
             "teacher scoring a pass",
             phase(teacher_scoring),
             false,
         ));
     }
-    roles.push(role(
-        "teacher accuracy check (sampling.eval_batch_size)",
-        phase(teacher_check),
-        false,
-    ));
+    if c.engine.teacher_check_on_server() == Some(false) {
+        teacher_roles.push(role(
+            "teacher accuracy check (sampling.eval_batch_size)",
+            phase(teacher_check),
+            false,
+        ));
+    }
+    // A teacher on a device of its own is planned there (teacher_plan).
+    if c.model.teacher_device() == c.model.device {
+        roles.extend(teacher_roles);
+    }
     if !served {
         roles.extend([
             role("generator weights", weights(generation), true),
@@ -188,14 +194,67 @@ pub fn plan(config: &RunConfig, teacher: &ModelConfig, student: &ModelConfig) ->
         phase(evaluation),
         false,
     ));
-    let available = match c.model.device.as_str() {
-        "cpu" => memory::available(Device::Cpu),
-        device => cuda_memory(device),
-    };
     Plan {
         device: c.model.device.clone(),
         roles,
-        available,
+        available: device_memory(&c.model.device),
+    }
+}
+
+/// The plan of the teacher's own device (`model.teacher_device`), when it
+/// is not the student's: the teacher's weights, scoring and accuracy check.
+pub fn teacher_plan(config: &RunConfig, teacher: &ModelConfig) -> Option<Plan> {
+    let c = config;
+    let device = c.model.teacher_device();
+    if device == c.model.device {
+        return None;
+    }
+    let kind = kind_of(c.model.dtype);
+    let pass = (c.pack.capacity as u64).max(MAX_TOKENS_PER_PASS as u64);
+    let scored = (MAX_LOGITS / teacher.vocab_size.max(1)).max(1) as u64;
+    let scoring_memory = scoring(teacher, kind, pass, scored);
+    let positions = (c.data.max_prompt_tokens + c.sampling.max_new_tokens) as u64;
+    let check = decoding(teacher, kind, c.sampling.eval_batch_size as u64, positions);
+    let mut roles = vec![Role {
+        name: "teacher weights".into(),
+        memory: RoleMemory {
+            weights: scoring_memory.weights,
+            ..RoleMemory::default()
+        },
+        resident: true,
+    }];
+    if c.engine.kind == EngineKind::InProcess {
+        roles.push(Role {
+            name: "teacher scoring a pass".into(),
+            memory: RoleMemory {
+                weights: 0,
+                ..scoring_memory
+            },
+            resident: false,
+        });
+    }
+    if c.engine.teacher_check_on_server() == Some(false) {
+        roles.push(Role {
+            name: "teacher accuracy check (sampling.eval_batch_size)".into(),
+            memory: RoleMemory {
+                weights: 0,
+                ..check
+            },
+            resident: false,
+        });
+    }
+    Some(Plan {
+        device: device.to_string(),
+        roles,
+        available: device_memory(device),
+    })
+}
+
+/// Bytes device `spec` has, where known.
+fn device_memory(spec: &str) -> Option<u64> {
+    match spec {
+        "cpu" => memory::available(Device::Cpu),
+        device => cuda_memory(device),
     }
 }
 
@@ -255,6 +314,29 @@ mod tests {
             "max_position_embeddings": 32768,
         });
         ModelConfig::from_json(&json.to_string(), "1b").unwrap()
+    }
+
+    #[test]
+    fn a_teacher_on_its_own_device_is_planned_there_and_a_server_check_nowhere() {
+        let mut config = RunConfig::default();
+        config.model.device = "cpu".into();
+        let teacher_roles = |p: &Plan| {
+            p.roles
+                .iter()
+                .filter(|r| r.name.starts_with("teacher"))
+                .count()
+        };
+        assert_eq!(teacher_roles(&plan(&config, &one_b(), &one_b())), 3);
+        assert!(teacher_plan(&config, &one_b()).is_none());
+        config.model.teacher_device = "cuda:1".into();
+        assert_eq!(teacher_roles(&plan(&config, &one_b(), &one_b())), 0);
+        let t = teacher_plan(&config, &one_b()).unwrap();
+        assert_eq!((t.device.as_str(), t.roles.len()), ("cuda:1", 3));
+        // With servers the teacher scores and checks there: only its
+        // weights stay (for the start probe).
+        config.engine.kind = EngineKind::Vllm;
+        let t = teacher_plan(&config, &one_b()).unwrap();
+        assert_eq!(t.roles.len(), 1, "{}", t.table());
     }
 
     #[test]

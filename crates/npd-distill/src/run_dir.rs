@@ -51,8 +51,9 @@ pub const INPUT_KEYS: [&str; 4] = [
 /// what it computes: devices, servers, threads, timeouts, memory-only
 /// settings and checkpoint spacing. A resume may change them (a run moved
 /// to another machine or GPU); the report lists what changed.
-pub const LOCATION_KEYS: [&str; 27] = [
+pub const LOCATION_KEYS: [&str; 28] = [
     "model.device",
+    "model.teacher_device",
     "rollout.threads",
     "train.threads",
     "train.micro_batch_rows",

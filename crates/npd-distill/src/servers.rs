@@ -23,7 +23,7 @@ use serde_json::json;
 
 use npd_core::TokenId;
 use npd_engine::generator::verify;
-use npd_engine::{Client, LaunchSpec, Launched, Probe, ProbeLog, Role, Vllm};
+use npd_engine::{Client, LaunchSpec, Launched, Probe, ProbeLog, Role, ServerGroup, Vllm};
 use npd_train::generator::load_weights;
 use npd_train::model::Llama;
 use npd_train::served::{Servers, kind_of, probe, publish_for_serving};
@@ -77,26 +77,6 @@ fn python(config: &RunConfig) -> Result<PathBuf> {
          or give engine.student_url and engine.teacher_url",
         cache.display()
     )
-}
-
-/// The cores of the two servers npd starts when the configuration leaves
-/// them to it: the first half of the machine's cores for the student, the
-/// second half for the teacher (vLLM's `auto` binding would put both on
-/// the same cores).
-fn default_cpus() -> (String, String) {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if n < 2 {
-        return (String::new(), String::new());
-    }
-    let half = n / 2;
-    let range = |a: usize, b: usize| {
-        if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        }
-    };
-    (range(0, half - 1), range(half, n - 1))
 }
 
 /// Writes `model` with the trainer's tokenizer into `dir` as a folder a
@@ -169,7 +149,8 @@ pub fn start(
     let start_root = start_root
         .canonicalize()
         .with_context(|| start_root.display().to_string())?;
-    let mut student_model = Llama::new(inputs.student.clone(), inputs.teacher.device());
+    let device = npd_train::device::parse_device(&config.model.device)?;
+    let mut student_model = Llama::new(inputs.student.clone(), device);
     load_weights(&mut student_model, &inputs.warm_start)?;
     let publish_root = PublishRoot::choose(
         &e.publish_dir,
@@ -182,78 +163,81 @@ pub fn start(
     let timeout = Duration::from_secs_f64(e.timeout_s);
     let startup = Duration::from_secs_f64(e.startup_timeout_s);
     let top_k = config.train.top_k.max(1);
-    let (student_cpus, teacher_cpus) = default_cpus();
-    let or = |given: &String, default: String| {
-        if given.is_empty() {
-            default
+    let counts = [
+        if e.student_url.is_empty() {
+            e.student_servers
         } else {
-            given.clone()
-        }
-    };
-    let mut specs = Vec::new();
-    let mut student_probe = None;
-    for (role, url, model, cpus) in [
-        (
-            Role::Student,
-            &e.student_url,
-            &student_model,
-            or(&e.student_cpus, student_cpus),
-        ),
-        (
-            Role::Teacher,
-            &e.teacher_url,
+            0
+        },
+        if e.teacher_url.is_empty() {
+            e.teacher_servers
+        } else {
+            0
+        },
+    ];
+    let cpus = launched_cpus(counts, [&e.student_cpus, &e.teacher_cpus]);
+    // The student's servable copy is written in every case (in the dtype of
+    // the snapshots that follow it): a student server the user runs starts
+    // from it. The teacher keeps its own dtype.
+    let student_dir = start_root.join("student-start");
+    let student_probe = write_served(
+        &student_model,
+        &inputs.tokenizer,
+        &student_dir,
+        kind_of(e.publish_dtype),
+        &probe_tokens,
+    )
+    .context("writing the student for its server")?;
+    let teacher_dir = start_root.join("teacher-start");
+    if e.teacher_url.is_empty() {
+        write_served(
             &inputs.teacher,
-            or(&e.teacher_cpus, teacher_cpus),
-        ),
-    ] {
-        // The student's servable copy is written in every case (in the
-        // dtype of the snapshots that follow it): a student server the user
-        // runs starts from it. The teacher keeps its own dtype.
-        let dir = start_root.join(format!("{}-start", role.name()));
-        if role == Role::Student {
-            student_probe = Some(
-                write_served(
-                    model,
-                    &inputs.tokenizer,
-                    &dir,
-                    kind_of(e.publish_dtype),
-                    &probe_tokens,
-                )
-                .context("writing the student for its server")?,
-            );
-        } else if url.is_empty() {
-            write_served(model, &inputs.tokenizer, &dir, model.kind(), &probe_tokens)
-                .context("writing the teacher for its server")?;
-        }
-        specs.push(url.is_empty().then(|| LaunchSpec {
-            role: role.name().into(),
-            python: PathBuf::new(),
-            model: dir,
-            dtype: e.dtype(role),
-            max_model_len: model.config().max_position_embeddings,
-            max_logprobs: top_k.max(20),
-            kv_cache_gib: e.kv_cache_gib,
-            cpus,
-            log: out.join(format!("{}-server.log", role.name())),
-            extra_args: Vec::new(),
-        }));
+            &inputs.tokenizer,
+            &teacher_dir,
+            inputs.teacher.kind(),
+            &probe_tokens,
+        )
+        .context("writing the teacher for its server")?;
     }
-    if specs.iter().any(Option::is_some) {
+    let mut specs = Vec::new();
+    for (r, (role, dir, model)) in [
+        (Role::Student, &student_dir, &student_model),
+        (Role::Teacher, &teacher_dir, &inputs.teacher),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (k, cores) in cpus[r].iter().enumerate() {
+            let name = match (counts[r], k) {
+                (1, _) => role.name().to_string(),
+                (_, k) => format!("{}-{}", role.name(), k + 1),
+            };
+            specs.push(LaunchSpec {
+                role: name.clone(),
+                python: PathBuf::new(),
+                model: dir.clone(),
+                dtype: e.dtype(role),
+                max_model_len: model.config().max_position_embeddings,
+                max_logprobs: top_k.max(20),
+                kv_cache_gib: e.kv_cache_gib,
+                cpus: cores.clone(),
+                log: out.join(format!("{name}-server.log")),
+                extra_args: Vec::new(),
+            });
+        }
+    }
+    if !specs.is_empty() {
         let py = python(config)?;
-        for spec in specs.iter_mut().flatten() {
+        for spec in &mut specs {
             spec.python = py.clone();
         }
     }
-    // Both servers start at once; each takes tens of seconds.
-    let started: Vec<npd_core::Result<Option<Launched>>> = std::thread::scope(|s| {
+    // Every server starts at once; each takes tens of seconds.
+    let started: Vec<npd_core::Result<Launched>> = std::thread::scope(|s| {
         let handles: Vec<_> = specs
             .iter()
             .map(|spec| {
-                s.spawn(move || {
-                    spec.as_ref()
-                        .map(|sp| Launched::start_cancellable(sp, startup, Some(cancel.clone())))
-                        .transpose()
-                })
+                s.spawn(move || Launched::start_cancellable(spec, startup, Some(cancel.clone())))
             })
             .collect();
         handles
@@ -262,39 +246,46 @@ pub fn start(
             .collect()
     });
     let mut launched = Vec::new();
-    let mut urls = Vec::new();
     let mut lines = Vec::new();
-    for ((role, given), s) in [("student", &e.student_url), ("teacher", &e.teacher_url)]
-        .into_iter()
-        .zip(started)
-    {
-        match s? {
-            Some(l) => {
-                lines.push(format!(
-                    "{role} server started by npd: `{}` (log {})",
-                    l.command_line(),
-                    l.log().display()
-                ));
-                urls.push(l.url().to_string());
-                launched.push(l);
-            }
-            None => {
-                lines.push(format!("{role} server: {given}"));
-                urls.push(given.clone());
-            }
+    let mut urls: [Vec<String>; 2] = [e.student_url.0.clone(), e.teacher_url.0.clone()];
+    for (spec, s) in specs.iter().zip(started) {
+        let l = s?;
+        lines.push(format!(
+            "{} server started by npd: `{}` (log {})",
+            spec.role,
+            l.command_line(),
+            l.log().display()
+        ));
+        let r = usize::from(spec.model == teacher_dir);
+        urls[r].push(l.url().to_string());
+        launched.push(l);
+    }
+    for (role, given) in [("student", &e.student_url), ("teacher", &e.teacher_url)] {
+        for url in given.iter() {
+            lines.push(format!("{role} server: {url}"));
         }
     }
     let connect = |url: &str| {
         Vllm::connect(Client::new(url, timeout, e.retries).with_cancel(Arc::clone(cancel)))
     };
-    let student = connect(&urls[0]).with_context(|| {
-        format!(
-            "student server (a student server you run starts from {}, which npd has written, \
-             with VLLM_SERVER_DEV_MODE=1)",
-            start_root.join("student-start").display()
-        )
-    })?;
-    let teacher = connect(&urls[1]).context("teacher server")?;
+    let group = |role: Role, urls: &[String]| -> Result<ServerGroup> {
+        let members = urls
+            .iter()
+            .map(|u| {
+                connect(u).with_context(|| match role {
+                    Role::Student => format!(
+                        "student server {u} (a student server you run starts from {}, which npd \
+                         has written, with VLLM_SERVER_DEV_MODE=1)",
+                        student_dir.display()
+                    ),
+                    Role::Teacher => format!("teacher server {u}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ServerGroup::new(role.name(), members)?)
+    };
+    let student = group(Role::Student, &urls[0])?;
+    let teacher = group(Role::Teacher, &urls[1])?;
 
     let longest = inputs
         .train
@@ -303,42 +294,45 @@ pub fn start(
         .max()
         .unwrap_or(0)
         + config.sampling.max_new_tokens;
-    let student_probe = student_probe.expect("the student's folder is always written");
-    for (role, server, probe) in [
+    for (role, servers, probe) in [
         (Role::Student, &student, &student_probe),
         (Role::Teacher, &teacher, &teacher_probe),
     ] {
         let (tolerance, source) = e.probe_tolerance(role);
         let role = role.name();
-        let url = server.client().base().to_string();
-        if server.max_model_len() < longest {
-            bail!(
-                "{role} server {url}: max_model_len {} is shorter than the longest prompt plus \
-                 sampling.max_new_tokens ({longest}); start it with --max-model-len {longest} or more",
-                server.max_model_len()
-            );
-        }
-        check_special_tokens(role, server, inputs)?;
-        let check = verify(server, probe, 0, tolerance)
-            .with_context(|| format!("{role} server {url}: scoring the probe sequence"))?;
-        if !check.passed {
-            bail!(
-                "{role} server {url} does not serve the run's {role}: its log-probs on a probe \
-                 sequence differ from the in-process model's by up to {:.3e} (tolerance {source}; \
-                 a server computing in bfloat16 needs engine.{role}_dtype = \"bfloat16\")",
-                check.max_abs_diff,
-            );
+        for server in servers.members() {
+            let url = server.client().base().to_string();
+            if server.max_model_len() < longest {
+                bail!(
+                    "{role} server {url}: max_model_len {} is shorter than the longest prompt plus \
+                     sampling.max_new_tokens ({longest}); start it with --max-model-len {longest} or more",
+                    server.max_model_len()
+                );
+            }
+            check_special_tokens(role, server, inputs)?;
+            let check = verify(server, probe, 0, tolerance)
+                .with_context(|| format!("{role} server {url}: scoring the probe sequence"))?;
+            if !check.passed {
+                bail!(
+                    "{role} server {url} does not serve the run's {role}: its log-probs on a probe \
+                     sequence differ from the in-process model's by up to {:.3e} (tolerance {source}; \
+                     a server computing in bfloat16 needs engine.{role}_dtype = \"bfloat16\")",
+                    check.max_abs_diff,
+                );
+            }
         }
     }
-    teacher
-        .prompt_logprobs(&probe_tokens, top_k)
-        .with_context(|| {
-            format!(
-                "teacher server {}: train.top_k = {top_k} log-probs per position were refused; \
-                 start it with --max-logprobs {top_k} or more",
-                teacher.client().base()
-            )
-        })?;
+    for server in teacher.members() {
+        server
+            .prompt_logprobs(&probe_tokens, top_k)
+            .with_context(|| {
+                format!(
+                    "teacher server {}: train.top_k = {top_k} log-probs per position were refused; \
+                     start it with --max-logprobs {top_k} or more",
+                    server.client().base()
+                )
+            })?;
+    }
     lines.push(publish_root.line.clone());
     let (tolerance, tolerance_source) = e.probe_tolerance(Role::Student);
     Ok(Running {
@@ -358,6 +352,42 @@ pub fn start(
         launched,
         _publish_root: publish_root,
     })
+}
+
+/// The cores of each server npd starts, per role (`counts` servers of the
+/// student and of the teacher): a role's `given` list for all of its
+/// servers; otherwise the machine's cores split evenly between every
+/// server npd starts, each at least one (servers share cores when there are
+/// more servers than cores). vLLM's `auto` binding would put them all on
+/// the same cores.
+fn launched_cpus(counts: [usize; 2], given: [&String; 2]) -> [Vec<String>; 2] {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let total = counts[0] + counts[1];
+    let range = |a: usize, b: usize| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    let mut slot = 0;
+    let mut out: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..2 {
+        for _ in 0..counts[r] {
+            let cores = if !given[r].is_empty() {
+                given[r].clone()
+            } else if n < 2 {
+                String::new()
+            } else if total > n {
+                (slot % n).to_string()
+            } else {
+                range(slot * n / total, (slot + 1) * n / total - 1)
+            };
+            out[r].push(cores);
+            slot += 1;
+        }
+    }
+    out
 }
 
 /// The server's token strings for the trainer's BOS, EOS and padding ids
@@ -431,9 +461,9 @@ pub fn teacher_accuracy(
                 tokens: e.prompt.clone(),
             })
             .collect();
-        let written = generator
-            .generate(&prompts, &params)
-            .with_context(|| format!("teacher server {}", servers.teacher.client().base()))?;
+        let written = generator.generate(&prompts, &params).with_context(|| {
+            format!("teacher server {}", servers.teacher.first().client().base())
+        })?;
         for (r, e) in written.iter().zip(chunk) {
             if answer(&r.response).as_ref() == e.answer.as_ref() {
                 correct += 1;
@@ -444,4 +474,31 @@ pub fn teacher_accuracy(
     }
     progress.finish();
     Ok(correct as f64 / graded.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launched_servers_split_the_cores_and_given_lists_win() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let none = String::new();
+        let [student, teacher] = launched_cpus([2, 1], [&none, &none]);
+        assert_eq!((student.len(), teacher.len()), (2, 1));
+        if n >= 3 {
+            // Disjoint, in order, covering the machine.
+            let first = |c: &str| c.split('-').next().unwrap().parse::<usize>().unwrap();
+            assert_eq!(first(&student[0]), 0);
+            assert!(first(&student[1]) > first(&student[0]));
+            assert!(first(&teacher[0]) > first(&student[1]));
+        } else if n == 2 {
+            // More servers than cores: one core each, shared.
+            assert_eq!([&student[0], &student[1], &teacher[0]], ["0", "1", "0"]);
+        }
+        let mine = "3-5".to_string();
+        let [student, teacher] = launched_cpus([2, 1], [&mine, &none]);
+        assert_eq!(student, ["3-5", "3-5"]);
+        assert_eq!(teacher.len(), 1);
+    }
 }

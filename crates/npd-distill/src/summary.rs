@@ -44,8 +44,19 @@ pub(crate) fn served_line(
     let checks = checks.lock().unwrap_or_else(|e| e.into_inner());
     let worst = checks.iter().map(|c| c.max_abs_diff).fold(0.0, f64::max);
     let failed = checks.iter().filter(|c| !c.passed).count();
+    let servers = comparison.stages().servers();
+    let group = |g: &npd_engine::ServerGroup| {
+        let (n, live) = (g.members().len(), g.live());
+        if live == n {
+            format!("{n}")
+        } else {
+            format!("{n} ({} stopped answering during this process)", n - live)
+        }
+    };
     format!(
-        "vLLM servers generate and score; the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
+        "vLLM servers generate and score ({} student, {} teacher); the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
+        group(&servers.student),
+        group(&servers.teacher),
         comparison.stages().local().threads().train,
         match comparison.resolved().running_schedule() {
             npd_rollout::Schedule::Disaggregated =>

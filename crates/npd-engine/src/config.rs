@@ -77,6 +77,64 @@ pub enum TeacherCheck {
     Skip,
 }
 
+/// The URL of one server of a role, or a list of them (`"http://a:8000"`
+/// or `["http://a:8000", "http://b:8000"]`); empty: npd starts the role's
+/// servers itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Urls(pub Vec<String>);
+
+impl Urls {
+    /// Whether none is given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URLs.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+
+    /// The URLs joined for messages.
+    pub fn joined(&self) -> String {
+        self.0.join(", ")
+    }
+}
+
+impl From<&str> for Urls {
+    fn from(url: &str) -> Self {
+        Self(if url.is_empty() {
+            Vec::new()
+        } else {
+            vec![url.to_string()]
+        })
+    }
+}
+
+impl Serialize for Urls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => s.serialize_str(""),
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(url) => Urls::from(url.as_str()),
+            OneOrMany::Many(urls) => Urls(urls),
+        })
+    }
+}
+
 /// A server's role in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -103,12 +161,19 @@ impl Role {
 pub struct EngineConfig {
     /// `in-process` or `vllm`.
     pub kind: EngineKind,
-    /// URL of a running vLLM server of the student (started with
-    /// `VLLM_SERVER_DEV_MODE=1` so that it can reload weights, on a copy of
-    /// the student with untied embeddings); empty: npd starts one.
-    pub student_url: String,
-    /// URL of a running vLLM server of the teacher; empty: npd starts one.
-    pub teacher_url: String,
+    /// URL of a running vLLM server of the student, or a list of them
+    /// (started with `VLLM_SERVER_DEV_MODE=1` so that they can reload
+    /// weights, on a copy of the student with untied embeddings): rollouts
+    /// are spread over them, each is refreshed and probed, and one that
+    /// stops answering is left out. Empty: npd starts `student_servers`.
+    pub student_url: Urls,
+    /// URL of a running vLLM server of the teacher, or a list of them
+    /// (scores are spread over them); empty: npd starts `teacher_servers`.
+    pub teacher_url: Urls,
+    /// Student servers npd starts when `student_url` is empty.
+    pub student_servers: usize,
+    /// Teacher servers npd starts when `teacher_url` is empty.
+    pub teacher_servers: usize,
     /// Python with vLLM installed, for servers npd starts; empty: the one
     /// `scripts/vllm.sh` installs into the npd cache.
     pub python: PathBuf,
@@ -168,8 +233,10 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             kind: EngineKind::InProcess,
-            student_url: String::new(),
-            teacher_url: String::new(),
+            student_url: Urls::default(),
+            teacher_url: Urls::default(),
+            student_servers: 1,
+            teacher_servers: 1,
             python: PathBuf::new(),
             student_cpus: String::new(),
             teacher_cpus: String::new(),
@@ -224,17 +291,21 @@ impl Section for EngineConfig {
                 format!("{cpus:?}"),
             )?;
         }
-        for (key, url) in [
+        for (key, urls) in [
             ("student_url", &self.student_url),
             ("teacher_url", &self.teacher_url),
         ] {
-            c.that(
-                url.is_empty() || url.starts_with("http://"),
-                key,
-                "empty (npd starts the server) or an http:// URL",
-                format!("{url:?}"),
-            )?;
+            for url in urls.iter() {
+                c.that(
+                    url.starts_with("http://"),
+                    key,
+                    "empty (npd starts the servers), an http:// URL or a list of them",
+                    format!("{url:?}"),
+                )?;
+            }
         }
+        c.between("student_servers", self.student_servers, 1, 64)?;
+        c.between("teacher_servers", self.teacher_servers, 1, 64)?;
         Ok(())
     }
 }
@@ -310,6 +381,29 @@ mod tests {
             student_url: "localhost:8000".into(),
             ..EngineConfig::default()
         };
+        let listed: EngineConfig = npd_core::config::parse(
+            "student_url = [\"http://a:1\", \"http://b:2\"]\nteacher_url = \"http://c:3\"\n",
+            "run.toml",
+        )
+        .unwrap();
+        assert_eq!(listed.student_url.0, ["http://a:1", "http://b:2"]);
+        assert_eq!(listed.teacher_url.0, ["http://c:3"]);
+        let back = npd_core::config::to_toml(&listed);
+        assert!(back.contains("teacher_url = \"http://c:3\""), "{back}");
+        let again: EngineConfig = npd_core::config::parse(&back, "again").unwrap();
+        assert_eq!(again, listed);
+        let bad = EngineConfig {
+            student_url: Urls(vec!["http://a:1".into(), "b:2".into()]),
+            ..EngineConfig::default()
+        };
+        let err = bad
+            .validate(&check.section("engine"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("engine.student_url") && err.contains("b:2"),
+            "{err}"
+        );
         let err = c
             .validate(&check.section("engine"))
             .unwrap_err()

@@ -10,6 +10,7 @@ use npd_core::shuffle::derive_seed;
 use npd_core::traits::Generator;
 use npd_core::{Error, PolicyVersion, Prompt, Result, Rollout, SamplingParams, TokenId};
 
+use crate::group::ServerGroup;
 use crate::pool::map_bounded;
 use crate::scorer::{SEQUENCES_PER_REQUEST, alone_logprobs};
 use crate::vllm::Vllm;
@@ -59,11 +60,12 @@ pub struct ProbeCheck {
 /// Every probe check of a run, shared with whoever reports them.
 pub type ProbeLog = Arc<Mutex<Vec<ProbeCheck>>>;
 
-/// Student rollouts from a vLLM server, one request per prompt with
-/// `concurrency` in flight.
+/// Student rollouts from vLLM servers (one or a group: each prompt goes to
+/// one live member, and a member that stops answering is left out), one
+/// request per prompt with `concurrency` in flight.
 #[derive(Debug)]
 pub struct VllmGenerator {
-    server: Vllm,
+    servers: ServerGroup,
     concurrency: usize,
     version: PolicyVersion,
     tolerance: f64,
@@ -76,12 +78,18 @@ pub struct VllmGenerator {
 }
 
 impl VllmGenerator {
-    /// A generator over `server`, which serves the weights of `version`;
-    /// refreshes must reproduce their probe within `tolerance` (absolute,
-    /// in nats per token).
-    pub fn new(server: Vllm, concurrency: usize, version: PolicyVersion, tolerance: f64) -> Self {
+    /// A generator over `servers` (one server or a group), which serve
+    /// the weights of `version`; refreshes must reproduce their probe
+    /// within `tolerance` (absolute, in nats per token) on every live
+    /// member.
+    pub fn new(
+        servers: impl Into<ServerGroup>,
+        concurrency: usize,
+        version: PolicyVersion,
+        tolerance: f64,
+    ) -> Self {
         Self {
-            server,
+            servers: servers.into(),
             concurrency: concurrency.max(1),
             version,
             tolerance,
@@ -113,25 +121,32 @@ impl VllmGenerator {
         self
     }
 
-    /// The server.
-    pub fn server(&self) -> &Vllm {
-        &self.server
+    /// The servers.
+    pub fn servers(&self) -> &ServerGroup {
+        &self.servers
     }
 
-    /// Checks that the server reproduces `probe` within the tolerance,
-    /// records the check, and fails naming the server, the version and the
-    /// difference otherwise.
-    pub fn check(&self, probe: &Probe, version: PolicyVersion) -> Result<ProbeCheck> {
-        self.check_reloaded(probe, version, None)
+    /// Checks that every live server reproduces `probe` within the
+    /// tolerance, records the checks, and fails naming the server, the
+    /// version and the difference otherwise.
+    pub fn check(&self, probe: &Probe, version: PolicyVersion) -> Result<Vec<ProbeCheck>> {
+        let mut out = Vec::new();
+        for (i, server) in self.servers.members().iter().enumerate() {
+            if self.servers.is_live(i) {
+                out.push(self.check_reloaded(server, probe, version, None)?);
+            }
+        }
+        Ok(out)
     }
 
     fn check_reloaded(
         &self,
+        server: &Vllm,
         probe: &Probe,
         version: PolicyVersion,
         reload_s: Option<f64>,
     ) -> Result<ProbeCheck> {
-        let mut check = verify(&self.server, probe, version, self.tolerance)?;
+        let mut check = verify(server, probe, version, self.tolerance)?;
         check.reload_s = reload_s;
         check.moved = self
             .last_probe
@@ -144,7 +159,7 @@ impl VllmGenerator {
             .push(check.clone());
         if !check.passed {
             return Err(Error::invalid(
-                format!("student server {}", self.server.client().base()),
+                format!("student server {}", server.client().base()),
                 format!(
                     "after loading version {version} its log-probs differ from the trainer's by up to {:.3e} \
                      ({}): the server does not hold the trained weights",
@@ -156,9 +171,10 @@ impl VllmGenerator {
     }
 
     fn rollout(&self, p: &Prompt, params: &SamplingParams) -> Result<Rollout> {
+        let seed = derive_seed(params.seed, p.id.0);
         let c = self
-            .server
-            .complete(&p.tokens, params, derive_seed(params.seed, p.id.0))?;
+            .servers
+            .call(p.id.0, |s| s.complete(&p.tokens, params, seed))?;
         Ok(Rollout {
             prompt_id: p.id,
             prompt: p.tokens.clone(),
@@ -218,13 +234,36 @@ impl Generator for VllmGenerator {
         self.version
     }
 
-    /// Reloads the server from `weights.dir` (paused meanwhile) and checks
-    /// the probe; a failed check ends the run with an error.
+    /// Reloads every live server from `weights.dir` (each paused
+    /// meanwhile) and checks the probe on each; a failed check ends the run
+    /// with an error (a server with other weights must never write
+    /// rollouts), while a server that stops answering is left out.
     fn load(&mut self, weights: Published, version: PolicyVersion) -> Result<()> {
-        let started = std::time::Instant::now();
-        self.server.reload(&weights.dir)?;
-        let reload_s = started.elapsed().as_secs_f64();
-        self.check_reloaded(&weights.probe, version, Some(reload_s))?;
+        let mut last = None;
+        for (i, server) in self.servers.members().iter().enumerate() {
+            if !self.servers.is_live(i) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let checked = server.reload(&weights.dir).and_then(|()| {
+                let reload_s = started.elapsed().as_secs_f64();
+                self.check_reloaded(server, &weights.probe, version, Some(reload_s))
+            });
+            match checked {
+                Ok(_) => {}
+                Err(e @ Error::Backend { .. }) => {
+                    self.servers.lose(i, &e);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.servers.live() == 0 {
+            return Err(last.unwrap_or_else(|| Error::Backend {
+                context: "student servers".into(),
+                cause: "none left to load the weights".into(),
+            }));
+        }
         self.last_probe = Some(weights.probe);
         self.version = version;
         Ok(())
@@ -234,12 +273,10 @@ impl Generator for VllmGenerator {
         let mut rollouts = map_bounded(prompts, self.concurrency, |_, p| self.rollout(p, params))?;
         if let Some(prefix) = &self.alone_prefix {
             let chunks: Vec<&[Rollout]> = rollouts.chunks(SEQUENCES_PER_REQUEST).collect();
-            let alone = map_bounded(&chunks, self.concurrency, |_, c| {
-                alone_logprobs(
-                    &self.server,
-                    prefix,
-                    c.iter().map(|r| r.response.as_slice()),
-                )
+            let alone = map_bounded(&chunks, self.concurrency, |i, c| {
+                self.servers.call(i as u64, |s| {
+                    alone_logprobs(s, prefix, c.iter().map(|r| r.response.as_slice()))
+                })
             })?;
             for (r, a) in rollouts.iter_mut().zip(alone.into_iter().flatten()) {
                 r.response_alone_logprobs = a;

@@ -23,14 +23,16 @@
 pub mod client;
 pub mod config;
 pub mod generator;
+pub mod group;
 pub mod launch;
 pub mod pool;
 pub mod scorer;
 pub mod vllm;
 
 pub use client::Client;
-pub use config::{EngineConfig, EngineKind, Role, ServedDtype, TeacherCheck};
+pub use config::{EngineConfig, EngineKind, Role, ServedDtype, TeacherCheck, Urls};
 pub use generator::{Probe, ProbeCheck, ProbeLog, Published, VllmGenerator};
+pub use group::ServerGroup;
 pub use launch::{LaunchSpec, Launched};
 pub use scorer::VllmScorer;
 pub use vllm::Vllm;

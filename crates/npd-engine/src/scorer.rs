@@ -3,35 +3,38 @@
 use npd_core::traits::{ScoreOptions, ScoreRequest, Scorer, SequenceScores};
 use npd_core::{Error, ResponseLogProbs, Result, TokenId, TopKTargets};
 
+use crate::group::ServerGroup;
 use crate::pool::map_bounded;
 use crate::vllm::Vllm;
 
 /// Scores sequences with `prompt_logprobs` requests, `concurrency` in
-/// flight at once.
+/// flight at once, spread over a group of servers (a member that stops
+/// answering is left out).
 #[derive(Debug, Clone)]
 pub struct VllmScorer {
-    server: Vllm,
+    servers: ServerGroup,
     concurrency: usize,
 }
 
 impl VllmScorer {
-    /// A scorer over `server` with at most `concurrency` requests in flight.
-    pub fn new(server: Vllm, concurrency: usize) -> Self {
+    /// A scorer over `servers` (one server or a group) with at most
+    /// `concurrency` requests in flight.
+    pub fn new(servers: impl Into<ServerGroup>, concurrency: usize) -> Self {
         Self {
-            server,
+            servers: servers.into(),
             concurrency: concurrency.max(1),
         }
     }
 
-    /// The server.
-    pub fn server(&self) -> &Vllm {
-        &self.server
+    /// The servers.
+    pub fn servers(&self) -> &ServerGroup {
+        &self.servers
     }
 
     /// Scores a chunk of requests in one server request (and their
     /// response-alone passes in a second).
     fn score_chunk(
-        &self,
+        server: &Vllm,
         chunk: &[ScoreRequest<'_>],
         options: &ScoreOptions,
     ) -> Result<Vec<SequenceScores>> {
@@ -49,7 +52,7 @@ impl VllmScorer {
         }
         let k = options.topk.unwrap_or(0);
         let seqs: Vec<&[TokenId]> = chunk.iter().map(|r| r.tokens).collect();
-        let all = self.server.prompt_logprobs_many(&seqs, k)?;
+        let all = server.prompt_logprobs_many(&seqs, k)?;
         let alone = match &options.alone_prefix {
             Some(prefix) => {
                 if prefix.is_empty() {
@@ -59,7 +62,7 @@ impl VllmScorer {
                     ));
                 }
                 alone_logprobs(
-                    &self.server,
+                    server,
                     prefix,
                     chunk.iter().map(|r| &r.tokens[r.prompt_len..]),
                 )?
@@ -171,8 +174,9 @@ impl Scorer for VllmScorer {
         options: &ScoreOptions,
     ) -> Result<Vec<SequenceScores>> {
         let chunks: Vec<&[ScoreRequest<'_>]> = requests.chunks(SEQUENCES_PER_REQUEST).collect();
-        let scored = map_bounded(&chunks, self.concurrency, |_, c| {
-            self.score_chunk(c, options)
+        let scored = map_bounded(&chunks, self.concurrency, |i, c| {
+            self.servers
+                .call(i as u64, |s| Self::score_chunk(s, c, options))
         })?;
         Ok(scored.into_iter().flatten().collect())
     }

@@ -19,10 +19,25 @@ pub struct ModelsConfig {
     pub teacher: PathBuf,
     /// Folder of the student, same layout. Empty: the embedded demo student.
     pub student: PathBuf,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `cpu`, `cuda` or `cuda:N`: the student's device (training,
+    /// generation, evaluation).
     pub device: String,
+    /// The in-process teacher's device (scoring, SFT's responses, its
+    /// accuracy check); empty: `device`.
+    pub teacher_device: String,
     /// Compute dtype: `f32`, `bf16` or `f16`.
     pub dtype: Dtype,
+}
+
+impl ModelsConfig {
+    /// The teacher's device: `teacher_device`, else `device`.
+    pub fn teacher_device(&self) -> &str {
+        if self.teacher_device.is_empty() {
+            &self.device
+        } else {
+            &self.teacher_device
+        }
+    }
 }
 
 impl Default for ModelsConfig {
@@ -31,6 +46,7 @@ impl Default for ModelsConfig {
             teacher: PathBuf::new(),
             student: PathBuf::new(),
             device: "cpu".into(),
+            teacher_device: String::new(),
             dtype: Dtype::F32,
         }
     }
@@ -52,17 +68,23 @@ impl Section for ModelsConfig {
     const NAME: &'static str = "model";
 
     fn validate(&self, c: &Check<'_>) -> Result<(), ConfigError> {
-        let device_ok = self.device == "cpu"
-            || self.device == "cuda"
-            || self
-                .device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
+        let device_ok = |d: &str| {
+            d == "cpu"
+                || d == "cuda"
+                || d.strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+        };
         c.that(
-            device_ok,
+            device_ok(&self.device),
             "device",
             "`cpu`, `cuda` or `cuda:N`",
             &self.device,
+        )?;
+        c.that(
+            self.teacher_device.is_empty() || device_ok(&self.teacher_device),
+            "teacher_device",
+            "empty (model.device) or `cpu`, `cuda` or `cuda:N`",
+            &self.teacher_device,
         )
     }
 }

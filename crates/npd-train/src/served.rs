@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
 use npd_core::{Error, Method, PackedRow, PolicyVersion, Result, TokenId};
-use npd_engine::{Probe, ProbeLog, Published, ServedDtype, Vllm, VllmGenerator, VllmScorer};
+use npd_engine::{Probe, ProbeLog, Published, ServedDtype, ServerGroup, VllmGenerator, VllmScorer};
 use npd_pipeline::Stages;
 use npd_rollout::Schedule;
 use tch::Kind;
@@ -262,11 +262,11 @@ impl Evaluator<PublishingTrainer> for HeldOut<'_> {
 /// The inference servers of a [`ServedStages`] and how to talk to them.
 #[derive(Debug, Clone)]
 pub struct Servers {
-    /// The server of the student (rollouts; refreshed with published
+    /// The servers of the student (rollouts; each refreshed with published
     /// snapshots).
-    pub student: Vllm,
-    /// The server of the teacher (scores).
-    pub teacher: Vllm,
+    pub student: ServerGroup,
+    /// The servers of the teacher (scores, SFT's responses).
+    pub teacher: ServerGroup,
     /// Requests in flight per server.
     pub concurrency: usize,
     /// Largest difference, in nats per token, between a refreshed server's

@@ -165,6 +165,9 @@ pub struct TchStages<'a> {
     rl: TrainOptions,
     /// Reference answers of the training prompts (the RL stage's reward).
     train_answers: HashMap<PromptId, String>,
+    /// Where the student trains, generates and is evaluated (the teacher's
+    /// device unless set).
+    student_device: tch::Device,
 }
 
 /// The RL stage's settings as a trainer's options: `[rl]`'s learning rate
@@ -237,7 +240,15 @@ impl<'a> TchStages<'a> {
             baselines: BaselineRows::default(),
             rl: rl_options(train, &RlConfig::default()),
             train_answers: HashMap::new(),
+            student_device: teacher.device(),
         })
+    }
+
+    /// The student on `device`, the teacher staying on its own (for
+    /// example the teacher on `cuda:0` and the student on `cuda:1`).
+    pub fn with_student_device(mut self, device: tch::Device) -> Self {
+        self.student_device = device;
+        self
     }
 
     /// The RL stage: `rl`'s optimizer and loss (see [`rl_options`]), and
@@ -305,7 +316,7 @@ impl<'a> TchStages<'a> {
     }
 
     fn student(&self) -> Result<Llama> {
-        let mut m = Llama::new(self.student.clone(), self.teacher.device());
+        let mut m = Llama::new(self.student.clone(), self.student_device);
         load_weights(&mut m, self.warm_start)?;
         Ok(m)
     }
@@ -348,7 +359,7 @@ impl<'a> Stages for TchStages<'a> {
     /// The generator runs in the student's training precision, so its
     /// log-probs are the policy the trainer holds.
     fn generator(&self, method: Method) -> npd_pipeline::Result<ModelGenerator> {
-        let mut model = Llama::new(self.student.clone(), self.teacher.device());
+        let mut model = Llama::new(self.student.clone(), self.student_device);
         model.set_kind(self.train.precision);
         let generator = ModelGenerator::new(model, 0);
         Ok(match method {
@@ -382,7 +393,7 @@ impl<'a> Stages for TchStages<'a> {
         };
         let model = match folder {
             Some(dir) => {
-                let mut m = Llama::new(self.student.clone(), self.teacher.device());
+                let mut m = Llama::new(self.student.clone(), self.student_device);
                 let mut store = TensorStore::open(&dir)?;
                 m.load_from(&mut store)?;
                 m
@@ -395,7 +406,7 @@ impl<'a> Stages for TchStages<'a> {
     }
 
     fn reference(&self, learner: &Trainer) -> npd_pipeline::Result<Reference> {
-        let mut model = Llama::new(self.student.clone(), self.teacher.device());
+        let mut model = Llama::new(self.student.clone(), self.student_device);
         model.set_kind(self.rl.precision);
         let weights: Weights = tch::no_grad(|| {
             (learner.model().named_parameters().into_iter())
