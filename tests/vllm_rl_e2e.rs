@@ -18,10 +18,12 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
     let dir = scratch("vllm-rl");
     std::fs::create_dir_all(&dir).unwrap();
     let (out, cache, config) = (dir.join("out"), dir.join("cache"), dir.join("rl.toml"));
+    // Held-out evaluation on a server of its own.
     std::fs::write(
         &config,
         "[rl]\nsteps = 6\ngroup_size = 3\nprompts_per_step = 4\nrefresh_every = 2\n\
-         eval_every = 3\neval_samples = 2\neval_prompts = 8\npass_k = [1, 2]\n",
+         eval_every = 3\neval_samples = 2\neval_prompts = 8\npass_k = [1, 2]\n\
+         [engine]\neval_servers = 1\n",
     )
     .unwrap();
     let run = Command::new(example())
@@ -43,6 +45,11 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
     assert_eq!(rl.len(), 6, "{rl:?}");
     assert!(rl.iter().all(|e| e["rl"]["staleness"].as_u64() < Some(2)));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("held-out evaluation on 1 server(s)")
+            && report.contains("eval server started by npd"),
+        "{report}"
+    );
     // The teacher's check and SFT's responses came from the teacher server.
     let check = report
         .lines()
@@ -61,6 +68,9 @@ fn rl_after_npd_on_vllm_servers_refreshes_with_verified_weights() {
     let sft = &json["outcomes"][0];
     assert_eq!(sft["method"], "sft", "{json}");
     assert!(sft["prep_s"].as_f64() > Some(0.0), "{sft}");
+    // Every held-out evaluation after the start ran on the evaluation
+    // server (the warm start's score comes from the preparation).
+    assert_eq!(sft["curve"].as_array().unwrap().len(), 5, "{sft}");
     assert!(out.join("checkpoints/sft-responses.json").is_file());
     // Snapshots went to memory when the machine has it, and are gone.
     let root = report

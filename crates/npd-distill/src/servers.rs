@@ -163,19 +163,18 @@ pub fn start(
     let timeout = Duration::from_secs_f64(e.timeout_s);
     let startup = Duration::from_secs_f64(e.startup_timeout_s);
     let top_k = config.train.top_k.max(1);
+    let launch = |given: &npd_engine::Urls, n: usize| if given.is_empty() { n } else { 0 };
+    // Student, teacher and evaluation servers npd starts; evaluation
+    // servers serve the student and take the student's cores.
     let counts = [
-        if e.student_url.is_empty() {
-            e.student_servers
-        } else {
-            0
-        },
-        if e.teacher_url.is_empty() {
-            e.teacher_servers
-        } else {
-            0
-        },
+        launch(&e.student_url, e.student_servers),
+        launch(&e.teacher_url, e.teacher_servers),
+        launch(&e.eval_url, e.eval_servers),
     ];
-    let cpus = launched_cpus(counts, [&e.student_cpus, &e.teacher_cpus]);
+    let cpus = launched_cpus(
+        &counts,
+        &[&e.student_cpus, &e.teacher_cpus, &e.student_cpus],
+    );
     // The student's servable copy is written in every case (in the dtype of
     // the snapshots that follow it): a student server the user runs starts
     // from it. The teacher keeps its own dtype.
@@ -200,17 +199,18 @@ pub fn start(
         .context("writing the teacher for its server")?;
     }
     let mut specs = Vec::new();
-    for (r, (role, dir, model)) in [
-        (Role::Student, &student_dir, &student_model),
-        (Role::Teacher, &teacher_dir, &inputs.teacher),
+    for (r, (name, role, dir, model)) in [
+        ("student", Role::Student, &student_dir, &student_model),
+        ("teacher", Role::Teacher, &teacher_dir, &inputs.teacher),
+        ("eval", Role::Student, &student_dir, &student_model),
     ]
     .into_iter()
     .enumerate()
     {
         for (k, cores) in cpus[r].iter().enumerate() {
             let name = match (counts[r], k) {
-                (1, _) => role.name().to_string(),
-                (_, k) => format!("{}-{}", role.name(), k + 1),
+                (1, _) => name.to_string(),
+                (_, k) => format!("{name}-{}", k + 1),
             };
             specs.push(LaunchSpec {
                 role: name.clone(),
@@ -247,7 +247,11 @@ pub fn start(
     });
     let mut launched = Vec::new();
     let mut lines = Vec::new();
-    let mut urls: [Vec<String>; 2] = [e.student_url.0.clone(), e.teacher_url.0.clone()];
+    let mut urls: [Vec<String>; 3] = [
+        e.student_url.0.clone(),
+        e.teacher_url.0.clone(),
+        e.eval_url.0.clone(),
+    ];
     for (spec, s) in specs.iter().zip(started) {
         let l = s?;
         lines.push(format!(
@@ -256,11 +260,19 @@ pub fn start(
             l.command_line(),
             l.log().display()
         ));
-        let r = usize::from(spec.model == teacher_dir);
+        let r = if spec.role.starts_with("eval") {
+            2
+        } else {
+            usize::from(spec.model == teacher_dir)
+        };
         urls[r].push(l.url().to_string());
         launched.push(l);
     }
-    for (role, given) in [("student", &e.student_url), ("teacher", &e.teacher_url)] {
+    for (role, given) in [
+        ("student", &e.student_url),
+        ("teacher", &e.teacher_url),
+        ("eval", &e.eval_url),
+    ] {
         for url in given.iter() {
             lines.push(format!("{role} server: {url}"));
         }
@@ -286,6 +298,10 @@ pub fn start(
     };
     let student = group(Role::Student, &urls[0])?;
     let teacher = group(Role::Teacher, &urls[1])?;
+    // Evaluation servers serve the student: the same checks.
+    let eval = (!urls[2].is_empty())
+        .then(|| group(Role::Student, &urls[2]))
+        .transpose()?;
 
     let longest = inputs
         .train
@@ -297,7 +313,10 @@ pub fn start(
     for (role, servers, probe) in [
         (Role::Student, &student, &student_probe),
         (Role::Teacher, &teacher, &teacher_probe),
-    ] {
+    ]
+    .into_iter()
+    .chain(eval.as_ref().map(|g| (Role::Student, g, &student_probe)))
+    {
         let (tolerance, source) = e.probe_tolerance(role);
         let role = role.name();
         for server in servers.members() {
@@ -339,6 +358,7 @@ pub fn start(
         servers: Servers {
             student,
             teacher,
+            eval,
             concurrency: e.concurrency,
             tolerance,
             tolerance_source,
@@ -360,9 +380,9 @@ pub fn start(
 /// server npd starts, each at least one (servers share cores when there are
 /// more servers than cores). vLLM's `auto` binding would put them all on
 /// the same cores.
-fn launched_cpus(counts: [usize; 2], given: [&String; 2]) -> [Vec<String>; 2] {
+fn launched_cpus(counts: &[usize], given: &[&String]) -> Vec<Vec<String>> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let total = counts[0] + counts[1];
+    let total: usize = counts.iter().sum();
     let range = |a: usize, b: usize| {
         if a == b {
             a.to_string()
@@ -371,9 +391,9 @@ fn launched_cpus(counts: [usize; 2], given: [&String; 2]) -> [Vec<String>; 2] {
         }
     };
     let mut slot = 0;
-    let mut out: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    for r in 0..2 {
-        for _ in 0..counts[r] {
+    let mut out: Vec<Vec<String>> = vec![Vec::new(); counts.len()];
+    for (r, &count) in counts.iter().enumerate() {
+        for _ in 0..count {
             let cores = if !given[r].is_empty() {
                 given[r].clone()
             } else if n < 2 {
@@ -434,14 +454,7 @@ pub fn teacher_accuracy(
         return Ok(0.0);
     }
     let (max_new_tokens, stop_ids) = sampling;
-    let params = npd_core::SamplingParams {
-        temperature: 0.0,
-        top_k: None,
-        top_p: 1.0,
-        max_new_tokens,
-        stop_ids: stop_ids.to_vec(),
-        seed: 0,
-    };
+    let params = npd_train::eval::greedy(max_new_tokens, stop_ids);
     let mut generator = npd_engine::VllmGenerator::new(
         servers.teacher.clone(),
         servers.concurrency,
@@ -484,7 +497,8 @@ mod tests {
     fn launched_servers_split_the_cores_and_given_lists_win() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         let none = String::new();
-        let [student, teacher] = launched_cpus([2, 1], [&none, &none]);
+        let split = launched_cpus(&[2, 1], &[&none, &none]);
+        let (student, teacher) = (&split[0], &split[1]);
         assert_eq!((student.len(), teacher.len()), (2, 1));
         if n >= 3 {
             // Disjoint, in order, covering the machine.
@@ -497,8 +511,8 @@ mod tests {
             assert_eq!([&student[0], &student[1], &teacher[0]], ["0", "1", "0"]);
         }
         let mine = "3-5".to_string();
-        let [student, teacher] = launched_cpus([2, 1], [&mine, &none]);
-        assert_eq!(student, ["3-5", "3-5"]);
-        assert_eq!(teacher.len(), 1);
+        let split = launched_cpus(&[2, 1, 0], &[&mine, &none, &none]);
+        assert_eq!(split[0], ["3-5", "3-5"]);
+        assert_eq!((split[1].len(), split[2].len()), (1, 0));
     }
 }

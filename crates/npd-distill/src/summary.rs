@@ -54,9 +54,16 @@ pub(crate) fn served_line(
         }
     };
     format!(
-        "vLLM servers generate and score ({} student, {} teacher); the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
+        "vLLM servers generate and score ({} student, {} teacher; held-out evaluation {}); the trainer runs {} libtorch threads, OMP_WAIT_POLICY={policy}; NPD {}; weight refreshes verified by probe: {} checks, {failed} failed, largest log-prob difference {worst:.2e}; total run time {total_s:.0}s",
         group(&servers.student),
         group(&servers.teacher),
+        servers
+            .eval
+            .as_ref()
+            .map_or("in-process".to_string(), |g| format!(
+                "on {} server(s) loaded with the learner's weights at each evaluation",
+                group(g)
+            )),
         comparison.stages().local().threads().train,
         match comparison.resolved().running_schedule() {
             npd_rollout::Schedule::Disaggregated =>

@@ -170,6 +170,14 @@ pub struct EngineConfig {
     /// URL of a running vLLM server of the teacher, or a list of them
     /// (scores are spread over them); empty: npd starts `teacher_servers`.
     pub teacher_url: Urls,
+    /// URL of a running vLLM server (started like a student server) that
+    /// evaluates the student on the held-out prompts, or a list of them:
+    /// at each evaluation it loads the learner's weights, is probed, and
+    /// writes the greedy responses that are graded. Empty: `eval_servers`.
+    pub eval_url: Urls,
+    /// Evaluation servers npd starts when `eval_url` is empty; 0: the
+    /// held-out evaluation runs in-process.
+    pub eval_servers: usize,
     /// Student servers npd starts when `student_url` is empty.
     pub student_servers: usize,
     /// Teacher servers npd starts when `teacher_url` is empty.
@@ -235,6 +243,8 @@ impl Default for EngineConfig {
             kind: EngineKind::InProcess,
             student_url: Urls::default(),
             teacher_url: Urls::default(),
+            eval_url: Urls::default(),
+            eval_servers: 0,
             student_servers: 1,
             teacher_servers: 1,
             python: PathBuf::new(),
@@ -294,6 +304,7 @@ impl Section for EngineConfig {
         for (key, urls) in [
             ("student_url", &self.student_url),
             ("teacher_url", &self.teacher_url),
+            ("eval_url", &self.eval_url),
         ] {
             for url in urls.iter() {
                 c.that(
@@ -306,6 +317,7 @@ impl Section for EngineConfig {
         }
         c.between("student_servers", self.student_servers, 1, 64)?;
         c.between("teacher_servers", self.teacher_servers, 1, 64)?;
+        c.between("eval_servers", self.eval_servers, 0, 64)?;
         Ok(())
     }
 }

@@ -54,14 +54,7 @@ pub fn accuracy_with_progress(
     if scored.is_empty() {
         return Ok(0.0);
     }
-    let params = SamplingParams {
-        temperature: 0.0,
-        top_k: None,
-        top_p: 1.0,
-        max_new_tokens,
-        stop_ids: stop_ids.to_vec(),
-        seed: 0,
-    };
+    let params = greedy(max_new_tokens, stop_ids);
     let mut correct = 0;
     let mut done = 0;
     for chunk in scored.chunks(batch.max(1)) {
@@ -76,6 +69,19 @@ pub fn accuracy_with_progress(
         progress(done, scored.len());
     }
     Ok(correct as f64 / scored.len() as f64)
+}
+
+/// Greedy decoding of at most `max_new_tokens`, ending at `stop_ids`: how
+/// held-out accuracy is measured.
+pub fn greedy(max_new_tokens: usize, stop_ids: &[TokenId]) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_k: None,
+        top_p: 1.0,
+        max_new_tokens,
+        stop_ids: stop_ids.to_vec(),
+        seed: 0,
+    }
 }
 
 /// pass@k, entropy and lengths of `eval.samples` responses sampled by
@@ -190,6 +196,35 @@ impl Evaluator<Trainer> for HeldOut<'_> {
 }
 
 impl HeldOut<'_> {
+    /// The greedy decoding the accuracy is measured with.
+    pub fn greedy(&self) -> SamplingParams {
+        greedy(self.max_new_tokens, &self.stop_ids)
+    }
+
+    /// The held-out prompts that have an answer (the graded ones), in
+    /// order.
+    pub fn graded(&self) -> Vec<&Example> {
+        self.examples
+            .iter()
+            .filter(|e| e.answer.is_some())
+            .collect()
+    }
+
+    /// The accuracy of `responses` to [`HeldOut::graded`]'s prompts, in
+    /// order.
+    pub fn grade(&self, responses: &[Vec<TokenId>]) -> f64 {
+        let graded = self.graded();
+        if graded.is_empty() {
+            return 0.0;
+        }
+        let correct = graded
+            .iter()
+            .zip(responses)
+            .filter(|(e, r)| (self.answer)(r).as_ref() == e.answer.as_ref())
+            .count();
+        correct as f64 / graded.len() as f64
+    }
+
     /// [`sampled_scores`] of `model` on these examples, with this
     /// evaluation's stop tokens and length limit.
     pub fn sampled_model(&self, model: &Llama, eval: &SampledEval) -> Result<SampledScores> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use npd_core::traits::{Evaluator, Learner, Persist, StepStats};
+use npd_core::traits::{Evaluator, Generator, Learner, Persist, StepStats};
 use npd_core::{Error, Method, PackedRow, PolicyVersion, Result, TokenId};
 use npd_engine::{Probe, ProbeLog, Published, ServedDtype, ServerGroup, VllmGenerator, VllmScorer};
 use npd_pipeline::Stages;
@@ -244,9 +244,73 @@ impl Persist for PublishingTrainer {
     }
 }
 
-impl Evaluator<PublishingTrainer> for HeldOut<'_> {
+/// The held-out evaluation of a [`ServedStages`] run: on evaluation
+/// servers when the run has them (the learner's weights published to a
+/// folder of their own, loaded by every evaluation server and probed, then
+/// its greedy responses graded), else in-process. The RL stage's sampled
+/// evaluation (pass@k) stays in-process.
+pub struct ServedEval<'a> {
+    local: HeldOut<'a>,
+    remote: Option<EvalServers>,
+}
+
+/// Evaluation servers and where their weights are published.
+struct EvalServers {
+    generator: VllmGenerator,
+    root: PathBuf,
+    probe_tokens: Vec<TokenId>,
+    dtype: Kind,
+    concurrency: usize,
+    /// Evaluations so far (each gets a folder of its own).
+    count: u64,
+}
+
+impl ServedEval<'_> {
+    fn on_servers(&mut self, learner: &PublishingTrainer) -> Result<f64> {
+        let r = self.remote.as_mut().expect("called with servers");
+        let model = learner.trainer().model();
+        r.count += 1;
+        let dir = r
+            .root
+            .join(format!("{}-{}", snapshot_name(learner.version()), r.count));
+        let probe = publish_for_serving(model, &dir, r.dtype, &r.probe_tokens)?;
+        let loaded = r.generator.load(
+            Published {
+                dir: dir.clone(),
+                probe,
+            },
+            learner.version(),
+        );
+        // The servers read the folder while loading; then it is not needed.
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded?;
+        let prompts: Vec<npd_core::Prompt> = self
+            .local
+            .graded()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| npd_core::Prompt {
+                id: npd_core::PromptId(i as u64),
+                tokens: e.prompt.clone(),
+            })
+            .collect();
+        let params = self.local.greedy();
+        let mut responses = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(4 * r.concurrency.max(1)) {
+            let written = r.generator.generate(chunk, &params)?;
+            responses.extend(written.into_iter().map(|w| w.response));
+        }
+        Ok(self.local.grade(&responses))
+    }
+}
+
+impl Evaluator<PublishingTrainer> for ServedEval<'_> {
     fn evaluate(&mut self, learner: &PublishingTrainer) -> Result<f64> {
-        self.evaluate(learner.trainer())
+        if self.remote.is_some() {
+            self.on_servers(learner)
+        } else {
+            self.local.evaluate(learner.trainer())
+        }
     }
 
     fn sampled(
@@ -254,7 +318,8 @@ impl Evaluator<PublishingTrainer> for HeldOut<'_> {
         learner: &PublishingTrainer,
         eval: &npd_core::sampled::SampledEval,
     ) -> Result<Option<npd_core::sampled::SampledScores>> {
-        self.sampled_model(learner.trainer().model(), eval)
+        self.local
+            .sampled_model(learner.trainer().model(), eval)
             .map(Some)
     }
 }
@@ -267,6 +332,10 @@ pub struct Servers {
     pub student: ServerGroup,
     /// The servers of the teacher (scores, SFT's responses).
     pub teacher: ServerGroup,
+    /// Servers that evaluate the student on the held-out prompts (loaded
+    /// with the learner's weights at each evaluation); `None`: evaluation
+    /// in-process.
+    pub eval: Option<ServerGroup>,
     /// Requests in flight per server.
     pub concurrency: usize,
     /// Largest difference, in nats per token, between a refreshed server's
@@ -333,7 +402,7 @@ impl<'a> Stages for ServedStages<'a> {
     type Generator = VllmGenerator;
     type Teacher = VllmScorer;
     type Writer = VllmGenerator;
-    type Evaluator = HeldOut<'a>;
+    type Evaluator = ServedEval<'a>;
     type Reference = crate::stages::Reference;
 
     fn learner(&self, method: Method, seed: u64) -> npd_pipeline::Result<PublishingTrainer> {
@@ -389,8 +458,21 @@ impl<'a> Stages for ServedStages<'a> {
         ))
     }
 
-    fn evaluator(&self) -> npd_pipeline::Result<HeldOut<'a>> {
-        self.local.evaluator()
+    fn evaluator(&self) -> npd_pipeline::Result<ServedEval<'a>> {
+        let s = &self.servers;
+        Ok(ServedEval {
+            local: self.local.evaluator()?,
+            remote: s.eval.as_ref().map(|group| EvalServers {
+                generator: VllmGenerator::new(group.clone(), s.concurrency, 0, s.tolerance)
+                    .with_tolerance_source(s.tolerance_source.clone())
+                    .with_probe_log(s.checks.clone()),
+                root: s.publish_root.join("eval"),
+                probe_tokens: s.probe_tokens.clone(),
+                dtype: kind_of(s.publish_dtype),
+                concurrency: s.concurrency,
+                count: 0,
+            }),
+        })
     }
 
     fn schedule(&self) -> Schedule {

@@ -208,6 +208,63 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     }
     assert!(worst < 1e-4, "sampled log-probs differ by {worst}");
 
+    // Held-out grading of server responses is the in-process grading:
+    // answers are the in-process greedy response's last token for every
+    // other prompt and a wrong one for the rest, so in-process accuracy is
+    // one half by construction.
+    let last = |ids: &[TokenId]| ids.last().map(|t| t.to_string());
+    let examples: Vec<npd_train::data::Example> = prompts
+        .iter()
+        .map(|p| npd_train::data::Example {
+            id: p.id,
+            prompt: p.tokens.clone(),
+            answer: None,
+            response: None,
+        })
+        .collect();
+    let held = npd_train::eval::HeldOut::new(&examples, &last, 24, vec![EOS]);
+    let greedy_local = npd_train::tch::no_grad(|| {
+        npd_train::generate::generate(
+            &start,
+            &prompts.iter().map(|p| p.tokens.clone()).collect::<Vec<_>>(),
+            &held.greedy(),
+            npd_train::generate::Decoding::Cached,
+        )
+    })
+    .unwrap();
+    let examples: Vec<npd_train::data::Example> = examples
+        .into_iter()
+        .zip(&greedy_local)
+        .enumerate()
+        .map(|(i, (mut e, g))| {
+            e.answer = if i % 2 == 0 {
+                last(&g.tokens)
+            } else {
+                Some("x".into())
+            };
+            e
+        })
+        .collect();
+    let held = npd_train::eval::HeldOut::new(&examples, &last, 24, vec![EOS]);
+    let local = npd_train::eval::accuracy(&start, (&examples, 4), &last, 24, &[EOS]).unwrap();
+    assert_eq!(local, 0.5);
+    let served = generator
+        .generate(
+            &held
+                .graded()
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Prompt {
+                    id: PromptId(i as u64),
+                    tokens: e.prompt.clone(),
+                })
+                .collect::<Vec<_>>(),
+            &held.greedy(),
+        )
+        .unwrap();
+    let responses: Vec<Vec<TokenId>> = served.into_iter().map(|r| r.response).collect();
+    assert_eq!(held.grade(&responses), local);
+
     // A verified refresh to other weights published in bfloat16 (the
     // float32 server computes on the rounded values, as the probe does),
     // then one whose probe does not match what the server loaded.
