@@ -7,58 +7,15 @@
 
 mod common;
 
-use common::{example, scratch};
+use common::{copy_tree, example, model_folder, pangu_config, scratch, spm_model};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use npd_train::checkpoint::save_pretrained;
+use npd_train::Llama;
 use npd_train::tch::{Device, Kind};
 use npd_train::tokenizer::Tokenizer;
-use npd_train::{Llama, ModelConfig};
 use serde_json::{Value, json};
-
-fn spm_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/npd-train/tests/fixtures/tokenizers/spm-unigram-identity/tokenizer.model")
-}
-
-/// An openPangu-Embedded config.json (the upstream keys: `bias`,
-/// top-level `rope_theta`, `torch_dtype`), scaled down.
-fn pangu_config(vocab: usize, hidden: usize, layers: usize, eos: u32, tied: bool) -> Value {
-    json!({
-        "architectures": ["PanguEmbeddedForCausalLM"],
-        "model_type": "PanguEmbedded",
-        "hidden_size": hidden,
-        "intermediate_size": hidden * 2,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": vocab,
-        "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 4000000.0,
-        "bias": true,
-        "hidden_act": "silu",
-        "tie_word_embeddings": tied,
-        "bos_token_id": 1,
-        "eos_token_id": eos,
-        "pad_token_id": 0,
-        "torch_dtype": "bfloat16",
-        "use_cache": true
-    })
-}
-
-/// Writes a random model folder with `config` and the SentencePiece
-/// tokenizer, in bf16, sharded above `shard_bytes`.
-fn model_folder(dir: &Path, config: &Value, seed: u64, shard_bytes: usize) {
-    let text = serde_json::to_string_pretty(config).unwrap();
-    let mut model = Llama::new(ModelConfig::from_json(&text, "test").unwrap(), Device::Cpu);
-    model.init_random(seed, 0.05);
-    model.set_kind(Kind::BFloat16);
-    save_pretrained(&model, dir, Some(&text), shard_bytes).unwrap();
-    std::fs::copy(spm_model(), dir.join("tokenizer.model")).unwrap();
-}
 
 fn prompts(path: &Path, with_bad_line: bool) {
     let mut text = String::new();
@@ -352,18 +309,6 @@ fn bad_folders_and_prompts_fail_before_any_work() {
         text(&failed)
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if src.is_dir() {
-            copy_tree(&src, &dst);
-        } else if entry.file_name() != ".lock" {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
 }
 
 /// A dataset as users have it: parquet files written by pyarrow with

@@ -198,11 +198,24 @@ pub fn start(
         )
         .context("writing the teacher for its server")?;
     }
+    // Evaluation servers start from the student's folder under a name of
+    // their own, so that their processes say what they are.
+    let eval_dir = if counts[2] > 0 {
+        let link = start_root.join("eval-start");
+        let _ = std::fs::remove_file(&link);
+        #[cfg(unix)]
+        let linked = std::os::unix::fs::symlink("student-start", &link).is_ok();
+        #[cfg(not(unix))]
+        let linked = false;
+        if linked { link } else { student_dir.clone() }
+    } else {
+        student_dir.clone()
+    };
     let mut specs = Vec::new();
     for (r, (name, role, dir, model)) in [
         ("student", Role::Student, &student_dir, &student_model),
         ("teacher", Role::Teacher, &teacher_dir, &inputs.teacher),
-        ("eval", Role::Student, &student_dir, &student_model),
+        ("eval", Role::Student, &eval_dir, &student_model),
     ]
     .into_iter()
     .enumerate()

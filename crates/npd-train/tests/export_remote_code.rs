@@ -10,14 +10,11 @@ use common::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use npd_core::config::{LossKind, TrainConfig};
-use npd_core::traits::{Learner, Persist};
-use npd_core::{SampleId, TrainSample};
-use npd_pack::{PackOptions, pack_pool};
+use npd_core::traits::Persist;
 use npd_train::Llama;
 use npd_train::folder::{auto_map_modules, companion_files};
 use npd_train::tch::{Device, Kind, Tensor};
-use npd_train::train::{TrainOptions, Trainer};
+use npd_train::train::Trainer;
 use npd_train::weights::TensorStore;
 
 fn fixtures() -> PathBuf {
@@ -87,27 +84,11 @@ fn a_checkpoint_of_an_openpangu_student_loads_with_transformers_remote_code() {
 
     // One training step, so the checkpoint holds weights of npd's own.
     let model = Llama::load(&student, Device::Cpu, Kind::Float).unwrap();
-    let options = TrainOptions::from_config(&TrainConfig {
-        loss: LossKind::Ce,
-        lr: 1e-2,
-        min_lr: 1e-2,
-        warmup_steps: 0,
-        ..TrainConfig::default()
-    });
     let config_json = std::fs::read_to_string(student.join("config.json")).unwrap();
-    let mut trainer = Trainer::new(model, options)
+    let mut trainer = Trainer::new(model, common::ce_options())
         .with_config_json(Some(config_json))
         .with_companion_files(std::sync::Arc::new(files));
-    let sample = TrainSample {
-        id: SampleId(0),
-        tokens: (0..24).map(|i| 3 + (i * 5) % 90).collect(),
-        prompt_len: 2,
-        weights: None,
-        topk: None,
-        policy: None,
-    };
-    let rows = pack_pool(vec![sample], &PackOptions::new(32)).unwrap();
-    trainer.step(&rows).unwrap();
+    common::one_step(&mut trainer, (0..24).map(|i| 3 + (i * 5) % 90).collect(), 2);
     let checkpoint = dir.join("checkpoint");
     std::fs::create_dir_all(&checkpoint).unwrap();
     trainer.save_state(&checkpoint).unwrap();

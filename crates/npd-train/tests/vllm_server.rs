@@ -71,6 +71,27 @@ fn write_tokenizer(dir: &std::path::Path) {
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
 }
 
+/// A CPU vLLM server of the model folder `model` in float32, logging to
+/// `log`.
+fn serve(model: &std::path::Path, log: &std::path::Path) -> Launched {
+    Launched::start(
+        &LaunchSpec {
+            role: "test".into(),
+            python: python(),
+            model: model.to_path_buf(),
+            dtype: npd_engine::ServedDtype::Float32,
+            max_model_len: 128,
+            max_logprobs: 20,
+            kv_cache_gib: 1,
+            cpus: String::new(),
+            log: log.to_path_buf(),
+            extra_args: Vec::new(),
+        },
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -88,22 +109,7 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
     let start_dir = root.join("start");
     save_for_serving(&start, &start_dir, Kind::Float).unwrap();
     write_tokenizer(&start_dir);
-    let mut server = Launched::start(
-        &LaunchSpec {
-            role: "test".into(),
-            python: python(),
-            model: start_dir,
-            dtype: npd_engine::ServedDtype::Float32,
-            max_model_len: 128,
-            max_logprobs: 20,
-            kv_cache_gib: 1,
-            cpus: String::new(),
-            log: root.join("server.log"),
-            extra_args: Vec::new(),
-        },
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let mut server = serve(&start_dir, &root.join("server.log"));
     let vllm = Vllm::connect(Client::new(server.url(), Duration::from_secs(60), 1)).unwrap();
     assert_eq!(vllm.max_model_len(), 128);
 
@@ -355,11 +361,8 @@ fn a_vllm_server_serves_what_the_trainer_holds() {
 
 #[test]
 fn a_trained_checkpoint_is_served_by_vllm_as_npd_computes_it() {
-    use npd_core::config::{LossKind, TrainConfig};
-    use npd_core::traits::{Learner, Persist};
-    use npd_core::{SampleId, TrainSample};
-    use npd_pack::{PackOptions, pack_pool};
-    use npd_train::train::{TrainOptions, Trainer};
+    use npd_core::traits::Persist;
+    use npd_train::train::Trainer;
 
     let root = std::env::temp_dir().join(format!("npd-vllm-export-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -373,25 +376,10 @@ fn a_trained_checkpoint_is_served_by_vllm_as_npd_computes_it() {
     // openPangu-Embedded-1B does.
     let tied = model(3);
     assert!(tied.config().tie_word_embeddings);
-    let options = TrainOptions::from_config(&TrainConfig {
-        loss: LossKind::Ce,
-        lr: 1e-2,
-        min_lr: 1e-2,
-        warmup_steps: 0,
-        ..TrainConfig::default()
-    });
     let files = npd_train::folder::companion_files(&student).unwrap();
-    let mut trainer = Trainer::new(tied, options).with_companion_files(std::sync::Arc::new(files));
-    let sample = TrainSample {
-        id: SampleId(0),
-        tokens: (0..40).map(|i| 3 + (i * 7) % 29).collect(),
-        prompt_len: 3,
-        weights: None,
-        topk: None,
-        policy: None,
-    };
-    let rows = pack_pool(vec![sample], &PackOptions::new(64)).unwrap();
-    trainer.step(&rows).unwrap();
+    let mut trainer =
+        Trainer::new(tied, common::ce_options()).with_companion_files(std::sync::Arc::new(files));
+    common::one_step(&mut trainer, (0..40).map(|i| 3 + (i * 7) % 29).collect(), 3);
     let checkpoint = root.join("checkpoint");
     std::fs::create_dir_all(&checkpoint).unwrap();
     trainer.save_state(&checkpoint).unwrap();
@@ -400,22 +388,7 @@ fn a_trained_checkpoint_is_served_by_vllm_as_npd_computes_it() {
 
     // vLLM starts from the exported folder itself (tied embeddings load
     // correctly at start; only reloads need the untied copy).
-    let mut server = Launched::start(
-        &LaunchSpec {
-            role: "export".into(),
-            python: python(),
-            model: exported,
-            dtype: npd_engine::ServedDtype::Float32,
-            max_model_len: 128,
-            max_logprobs: 20,
-            kv_cache_gib: 1,
-            cpus: String::new(),
-            log: root.join("server.log"),
-            extra_args: Vec::new(),
-        },
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let mut server = serve(&exported, &root.join("server.log"));
     let vllm = Vllm::connect(Client::new(server.url(), Duration::from_secs(60), 1)).unwrap();
     let mut worst = 0.0f32;
     for i in 0..8u32 {
