@@ -174,7 +174,7 @@ fn npd_on_vllm_servers_survives_a_dead_student_server() {
         report.contains("student-2 server started by npd"),
         "{report}"
     );
-    assert!(report.contains("(2 student, 1 teacher)"), "{report}");
+    assert!(report.contains("(2 student, 1 teacher;"), "{report}");
     assert!(
         report.contains(&format!(
             "snapshots published to {} (engine.publish_dir)",
