@@ -266,7 +266,7 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
         )));
     }
     let Some(run_dir) = run_dir else {
-        return plan_run(
+        return plan::run(
             &config,
             &inputs,
             stages,
@@ -312,21 +312,8 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             };
             let mut lines = running.lines.clone();
             if config.engine.teacher_check_on_server() == Some(true) {
-                let accuracy = servers::teacher_accuracy(
-                    &running.servers,
-                    &inputs.teacher_eval,
-                    &inputs.answer,
-                    (config.sampling.max_new_tokens, &inputs.stop_ids),
-                )?;
-                lines.push(format!(
-                    "teacher held-out accuracy measured on its server: {:.1}%{}",
-                    100.0 * accuracy,
-                    if inputs.teacher_accuracy.is_finite() {
-                        format!(" (in-process: {:.1}%)", 100.0 * inputs.teacher_accuracy)
-                    } else {
-                        String::new()
-                    }
-                ));
+                let (accuracy, line) = servers::check_teacher(&running.servers, &config, &inputs)?;
+                lines.push(line);
                 run.teacher_accuracy = accuracy;
             }
             let served = ServedStages::new(stages, running.servers.clone());
@@ -337,49 +324,6 @@ pub fn distill(o: &Options, control: &Control, print_config: bool, check: bool) 
             run_methods(&served, run, run_dir, lines, &line)
         }
     }
-}
-
-/// `--plan`: the plan of the run, measured with its own stages (on its
-/// servers, which write their logs to a scratch folder); nothing is written
-/// to the output folder.
-#[allow(clippy::too_many_arguments)]
-fn plan_run(
-    config: &RunConfig,
-    inputs: &inputs::Inputs,
-    stages: TchStages<'_>,
-    (settings, prompts): (&Settings, &[npd_core::Prompt]),
-    methods: &[Method],
-    seeds: u64,
-    started: Instant,
-    control: &Control,
-) -> Result<Ended> {
-    let memory = memory_check::plan(config, inputs.teacher.config(), &inputs.student).table()
-        + &memory_check::teacher_plan(config, inputs.teacher.config())
-            .map(|p| p.table())
-            .unwrap_or_default();
-    let planned = plan::Planned {
-        config,
-        inputs,
-        settings,
-        prompts,
-        methods,
-        seeds,
-        inputs_s: started.elapsed().as_secs_f64(),
-        memory,
-    };
-    let text = match config.engine.kind {
-        EngineKind::InProcess => plan::plan(&stages, &planned, &control.stop)?,
-        EngineKind::Vllm => {
-            let scratch = std::env::temp_dir().join(format!("npd-plan-{}", std::process::id()));
-            let running = servers::start(config, inputs, &scratch, &control.abandon_waits)?;
-            let served = ServedStages::new(stages, running.servers.clone());
-            let text = plan::plan(&served, &planned, &control.stop);
-            drop(running);
-            let _ = std::fs::remove_dir_all(&scratch);
-            text?
-        }
-    };
-    Ok(Ended::Checked(text))
 }
 
 /// The report's lines on the resumes of a run: how many, and what each
@@ -438,18 +382,8 @@ fn run_methods<S: Stages>(
     let checkpoints = Checkpoints::new(run_dir.checkpoint_root(), config.output.checkpoint_every)
         .with_resume_state_in_all(config.output.optimizer_in_every_checkpoint);
     // The teacher writing SFT's responses (once per run) shows progress.
-    let sft_data: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
-    let prep_progress = |done: usize, total: usize| {
-        let mut slot = sft_data.borrow_mut();
-        let bar = slot
-            .get_or_insert_with(|| Progress::new("SFT data (teacher)", total as u64, "prompts"));
-        bar.set(done as u64);
-        if done >= total
-            && let Some(bar) = slot.take()
-        {
-            bar.finish();
-        }
-    };
+    let sft_data = progress::OnDemand::new("SFT data (teacher)", "prompts");
+    let prep_progress = |done: usize, total: usize| sft_data.set(done, total);
     let mut comparison = Comparison::new(stages, settings, prompts)
         .with_prep_progress(&prep_progress)
         .with_checkpoints(&checkpoints)

@@ -18,6 +18,10 @@ use npd_pipeline::{Comparison, Settings, Stages};
 
 use crate::config::RunConfig;
 use crate::inputs::Inputs;
+use crate::{Control, Ended, memory_check, servers};
+use npd_engine::EngineKind;
+use npd_train::served::ServedStages;
+use npd_train::stages::TchStages;
 
 /// Steps each method runs to measure its cost.
 pub const PLAN_STEPS: u64 = 2;
@@ -173,10 +177,15 @@ pub fn plan<S: Stages>(
     );
     let _ = writeln!(
         out,
-        "- {} method(s) x {} seed(s); inputs loaded and the teacher checked in {}",
+        "- {} method(s) x {} seed(s); inputs loaded in {}{}",
         p.methods.len(),
         p.seeds,
-        duration(p.inputs_s)
+        duration(p.inputs_s),
+        match c.engine.teacher_check_on_server() {
+            Some(false) => ", the teacher's accuracy check included",
+            Some(true) => " (the teacher's accuracy check on its servers is not part of the plan)",
+            None => " (engine.teacher_check = \"skip\")",
+        }
     );
     let measured = measure(stages, s, p.inputs, p.prompts, p.methods, stop)?;
     out.push_str(
@@ -253,6 +262,49 @@ pub fn plan<S: Stages>(
     );
     out.push_str(&p.memory);
     Ok(out)
+}
+
+/// `--plan`: the plan of the run, measured with its own stages (on its
+/// servers, which write their logs to a scratch folder); nothing is written
+/// to the output folder.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    config: &RunConfig,
+    inputs: &Inputs,
+    stages: TchStages<'_>,
+    (settings, prompts): (&Settings, &[npd_core::Prompt]),
+    methods: &[Method],
+    seeds: u64,
+    started: Instant,
+    control: &Control,
+) -> Result<Ended> {
+    let memory = memory_check::plan(config, inputs.teacher.config(), &inputs.student).table()
+        + &memory_check::teacher_plan(config, inputs.teacher.config())
+            .map(|p| p.table())
+            .unwrap_or_default();
+    let planned = Planned {
+        config,
+        inputs,
+        settings,
+        prompts,
+        methods,
+        seeds,
+        inputs_s: started.elapsed().as_secs_f64(),
+        memory,
+    };
+    let text = match config.engine.kind {
+        EngineKind::InProcess => plan(&stages, &planned, &control.stop)?,
+        EngineKind::Vllm => {
+            let scratch = std::env::temp_dir().join(format!("npd-plan-{}", std::process::id()));
+            let running = servers::start(config, inputs, &scratch, &control.abandon_waits)?;
+            let served = ServedStages::new(stages, running.servers.clone());
+            let text = plan(&served, &planned, &control.stop);
+            drop(running);
+            let _ = std::fs::remove_dir_all(&scratch);
+            text?
+        }
+    };
+    Ok(Ended::Checked(text))
 }
 
 #[cfg(test)]

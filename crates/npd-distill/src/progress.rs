@@ -89,6 +89,38 @@ impl Progress {
     }
 }
 
+/// A [`Progress`] made on the first report, when the total is known, and
+/// finished when the count reaches it (work a library reports as `(done,
+/// total)`, such as the teacher writing SFT's responses).
+pub struct OnDemand {
+    what: &'static str,
+    unit: &'static str,
+    bar: std::cell::RefCell<Option<Progress>>,
+}
+
+impl OnDemand {
+    /// Progress of `what`, counted in `unit`s, once reported.
+    pub fn new(what: &'static str, unit: &'static str) -> Self {
+        Self {
+            what,
+            unit,
+            bar: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// `done` of `total`.
+    pub fn set(&self, done: usize, total: usize) {
+        let mut slot = self.bar.borrow_mut();
+        let bar = slot.get_or_insert_with(|| Progress::new(self.what, total as u64, self.unit));
+        bar.set(done as u64);
+        if done >= total
+            && let Some(bar) = slot.take()
+        {
+            bar.finish();
+        }
+    }
+}
+
 /// `, eta Ns` from the pace so far (nothing before the first unit).
 fn eta_text(elapsed: f64, done: u64, total: u64) -> String {
     if done == 0 || done >= total {

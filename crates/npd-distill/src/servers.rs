@@ -451,6 +451,31 @@ fn check_special_tokens(role: &str, server: &Vllm, inputs: &Inputs) -> Result<()
     Ok(())
 }
 
+/// The teacher check on its servers: the accuracy and the report's line
+/// on it (with the in-process figure where the inputs have one).
+pub fn check_teacher(
+    servers: &Servers,
+    config: &RunConfig,
+    inputs: &Inputs,
+) -> Result<(f64, String)> {
+    let accuracy = teacher_accuracy(
+        servers,
+        &inputs.teacher_eval,
+        &inputs.answer,
+        (config.sampling.max_new_tokens, &inputs.stop_ids),
+    )?;
+    let line = format!(
+        "teacher held-out accuracy measured on its server: {:.1}%{}",
+        100.0 * accuracy,
+        if inputs.teacher_accuracy.is_finite() {
+            format!(" (in-process: {:.1}%)", 100.0 * inputs.teacher_accuracy)
+        } else {
+            String::new()
+        }
+    );
+    Ok((accuracy, line))
+}
+
 /// The teacher's held-out accuracy measured on its server: greedy
 /// responses to `examples` (the prompts as the teacher sees them), graded
 /// by `answer` against each example's answer, with a progress bar.

@@ -83,6 +83,12 @@ fn served_copy(model: &Llama, dtype: Kind) -> Result<Option<Llama>> {
 /// Llama layout with untied embeddings (both `embed_tokens` and `lm_head`
 /// written), weights in `dtype`.
 pub fn save_for_serving(model: &Llama, dir: &Path, dtype: Kind) -> Result<()> {
+    write_served_copy(model, dir, dtype).map(drop)
+}
+
+/// [`save_for_serving`]; returns the copy it wrote when it needed one
+/// (`None`: `model` itself was written).
+fn write_served_copy(model: &Llama, dir: &Path, dtype: Kind) -> Result<Option<Llama>> {
     let config = served_config(model, dtype).to_string();
     let copy = served_copy(model, dtype)?;
     save_pretrained(
@@ -90,7 +96,8 @@ pub fn save_for_serving(model: &Llama, dir: &Path, dtype: Kind) -> Result<()> {
         dir,
         Some(&config),
         usize::MAX,
-    )
+    )?;
+    Ok(copy)
 }
 
 /// [`save_for_serving`], then the probe of `tokens` on the weights as
@@ -102,14 +109,9 @@ pub fn publish_for_serving(
     dtype: Kind,
     tokens: &[TokenId],
 ) -> Result<Probe> {
-    let config = served_config(model, dtype).to_string();
-    match served_copy(model, dtype)? {
-        None => {
-            save_pretrained(model, dir, Some(&config), usize::MAX)?;
-            probe(model, tokens)
-        }
+    match write_served_copy(model, dir, dtype)? {
+        None => probe(model, tokens),
         Some(mut copy) => {
-            save_pretrained(&copy, dir, Some(&config), usize::MAX)?;
             if copy.kind() != model.kind() {
                 copy.set_kind(model.kind());
             }
